@@ -1,0 +1,76 @@
+"""lighthpc: the wiring table. Each handler turns its event into a typed call into chalicelib.
+
+Importing this module needs no environment, no network and no AWS: clients, settings and the
+store are built on first use (`chalicelib.context.get_context`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalice import Chalice, Response
+from chalice.app import SQSEvent
+
+from chalicelib import missions
+from chalicelib.batch import process_sqs_batch
+from chalicelib.config import ConfigInvalid
+from chalicelib.context import get_context
+from chalicelib.results import handle_result_object
+from chalicelib.scheduler import handle_source_event
+from chalicelib.settings import RESULT_QUEUE_NAME, SOURCE_QUEUE_NAME
+from chalicelib.store import InputBusy, NotFound
+
+app = Chalice(app_name="lighthpc")
+
+
+def _json(status: int, body: dict[str, Any]) -> Response:
+    return Response(body=body, status_code=status, headers={"Content-Type": "application/json"})
+
+
+# ---- REST API ("MissionCfg") -------------------------------------------------------------
+
+
+@app.route("/missions", methods=["POST"], content_types=["application/json"])
+def create_mission() -> Response:
+    try:
+        created = missions.submit(get_context(), app.current_request.raw_body)
+    except ConfigInvalid as e:
+        fields = [{"field": err.field, "reason": err.reason} for err in e.errors]
+        return _json(400, {"error": "invalid mission config", "fields": fields})
+    except InputBusy as e:
+        return _json(409, {"error": str(e), "mission_id": e.mission_id})
+    return _json(201, created)
+
+
+@app.route("/missions", methods=["GET"])
+def list_missions() -> Response:
+    return _json(200, missions.list_missions(get_context()))
+
+
+@app.route("/missions/{mission_id}", methods=["GET"])
+def get_mission(mission_id: str) -> Response:
+    try:
+        return _json(200, missions.describe(get_context(), mission_id))
+    except NotFound as e:
+        return _json(404, {"error": str(e)})
+
+
+@app.route("/missions/{mission_id}/transactions", methods=["GET"])
+def get_transactions(mission_id: str) -> Response:
+    try:
+        return _json(200, missions.transactions(get_context(), mission_id))
+    except NotFound as e:
+        return _json(404, {"error": str(e)})
+
+
+# ---- Events ------------------------------------------------------------------------------
+
+
+@app.on_sqs_message(queue=SOURCE_QUEUE_NAME, batch_size=10, name="light_scheduler")
+def light_scheduler(event: SQSEvent) -> dict[str, Any]:
+    return process_sqs_batch(get_context(), event.to_dict(), handle_source_event)
+
+
+@app.on_sqs_message(queue=RESULT_QUEUE_NAME, batch_size=10, name="result_processor")
+def result_processor(event: SQSEvent) -> dict[str, Any]:
+    return process_sqs_batch(get_context(), event.to_dict(), handle_result_object)

@@ -1,0 +1,1 @@
+"""lighthpc's Lambda-side package (also installed on the worker AMI)."""

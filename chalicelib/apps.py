@@ -1,0 +1,63 @@
+"""The built-in apps a mission can name, and the placeholders an argv template may use.
+
+The apps themselves live in `worker_ami/apps/`; here is only what the control side needs to
+validate a config and what the worker needs to build an argv list (never a shell string).
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+
+# {input}: path of the input (in `lines` mode: this transaction's slice of lines)
+# {output}: path the app must write its part to
+# {index} {count}: this transaction's index and the mission's transaction count
+# {start} {end}: the half-open interval [start, end) (interval values or line numbers)
+# {attempt}: 1 for the first attempt, 2 for the first retry, ...
+# {python}: the worker's Python interpreter (used by the built-in apps)
+PLACEHOLDERS = frozenset({"input", "output", "index", "count", "start", "end", "attempt", "python"})
+
+
+@dataclass(frozen=True)
+class BuiltinApp:
+    name: str
+    module: str
+    split_mode: str  # the split mode the app understands: "count" or "lines"
+    summary: str
+
+
+BUILTIN_APPS: dict[str, BuiltinApp] = {
+    app.name: app
+    for app in (
+        BuiltinApp(
+            name="kmer-match",
+            module="worker_ami.apps.kmer_match",
+            split_mode="count",
+            summary="k-mer containment of the sample in reference sequences [start, end)",
+        ),
+        BuiltinApp(
+            name="seq-stats",
+            module="worker_ami.apps.seq_stats",
+            split_mode="lines",
+            summary="length, GC fraction and digest of each sequence line of the slice",
+        ),
+    )
+}
+
+
+def placeholders_in(template: str) -> list[str]:
+    """Names of the `{placeholders}` in one argv element; raises ValueError if malformed."""
+    return [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+
+
+def builtin_argv(app: BuiltinApp, params: dict[str, int]) -> list[str]:
+    argv = ["{python}", "-m", app.module, "--input", "{input}", "--output", "{output}"]
+    argv += ["--start", "{start}", "--end", "{end}"]
+    for key, value in sorted(params.items()):
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
+
+
+def render_argv(template: list[str], values: dict[str, object]) -> list[str]:
+    """Fill the placeholders of each element; the result goes to exec, never to a shell."""
+    return [element.format_map(values) for element in template]

@@ -1,0 +1,112 @@
+"""Asking EC2 for workers: one EC2 Fleet `instant` call, tagged, with a client token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from chalicelib.config import Instances
+from chalicelib.settings import Settings
+
+MISSION_TAG = "lighthpc:mission"
+STAGE_TAG = "lighthpc:stage"
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    instance_ids: list[str]
+    errors: list[str] = field(default_factory=list)
+
+
+def worker_tags(settings: Settings, mission_id: str) -> list[dict[str, str]]:
+    return [
+        {"Key": MISSION_TAG, "Value": mission_id},
+        {"Key": STAGE_TAG, "Value": settings.stage},
+        {"Key": "Name", "Value": f"lighthpc-{settings.stage}-worker-{mission_id}"},
+    ]
+
+
+def _template_key(template: str) -> str:
+    # CloudFormation's Ref of a launch template is its id; a name works too.
+    return "LaunchTemplateId" if template.startswith("lt-") else "LaunchTemplateName"
+
+
+def fleet_request(
+    settings: Settings,
+    mission_id: str,
+    instances: Instances,
+    count: int,
+    market: str,
+    client_token: str,
+) -> dict[str, Any]:
+    """The CreateFleet request: several instance types, capacity in instances, one call."""
+    capacity: dict[str, Any] = {"TotalTargetCapacity": count, "DefaultTargetCapacityType": market}
+    if market == "spot":
+        capacity["SpotTargetCapacity"] = count
+    else:
+        capacity["OnDemandTargetCapacity"] = count
+    request: dict[str, Any] = {
+        "Type": "instant",
+        "ClientToken": client_token[:64],
+        "LaunchTemplateConfigs": [
+            {
+                "LaunchTemplateSpecification": {
+                    _template_key(settings.launch_template): settings.launch_template,
+                    "Version": "$Latest",
+                },
+                "Overrides": [{"InstanceType": t} for t in instances.types],
+            }
+        ],
+        "TargetCapacitySpecification": capacity,
+        "TagSpecifications": [
+            {"ResourceType": "instance", "Tags": worker_tags(settings, mission_id)}
+        ],
+    }
+    if market == "spot":
+        request["SpotOptions"] = {"AllocationStrategy": "price-capacity-optimized"}
+    return request
+
+
+def launch_workers(
+    ec2: Any,
+    settings: Settings,
+    mission_id: str,
+    instances: Instances,
+    count: int,
+) -> LaunchResult:
+    """Launch `count` workers; with `on_demand_fallback`, fill a Spot shortfall On-Demand.
+
+    The client token makes a retried call for the same mission return the fleet it already
+    launched instead of a second one.
+    """
+    ids: list[str] = []
+    errors: list[str] = []
+    markets = [instances.market]
+    if instances.market == "spot" and instances.on_demand_fallback:
+        markets.append("on-demand")
+    for market in markets:
+        missing = count - len(ids)
+        if missing <= 0:
+            break
+        token = f"{mission_id}-{market}"
+        response = ec2.create_fleet(
+            **fleet_request(settings, mission_id, instances, missing, market, token)
+        )
+        for group in response.get("Instances", []):
+            ids.extend(group.get("InstanceIds", []))
+        for err in response.get("Errors", []):
+            errors.append(f"{market}: {err.get('ErrorCode')}: {err.get('ErrorMessage')}")
+    return LaunchResult(instance_ids=ids, errors=errors)
+
+
+def mission_instances(ec2: Any, mission_id: str, states: list[str]) -> list[dict[str, Any]]:
+    paginator = ec2.get_paginator("describe_instances")
+    filters = [
+        {"Name": f"tag:{MISSION_TAG}", "Values": [mission_id]},
+        {"Name": "instance-state-name", "Values": states},
+    ]
+    found: list[dict[str, Any]] = []
+    for page in paginator.paginate(Filters=filters):
+        for reservation in page["Reservations"]:
+            found.extend(reservation["Instances"])
+    return found

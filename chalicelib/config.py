@@ -1,0 +1,293 @@
+"""Mission configs ("MissionCfg"): the schema, the stage's policy, and errors that name the field.
+
+`parse_mission_config` is the only entry point: it takes the raw request body and either returns a
+`MissionConfig` or raises `ConfigInvalid` carrying one (field, reason) per problem.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from chalicelib.apps import BUILTIN_APPS, PLACEHOLDERS, placeholders_in
+from chalicelib.settings import Settings
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    reason: str
+
+
+class ConfigInvalid(ValueError):
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.reason}" for e in errors))
+        self.errors = errors
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+def _no_control(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+class Interval(_Strict):
+    start: int
+    end: int
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Interval:
+        if self.end <= self.start:
+            raise ValueError("end must be greater than start")
+        return self
+
+
+class CountSplit(_Strict):
+    """`count` transactions that share the integer interval [start, end) evenly."""
+
+    mode: Literal["count"]
+    count: int = Field(ge=1)
+    interval: Interval
+
+    @field_validator("count")
+    @classmethod
+    def _within_stage_limit(cls, count: int, info: ValidationInfo) -> int:
+        limit = _settings(info).max_transactions if _settings(info) else None
+        if limit is not None and count > limit:
+            raise ValueError(f"at most {limit} transactions per mission in this stage")
+        return count
+
+    @model_validator(mode="after")
+    def _fits_interval(self) -> CountSplit:
+        if self.count > self.interval.end - self.interval.start:
+            raise ValueError("count must not exceed the interval's length (no empty transactions)")
+        return self
+
+
+class LinesSplit(_Strict):
+    """One transaction per `lines_per_transaction` lines of the input file."""
+
+    mode: Literal["lines"]
+    lines_per_transaction: int = Field(ge=1, le=100_000_000)
+
+
+Split = Annotated[CountSplit | LinesSplit, Field(discriminator="mode")]
+
+
+class KmerMatchParams(_Strict):
+    k: int = Field(default=12, ge=4, le=31)
+    seed: int = Field(default=7, ge=0, le=2**31 - 1)
+    ref_length: int = Field(default=2000, ge=32, le=1_000_000)
+
+
+class SeqStatsParams(_Strict):
+    pass
+
+
+class KmerMatchApp(_Strict):
+    builtin: Literal["kmer-match"]
+    params: KmerMatchParams = KmerMatchParams()
+
+
+class SeqStatsApp(_Strict):
+    builtin: Literal["seq-stats"]
+    params: SeqStatsParams = SeqStatsParams()
+
+
+ArgvElement = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
+class ArgvApp(_Strict):
+    """An argv template run with exec (never a shell); see `chalicelib.apps.PLACEHOLDERS`."""
+
+    argv: list[ArgvElement] = Field(min_length=1, max_length=256)
+
+    @field_validator("argv")
+    @classmethod
+    def _placeholders_and_policy(cls, argv: list[str], info: ValidationInfo) -> list[str]:
+        for element in argv:
+            _no_control(element)
+            try:
+                names = placeholders_in(element)
+            except ValueError as e:
+                raise ValueError(f"malformed placeholder in {element!r}: {e}") from e
+            unknown = sorted({n for n in names if n not in PLACEHOLDERS})
+            if unknown:
+                known = ", ".join(sorted(PLACEHOLDERS))
+                raise ValueError(f"unknown placeholder {{{unknown[0]}}} (known: {known})")
+        settings = _settings(info)
+        restricted = settings is not None and not settings.allow_inline_argv
+        if restricted and argv[0] not in settings.allowed_programs:
+            raise ValueError(
+                f"program {argv[0]!r} is not on this stage's allow list;"
+                " use a built-in app or ask the operator to allow it"
+            )
+        return argv
+
+
+def _app_tag(value: Any) -> str | None:
+    if isinstance(value, BaseModel):  # serialising a validated config
+        return getattr(value, "builtin", "argv")
+    if isinstance(value, dict):
+        if "builtin" in value:
+            return value["builtin"] if value["builtin"] in BUILTIN_APPS else None
+        if "argv" in value:
+            return "argv"
+    return None
+
+
+AppSpec = Annotated[
+    Annotated[KmerMatchApp, Tag("kmer-match")]
+    | Annotated[SeqStatsApp, Tag("seq-stats")]
+    | Annotated[ArgvApp, Tag("argv")],
+    Discriminator(
+        _app_tag,
+        custom_error_type="unknown_app",
+        custom_error_message=(
+            'must be {"builtin": NAME} with NAME one of '
+            + ", ".join(sorted(BUILTIN_APPS))
+            + ', or {"argv": [...]}'
+        ),
+    ),
+]
+
+InstanceType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")]
+
+
+class Instances(_Strict):
+    types: list[InstanceType] = Field(default=["c5.large"], min_length=1, max_length=20)
+    market: Literal["spot", "on-demand"] = "spot"
+    on_demand_fallback: bool = False
+    max_instances: int = Field(default=4, ge=1)
+    slots: int = Field(default=1, ge=1, le=256)
+
+    @field_validator("types")
+    @classmethod
+    def _unique(cls, types: list[str]) -> list[str]:
+        if len(set(types)) != len(types):
+            raise ValueError("instance types must not repeat")
+        return types
+
+    @field_validator("max_instances")
+    @classmethod
+    def _within_stage_limit(cls, value: int, info: ValidationInfo) -> int:
+        settings = _settings(info)
+        if settings is not None and value > settings.max_instances:
+            raise ValueError(f"at most {settings.max_instances} instances in this stage")
+        return value
+
+
+class Timeouts(_Strict):
+    transaction_seconds: int = Field(default=3600, ge=1, le=7 * 86400)
+    mission_seconds: int = Field(default=86400, ge=60, le=14 * 86400)
+
+
+InputKey = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class MissionConfig(_Strict):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    input: InputKey
+    split: Split
+    app: AppSpec
+    instances: Instances = Instances()
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    timeouts: Timeouts = Timeouts()
+    notify: str | None = Field(default=None, max_length=254)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return _no_control(value)
+
+    @field_validator("input")
+    @classmethod
+    def _input_key(cls, value: str) -> str:
+        _no_control(value)
+        if value.startswith("/"):
+            raise ValueError("is an S3 key: it must not start with '/'")
+        if len(value.encode()) > 1024:
+            raise ValueError("S3 keys are at most 1024 bytes of UTF-8")
+        return value
+
+    @field_validator("notify")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and not _EMAIL.match(value):
+            raise ValueError("must be an email address")
+        return value
+
+    @field_validator("app")
+    @classmethod
+    def _app_fits_split(cls, app: Any, info: ValidationInfo) -> Any:
+        split = info.data.get("split")
+        builtin = getattr(app, "builtin", None)
+        if split is not None and builtin is not None:
+            wanted = BUILTIN_APPS[builtin].split_mode
+            if wanted != split.mode:
+                raise ValueError(f"app {builtin!r} needs split mode {wanted!r}")
+        return app
+
+
+def _settings(info: ValidationInfo) -> Settings | None:
+    return (info.context or {}).get("settings")
+
+
+_UNION_TAGS = {"app": {*BUILTIN_APPS, "argv"}, "split": {"count", "lines"}}
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    # The tag of a union (loc ("app", "kmer-match", "params", ...)) is pydantic's bookkeeping.
+    if len(loc) > 1 and loc[1] in _UNION_TAGS.get(str(loc[0]), ()):
+        loc = loc[:1] + loc[2:]
+    return ".".join(str(p) for p in loc) or "(body)"
+
+
+def parse_mission_config(body: bytes | str | None, settings: Settings) -> MissionConfig:
+    if body is None or (isinstance(body, (bytes, str)) and not body.strip()):
+        raise ConfigInvalid([FieldError("(body)", "request body is empty; send a JSON object")])
+    raw = body.encode() if isinstance(body, str) else body
+    if len(raw) > MAX_BODY_BYTES:
+        reason = f"request body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}"
+        raise ConfigInvalid([FieldError("(body)", reason)])
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigInvalid([FieldError("(body)", f"not valid JSON: {e}")]) from e
+    if not isinstance(data, dict):
+        raise ConfigInvalid([FieldError("(body)", "must be a JSON object")])
+    try:
+        return MissionConfig.model_validate(data, context={"settings": settings})
+    except ValidationError as e:
+        errors = [FieldError(_field_name(tuple(err["loc"])), _reason(err)) for err in e.errors()]
+        raise ConfigInvalid(errors) from e
+
+
+def _reason(err: Any) -> str:
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")

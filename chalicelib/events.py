@@ -1,0 +1,65 @@
+"""Turn SQS records into typed values: S3 object notifications and start requests.
+
+S3 notifications arrive through SQS (see ARCHITECTURE.md, "Why S3 -> SQS"). Powertools' `S3Event`
+data class reads them (its Parser model rejects moto's records, which lack some fields).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools.utilities.data_classes import S3Event
+
+START_REQUEST = "lighthpc:start"
+
+
+@dataclass(frozen=True)
+class ObjectCreated:
+    bucket: str
+    key: str  # decoded: S3 sends keys URL-encoded, with '+' for a space
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """Sent by the API when a config arrives: the input may already be in the bucket."""
+
+    mission_id: str
+
+
+SourceEvent = ObjectCreated | StartRequest
+
+
+def start_request_body(mission_id: str) -> str:
+    return json.dumps({"type": START_REQUEST, "mission_id": mission_id})
+
+
+def parse_queue_body(body: str) -> list[SourceEvent]:
+    """The events one SQS message carries: none for `s3:TestEvent`, several for S3 batches."""
+    message: Any = json.loads(body)
+    if not isinstance(message, dict):
+        raise ValueError("queue message is not a JSON object")
+    if message.get("type") == START_REQUEST:
+        return [StartRequest(str(message["mission_id"]))]
+    if message.get("Event") == "s3:TestEvent":
+        return []
+    if "Records" not in message:
+        raise ValueError("queue message is neither an S3 notification nor a start request")
+    events: list[SourceEvent] = []
+    for record in S3Event(message).records:
+        if not record.event_name.startswith("ObjectCreated"):
+            continue
+        obj = record.s3.get_object
+        events.append(
+            ObjectCreated(
+                bucket=record.s3.bucket.name,
+                key=unquote_plus(obj.key),
+                size=int(obj.size or 0),
+                etag=obj.etag or "",
+            )
+        )
+    return events

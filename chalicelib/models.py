@@ -1,0 +1,112 @@
+"""Every pynamodb model, in one module.
+
+Table names come from settings, which must not be read at import time, so `bind_tables` sets them
+(and forgets pynamodb's cached connections) when the store is first built.
+"""
+
+from __future__ import annotations
+
+from pynamodb.attributes import (
+    BooleanAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+    UTCDateTimeAttribute,
+)
+from pynamodb.indexes import GlobalSecondaryIndex, KeysOnlyProjection
+from pynamodb.models import Model
+
+from chalicelib.settings import Settings
+
+
+class MissionModel(Model):
+    class Meta:
+        table_name = "lighthpc-missions"
+        billing_mode = "PAY_PER_REQUEST"
+
+    mission_id = UnicodeAttribute(hash_key=True)
+    name = UnicodeAttribute()
+    status = UnicodeAttribute()
+    config_json = UnicodeAttribute()  # the validated MissionConfig, as submitted
+    input_key = UnicodeAttribute()
+    input_etag = UnicodeAttribute(null=True)
+    input_bytes = NumberAttribute(null=True)
+    notify = UnicodeAttribute(null=True)
+    created_at = UTCDateTimeAttribute()
+    started_at = UTCDateTimeAttribute(null=True)
+    running_at = UTCDateTimeAttribute(null=True)
+    finished_at = UTCDateTimeAttribute(null=True)
+    planning_lease_until = NumberAttribute(null=True)  # epoch seconds
+    n_total = NumberAttribute(default=0)
+    # Claim cursor: workers ADD 1 to take the next never-claimed transaction in O(1).
+    next_index = NumberAttribute(default=0)
+    n_succeeded = NumberAttribute(default=0)
+    n_failed = NumberAttribute(default=0)
+    n_instances = NumberAttribute(default=0)
+    launch_errors = UnicodeAttribute(null=True)
+    instance_seconds = NumberAttribute(default=0)
+    result_key = UnicodeAttribute(null=True)
+    error = UnicodeAttribute(null=True)  # why the mission failed as a whole (bad input, ...)
+    notify_lease_until = NumberAttribute(null=True)
+    notified_at = UTCDateTimeAttribute(null=True)
+
+
+class RetryIndex(GlobalSecondaryIndex["TransactionModel"]):
+    """Sparse index of transactions waiting for another attempt (only they carry retry_rank)."""
+
+    class Meta:
+        index_name = "retry-index"
+        projection = KeysOnlyProjection()
+
+    mission_id = UnicodeAttribute(hash_key=True)
+    retry_rank = NumberAttribute(range_key=True)
+
+
+class TransactionModel(Model):
+    class Meta:
+        table_name = "lighthpc-transactions"
+        billing_mode = "PAY_PER_REQUEST"
+
+    mission_id = UnicodeAttribute(hash_key=True)
+    index = NumberAttribute(range_key=True)
+    status = UnicodeAttribute()
+    start = NumberAttribute()
+    end = NumberAttribute()
+    attempts = NumberAttribute(default=0)
+    retry_rank = NumberAttribute(null=True)
+    lease_owner = UnicodeAttribute(null=True)
+    lease_expires_at = NumberAttribute(null=True)
+    exit_code = NumberAttribute(null=True)
+    error = UnicodeAttribute(null=True)
+    started_at = UTCDateTimeAttribute(null=True)
+    finished_at = UTCDateTimeAttribute(null=True)
+    run_seconds = NumberAttribute(null=True)
+    part_key = UnicodeAttribute(null=True)
+    counted = BooleanAttribute(null=True)  # set once by result_processor: counts exactly once
+
+    retry_index = RetryIndex()
+
+
+class InputModel(Model):
+    """Rendezvous of a config and its upload: which mission waits for this input key."""
+
+    class Meta:
+        table_name = "lighthpc-inputs"
+        billing_mode = "PAY_PER_REQUEST"
+
+    input_key = UnicodeAttribute(hash_key=True)
+    mission_id = UnicodeAttribute()
+
+
+ALL_MODELS: tuple[type[Model], ...] = (MissionModel, TransactionModel, InputModel)
+
+
+def bind_tables(settings: Settings) -> None:
+    names = {
+        MissionModel: settings.mission_table,
+        TransactionModel: settings.transaction_table,
+        InputModel: settings.input_table,
+    }
+    for model, table in names.items():
+        model.Meta.table_name = table
+        model.Meta.region = settings.region
+        model._connection = None  # pynamodb caches the connection (and the table name) per class

@@ -1,0 +1,147 @@
+"""light_scheduler: starts a mission when both its config and its input are in, exactly once.
+
+Config and upload may arrive in either order. The API stores the config with a binding from the
+input key to the mission and asks the scheduler to start it (`StartRequest`); the S3 event asks
+the same. Either finds the other's half or does nothing; `Store.begin_planning` (a conditional
+write) lets exactly one of them plan, however often each is delivered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from chalicelib import aws
+from chalicelib.capacity import launch_workers
+from chalicelib.config import CountSplit, MissionConfig
+from chalicelib.context import Context
+from chalicelib.events import ObjectCreated, SourceEvent, StartRequest
+from chalicelib.models import MissionModel
+from chalicelib.observability import bind_mission, logger
+from chalicelib.planning import (
+    Slice,
+    instances_needed,
+    split_interval,
+    split_lines,
+    transaction_count_for_lines,
+)
+from chalicelib.results import settle
+from chalicelib.states import MissionStatus
+from chalicelib.store import NotFound
+
+# Longer than one scheduler invocation (its Lambda timeout), shorter than the queue's visibility
+# timeout, so a redelivered event can take over from a planner that died.
+PLANNING_LEASE_SECONDS = 120
+_MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+class PlanningError(Exception):
+    """The input cannot be planned; the message goes to the owner in the email."""
+
+
+def handle_source_event(ctx: Context, event: SourceEvent) -> None:
+    if isinstance(event, StartRequest):
+        on_start_request(ctx, event)
+    else:
+        on_upload(ctx, event)
+
+
+def on_upload(ctx: Context, obj: ObjectCreated) -> None:
+    if obj.bucket != ctx.settings.source_bucket:
+        logger.warning("event for another bucket ignored", extra={"bucket": obj.bucket})
+        return
+    mission_id = ctx.store.mission_awaiting(obj.key)
+    if mission_id is None:
+        logger.info("no mission awaits this input yet", extra={"key": obj.key})
+        return
+    start_mission(ctx, mission_id)
+
+
+def on_start_request(ctx: Context, request: StartRequest) -> None:
+    try:
+        mission = ctx.store.get_mission(request.mission_id)
+    except NotFound:
+        logger.warning(
+            "start requested for an unknown mission", extra={"mission_id": request.mission_id}
+        )
+        return
+    startable = {MissionStatus.AWAITING_INPUT.value, MissionStatus.PLANNING.value}
+    if mission.status in startable and _input_head(ctx, mission.input_key) is not None:
+        start_mission(ctx, mission.mission_id)
+
+
+def start_mission(ctx: Context, mission_id: str) -> None:
+    mission = ctx.store.begin_planning(mission_id, ctx.clock(), PLANNING_LEASE_SECONDS)
+    if mission is None:
+        logger.info("mission already started elsewhere", extra={"mission_id": mission_id})
+        return
+    bind_mission(mission_id)
+    config = MissionConfig.model_validate_json(mission.config_json)
+    try:
+        slices, total = plan(ctx, mission, config)
+    except PlanningError as e:
+        logger.warning("mission cannot start", extra={"reason": str(e)})
+        ctx.store.fail_planning(mission, str(e), ctx.clock())
+        settle(ctx, mission_id)  # sends the email that says why
+        return
+    written = ctx.store.record_transactions(mission_id, slices)
+    wanted = instances_needed(written, config.instances.slots, config.instances.max_instances)
+    # One token per mission: a planner that takes over from a dead one reuses it, so EC2
+    # returns the fleet already launched instead of launching a second.
+    launch = launch_workers(aws.ec2(), ctx.settings, mission_id, config.instances, wanted)
+    errors = "; ".join(launch.errors) or None
+    ctx.store.mark_running(mission, total, len(launch.instance_ids), errors, ctx.clock())
+    logger.info(
+        "mission running",
+        extra={"transactions": total, "instances": len(launch.instance_ids), "errors": errors},
+    )
+
+
+def plan(ctx: Context, mission: MissionModel, config: MissionConfig) -> tuple[Iterator[Slice], int]:
+    """The mission's slices (lazily) and how many there are; PlanningError for unusable input."""
+    head = _input_head(ctx, mission.input_key)
+    where = f"s3://{ctx.settings.source_bucket}/{mission.input_key}"
+    if head is None:
+        raise PlanningError(f"the input {where} does not exist")
+    size = int(head["ContentLength"])
+    if size == 0:
+        raise PlanningError(f"the input {where} is empty")
+    if size > ctx.settings.max_input_bytes:
+        raise PlanningError(
+            f"the input is {size} bytes; this stage accepts at most {ctx.settings.max_input_bytes}"
+        )
+    ctx.store.record_input(mission.mission_id, str(head.get("ETag", "")).strip('"'), size)
+    split = config.split
+    if isinstance(split, CountSplit):
+        interval = split.interval
+        return split_interval(interval.start, interval.end, split.count), split.count
+    lines = count_lines(ctx, mission.input_key)
+    total = transaction_count_for_lines(lines, split.lines_per_transaction)
+    if total > ctx.settings.max_transactions:
+        raise PlanningError(
+            f"{lines} lines at {split.lines_per_transaction} per transaction make {total}"
+            f" transactions; this stage allows at most {ctx.settings.max_transactions}"
+        )
+    return split_lines(lines, split.lines_per_transaction), total
+
+
+def count_lines(ctx: Context, key: str) -> int:
+    """Lines of the input, streamed (a last line without a newline counts)."""
+    body = aws.s3().get_object(Bucket=ctx.settings.source_bucket, Key=key)["Body"]
+    lines = 0
+    last = b""
+    for chunk in body.iter_chunks(chunk_size=1024 * 1024):
+        lines += chunk.count(b"\n")
+        last = chunk[-1:] or last
+    return lines + (1 if last and last != b"\n" else 0)
+
+
+def _input_head(ctx: Context, key: str) -> dict[str, Any] | None:
+    try:
+        return aws.s3().head_object(Bucket=ctx.settings.source_bucket, Key=key)
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in _MISSING:
+            return None
+        raise

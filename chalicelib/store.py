@@ -1,0 +1,487 @@
+"""The repository: every DynamoDB read and write, and the translation of pynamodb's errors.
+
+Callers see `NotFound`, `Conflict` (a condition said no: someone else got there first) and
+`StoreError`; never pynamodb or botocore exceptions, and never a match on message text.
+Every state change is a conditional write whose condition comes from `chalicelib.states`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+
+from pynamodb.connection import Connection
+from pynamodb.exceptions import DoesNotExist, PynamoDBException, TransactWriteError
+from pynamodb.expressions.condition import Condition
+from pynamodb.transactions import TransactWrite
+
+from chalicelib.models import InputModel, MissionModel, TransactionModel, bind_tables
+from chalicelib.planning import Slice
+from chalicelib.settings import Settings
+from chalicelib.states import (
+    MissionStatus,
+    TransactionStatus,
+    mission_sources,
+    transaction_sources,
+)
+
+_CONDITION_FAILED = "ConditionalCheckFailedException"
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    """A conditional write was refused: the item is not in the state the caller expected."""
+
+
+class InputBusy(Conflict):
+    def __init__(self, input_key: str, mission_id: str | None) -> None:
+        super().__init__(f"input {input_key!r} is already awaited by mission {mission_id}")
+        self.input_key = input_key
+        self.mission_id = mission_id
+
+
+def _condition_failed(error: PynamoDBException) -> bool:
+    if isinstance(error, TransactWriteError):
+        return any(
+            r is not None and r.code == "ConditionalCheckFailed"
+            for r in (error.cancellation_reasons or [])
+        )
+    return error.cause_response_code == _CONDITION_FAILED
+
+
+def utcnow(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=UTC)
+
+
+class Store:
+    def __init__(self, settings: Settings) -> None:
+        bind_tables(settings)
+        self._region = settings.region
+
+    def _transaction(self) -> TransactWrite:
+        return TransactWrite(connection=Connection(region=self._region))
+
+    # ---- missions -------------------------------------------------------------------------
+
+    def create_mission(self, mission: MissionModel) -> None:
+        """Store a new mission and register it as the one awaiting its input, atomically."""
+        binding = InputModel(mission.input_key, mission_id=mission.mission_id)
+        try:
+            with self._transaction() as tx:
+                tx.save(mission, condition=MissionModel.mission_id.does_not_exist())
+                tx.save(binding, condition=InputModel.input_key.does_not_exist())
+        except TransactWriteError as e:
+            if _condition_failed(e):
+                raise InputBusy(mission.input_key, self.mission_awaiting(mission.input_key)) from e
+            raise StoreError(f"could not store mission: {e}") from e
+
+    def get_mission(self, mission_id: str) -> MissionModel:
+        try:
+            return MissionModel.get(mission_id, consistent_read=True)
+        except DoesNotExist as e:
+            raise NotFound(f"no mission {mission_id!r}") from e
+        except PynamoDBException as e:
+            raise StoreError(f"could not read mission {mission_id}: {e}") from e
+
+    def list_missions(self, limit: int) -> list[MissionModel]:
+        try:
+            missions = list(MissionModel.scan())
+        except PynamoDBException as e:
+            raise StoreError(f"could not list missions: {e}") from e
+        missions.sort(key=lambda m: m.created_at, reverse=True)
+        return missions[:limit]
+
+    def mission_awaiting(self, input_key: str) -> str | None:
+        try:
+            return InputModel.get(input_key, consistent_read=True).mission_id
+        except DoesNotExist:
+            return None
+        except PynamoDBException as e:
+            raise StoreError(f"could not read input binding: {e}") from e
+
+    def begin_planning(
+        self, mission_id: str, now: float, lease_seconds: int
+    ) -> MissionModel | None:
+        """Take the right to plan: exactly one caller wins, however many events arrive.
+
+        A mission awaiting its input moves to PLANNING. A planner that died mid-way left PLANNING
+        with a lease; once that lease has expired a redelivered event takes over (the input
+        binding is kept until planning ends, so a redelivered S3 event still finds the mission).
+        Returns None if the mission is not startable or someone else holds the lease.
+        """
+        awaiting = MissionModel.status == MissionStatus.AWAITING_INPUT.value
+        stale = (MissionModel.status == MissionStatus.PLANNING.value) & (
+            MissionModel.planning_lease_until < now
+        )
+        try:
+            return self._update_mission(
+                mission_id,
+                [
+                    MissionModel.status.set(MissionStatus.PLANNING.value),
+                    MissionModel.planning_lease_until.set(now + lease_seconds),
+                    MissionModel.started_at.set(utcnow(now)),
+                ],
+                condition=awaiting | stale,
+            )
+        except Conflict:
+            return None
+
+    def record_input(self, mission_id: str, etag: str, size: int) -> None:
+        self._update_mission(
+            mission_id,
+            [MissionModel.input_etag.set(etag), MissionModel.input_bytes.set(size)],
+        )
+
+    def record_transactions(self, mission_id: str, slices: Iterable[Slice]) -> int:
+        """Write the planned transactions (batched; pynamodb retries UnprocessedItems)."""
+        written = 0
+        try:
+            with TransactionModel.batch_write() as batch:
+                for s in slices:
+                    batch.save(
+                        TransactionModel(
+                            mission_id,
+                            s.index,
+                            status=TransactionStatus.PENDING.value,
+                            start=s.start,
+                            end=s.end,
+                        )
+                    )
+                    written += 1
+        except PynamoDBException as e:
+            raise StoreError(f"could not record transactions of {mission_id}: {e}") from e
+        return written
+
+    def mark_running(
+        self,
+        mission: MissionModel,
+        n_total: int,
+        n_instances: int,
+        launch_errors: str | None,
+        now: float,
+    ) -> None:
+        self._end_planning(
+            mission,
+            MissionStatus.RUNNING,
+            [
+                MissionModel.n_total.set(n_total),
+                MissionModel.n_instances.set(n_instances),
+                MissionModel.launch_errors.set(launch_errors)
+                if launch_errors
+                else MissionModel.launch_errors.remove(),
+                MissionModel.running_at.set(utcnow(now)),
+            ],
+        )
+
+    def fail_planning(self, mission: MissionModel, reason: str, now: float) -> None:
+        """Fail a mission whose input cannot be planned (empty, missing, too large...)."""
+        self._end_planning(
+            mission,
+            MissionStatus.FAILED,
+            [MissionModel.error.set(reason), MissionModel.finished_at.set(utcnow(now))],
+        )
+
+    def _end_planning(self, mission: MissionModel, target: MissionStatus, actions: list) -> None:
+        """Leave PLANNING and release the input key for later configs, atomically."""
+        try:
+            with self._transaction() as tx:
+                tx.update(
+                    MissionModel(mission.mission_id),
+                    actions=[
+                        MissionModel.status.set(target.value),
+                        MissionModel.planning_lease_until.remove(),
+                        *actions,
+                    ],
+                    condition=MissionModel.status == MissionStatus.PLANNING.value,
+                )
+                tx.delete(
+                    InputModel(mission.input_key),
+                    condition=InputModel.input_key.does_not_exist()
+                    | (InputModel.mission_id == mission.mission_id),
+                )
+        except TransactWriteError as e:
+            if _condition_failed(e):
+                raise Conflict(f"mission {mission.mission_id} is no longer planning") from e
+            raise StoreError(f"could not end planning of {mission.mission_id}: {e}") from e
+
+    def finish_mission(
+        self,
+        mission_id: str,
+        status: MissionStatus,
+        result_key: str | None,
+        instance_seconds: float,
+        now: float,
+    ) -> bool:
+        """RUNNING -> SUCCEEDED/FAILED, once. False if another event already finished it."""
+        try:
+            self._transition_mission(
+                mission_id,
+                status,
+                [
+                    MissionModel.result_key.set(result_key)
+                    if result_key
+                    else MissionModel.result_key.remove(),
+                    MissionModel.finished_at.set(utcnow(now)),
+                    MissionModel.instance_seconds.set(instance_seconds),
+                ],
+                only_from=[MissionStatus.RUNNING.value],
+            )
+        except Conflict:
+            return False
+        return True
+
+    def claim_notification(self, mission_id: str, now: float, lease_seconds: int) -> bool:
+        """The right to send the completion email: one holder at a time, until it is sent.
+
+        If the holder fails to publish, its lease runs out and a redelivered event sends it.
+        """
+        free = MissionModel.notify_lease_until.does_not_exist() | (
+            MissionModel.notify_lease_until < now
+        )
+        try:
+            self._update_mission(
+                mission_id,
+                [MissionModel.notify_lease_until.set(now + lease_seconds)],
+                condition=MissionModel.notified_at.does_not_exist() & free,
+            )
+        except Conflict:
+            return False
+        return True
+
+    def mark_notified(self, mission_id: str, now: float) -> None:
+        self._update_mission(
+            mission_id,
+            [MissionModel.notified_at.set(utcnow(now))],
+            condition=MissionModel.notified_at.does_not_exist(),
+        )
+
+    def add_instance_seconds(self, mission_id: str, seconds: float) -> None:
+        self._update_mission(mission_id, [MissionModel.instance_seconds.add(seconds)])
+
+    def _transition_mission(
+        self,
+        mission_id: str,
+        target: MissionStatus,
+        actions: list,
+        only_from: list[str] | None = None,
+    ) -> None:
+        sources = only_from or mission_sources(target)
+        self._update_mission(
+            mission_id,
+            [MissionModel.status.set(target.value), *actions],
+            condition=MissionModel.status.is_in(*sources),
+        )
+
+    def _update_mission(
+        self, mission_id: str, actions: list, condition: Condition | None = None
+    ) -> MissionModel:
+        mission = MissionModel(mission_id)
+        exists = MissionModel.mission_id.exists()
+        try:
+            mission.update(
+                actions=actions, condition=exists if condition is None else exists & condition
+            )
+        except PynamoDBException as e:
+            if _condition_failed(e):
+                raise Conflict(f"mission {mission_id} is not in the expected state") from e
+            raise StoreError(f"could not update mission {mission_id}: {e}") from e
+        return mission
+
+    # ---- transactions ---------------------------------------------------------------------
+
+    def transactions(self, mission_id: str) -> Iterator[TransactionModel]:
+        """Every transaction of a mission, in index order (paginated underneath)."""
+        try:
+            yield from TransactionModel.query(mission_id, consistent_read=True)
+        except PynamoDBException as e:
+            raise StoreError(f"could not read transactions of {mission_id}: {e}") from e
+
+    def get_transaction(self, mission_id: str, index: int) -> TransactionModel:
+        try:
+            return TransactionModel.get(mission_id, index, consistent_read=True)
+        except DoesNotExist as e:
+            raise NotFound(f"no transaction {index} in mission {mission_id}") from e
+        except PynamoDBException as e:
+            raise StoreError(f"could not read transaction: {e}") from e
+
+    def claim_next(
+        self, mission_id: str, owner: str, now: float, lease_seconds: int
+    ) -> TransactionModel | None:
+        """Claim a transaction: first never-claimed ones via the cursor, then retries.
+
+        The cursor (an atomic ADD on the mission) hands each worker a distinct index, so workers
+        do not race for the same item and no query grows with the mission's size. Transactions
+        sent back for another attempt are found through the sparse retry index.
+        """
+        while True:
+            index = self._advance_cursor(mission_id)
+            if index is None:
+                break
+            claimed = self._claim(mission_id, index, owner, now, lease_seconds)
+            if claimed is not None:
+                return claimed
+        try:
+            waiting = list(TransactionModel.retry_index.query(mission_id, limit=10))
+        except PynamoDBException as e:
+            raise StoreError(f"could not look for retries in {mission_id}: {e}") from e
+        for item in waiting:
+            claimed = self._claim(mission_id, int(item.index), owner, now, lease_seconds)
+            if claimed is not None:
+                return claimed
+        return None
+
+    def _advance_cursor(self, mission_id: str) -> int | None:
+        mission = MissionModel(mission_id)
+        try:
+            mission.update(
+                actions=[MissionModel.next_index.add(1)],
+                condition=(MissionModel.status == MissionStatus.RUNNING.value)
+                & (MissionModel.next_index < MissionModel.n_total),
+            )
+        except PynamoDBException as e:
+            if _condition_failed(e):
+                return None
+            raise StoreError(f"could not advance the claim cursor of {mission_id}: {e}") from e
+        return int(mission.next_index) - 1
+
+    def _claim(
+        self, mission_id: str, index: int, owner: str, now: float, lease_seconds: int
+    ) -> TransactionModel | None:
+        txn = TransactionModel(mission_id, index)
+        try:
+            txn.update(
+                actions=[
+                    TransactionModel.status.set(TransactionStatus.RUNNING.value),
+                    TransactionModel.lease_owner.set(owner),
+                    TransactionModel.lease_expires_at.set(now + lease_seconds),
+                    TransactionModel.started_at.set(utcnow(now)),
+                    TransactionModel.attempts.add(1),
+                    TransactionModel.retry_rank.remove(),
+                ],
+                condition=TransactionModel.status.is_in(
+                    *transaction_sources(TransactionStatus.RUNNING)
+                ),
+            )
+        except PynamoDBException as e:
+            if _condition_failed(e):
+                return None
+            raise StoreError(f"could not claim transaction {index} of {mission_id}: {e}") from e
+        return txn
+
+    def requeue(
+        self,
+        txn: TransactionModel,
+        owner: str,
+        exit_code: int | None,
+        error: str,
+        now: float,
+    ) -> None:
+        """Hand a failed attempt back for another try (by any worker)."""
+        self._update_transaction(
+            txn,
+            TransactionStatus.PENDING,
+            owner,
+            [
+                TransactionModel.exit_code.set(exit_code),
+                TransactionModel.error.set(error),
+                TransactionModel.retry_rank.set(int(now * 1000)),
+                TransactionModel.lease_owner.remove(),
+                TransactionModel.lease_expires_at.remove(),
+            ],
+        )
+
+    def finish_transaction(
+        self,
+        txn: TransactionModel,
+        owner: str,
+        status: TransactionStatus,
+        exit_code: int | None,
+        error: str | None,
+        run_seconds: float,
+        part_key: str | None,
+        now: float,
+    ) -> None:
+        """Record the worker's view of a terminal attempt; result_processor may have been first."""
+        # Already terminal through the result event, which is the authority: nothing to add.
+        with contextlib.suppress(Conflict):
+            self._update_transaction(
+                txn,
+                status,
+                owner,
+                [
+                    TransactionModel.exit_code.set(exit_code),
+                    TransactionModel.error.set(error),
+                    TransactionModel.run_seconds.set(run_seconds),
+                    TransactionModel.part_key.set(part_key),
+                    TransactionModel.finished_at.set(utcnow(now)),
+                    TransactionModel.lease_expires_at.remove(),
+                ],
+            )
+
+    def _update_transaction(
+        self, txn: TransactionModel, target: TransactionStatus, owner: str, actions: list
+    ) -> None:
+        condition = TransactionModel.status.is_in(*transaction_sources(target)) & (
+            TransactionModel.lease_owner == owner
+        )
+        try:
+            txn.update(
+                actions=[TransactionModel.status.set(target.value), *actions], condition=condition
+            )
+        except PynamoDBException as e:
+            if _condition_failed(e):
+                raise Conflict(f"transaction {txn.index} is no longer held by {owner}") from e
+            raise StoreError(f"could not update transaction {txn.index}: {e}") from e
+
+    def count_outcome(
+        self,
+        mission_id: str,
+        index: int,
+        succeeded: bool,
+        part_key: str,
+        exit_code: int | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Count a transaction's outcome exactly once. False if it was already counted."""
+        status = TransactionStatus.SUCCEEDED if succeeded else TransactionStatus.FAILED
+        counter = MissionModel.n_succeeded if succeeded else MissionModel.n_failed
+        txn_actions = [
+            TransactionModel.counted.set(True),
+            TransactionModel.status.set(status.value),
+            TransactionModel.lease_owner.remove(),
+            TransactionModel.lease_expires_at.remove(),
+            TransactionModel.retry_rank.remove(),
+        ]
+        if succeeded:
+            txn_actions.append(TransactionModel.part_key.set(part_key))
+        else:
+            txn_actions += [
+                TransactionModel.exit_code.set(exit_code),
+                TransactionModel.error.set(error),
+            ]
+        try:
+            with self._transaction() as tx:
+                tx.update(
+                    TransactionModel(mission_id, index),
+                    actions=txn_actions,
+                    condition=TransactionModel.index.exists()
+                    & TransactionModel.counted.does_not_exist(),
+                )
+                tx.update(
+                    MissionModel(mission_id),
+                    actions=[counter.add(1)],
+                    condition=MissionModel.status == MissionStatus.RUNNING.value,
+                )
+        except TransactWriteError as e:
+            if _condition_failed(e):
+                return False
+            raise StoreError(f"could not count transaction {index} of {mission_id}: {e}") from e
+        return True

@@ -1,0 +1,1 @@
+"""The embedded AWS runtime and the CLI. Never shipped to Lambda."""

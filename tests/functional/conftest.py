@@ -1,0 +1,16 @@
+import os
+
+import pytest
+from moto import mock_aws
+
+from local.inprocess import InProcessCluster, reset_process_state
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    saved = dict(os.environ)
+    with mock_aws():
+        yield InProcessCluster.start(workdir=tmp_path)
+    os.environ.clear()
+    os.environ.update(saved)
+    reset_process_state()

@@ -1,0 +1,352 @@
+"""The worker agent: claim a transaction, run the app on its slice, upload the part, repeat.
+
+Run on the worker AMI as `python -m worker_ami.agent`. Everything it talks to is injected (store,
+S3 and EC2 clients, instance metadata, clock), so tests run it in-process against moto and the
+local runtime runs it as a process with its own metadata endpoint.
+
+Outcomes travel through the result bucket: a part (`.out`) or, once a transaction is out of
+attempts, a failure marker (`.failed`); result_processor counts both. A failed attempt with
+attempts left goes back to the queue for any worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chalicelib.apps import BUILTIN_APPS, builtin_argv, render_argv
+from chalicelib.capacity import MISSION_TAG
+from chalicelib.config import ArgvApp, LinesSplit, MissionConfig
+from chalicelib.layout import failure_key, part_key
+from chalicelib.models import TransactionModel
+from chalicelib.observability import bind_mission, logger
+from chalicelib.settings import Settings
+from chalicelib.states import MissionStatus, TransactionStatus, after_failed_attempt
+from chalicelib.store import Conflict, Store
+from worker_ami.metadata import MetadataSource
+from worker_ami.runner import AppResult, run_app
+
+# How long a worker waits for a mission still being planned (workers can boot that fast locally).
+PLANNING_WAIT_SECONDS = 300.0
+# The lease covers the app's timeout plus this margin for download and upload.
+LEASE_MARGIN_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class AgentReport:
+    instance_id: str
+    mission_id: str | None
+    succeeded: int
+    failed_attempts: int
+    seconds: float
+
+
+class WorkerAgent:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        s3: Any,
+        ec2: Any,
+        metadata: MetadataSource,
+        workdir: Path,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        slots: int | None = None,
+        python: str = sys.executable,
+        terminate_when_done: bool = True,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._s3 = s3
+        self._ec2 = ec2
+        self._metadata = metadata
+        self._workdir = workdir
+        self._clock = clock
+        self._sleep = sleep
+        self._slots_override = slots
+        self._python = python
+        self._terminate_when_done = terminate_when_done
+        self._input_lock = threading.Lock()
+        self._input_path: Path | None = None
+        self._line_offsets: list[int] | None = None
+        self._counts_lock = threading.Lock()
+        self._succeeded = 0
+        self._failed_attempts = 0
+
+    # ---- the main loop --------------------------------------------------------------------
+
+    def run(self) -> AgentReport:
+        began = self._clock()
+        identity = self._metadata.identity()
+        mission_id = identity.tags.get(MISSION_TAG)
+        bind_mission(mission_id)
+        logger.append_keys(instance_id=identity.instance_id)
+        try:
+            if mission_id is None:
+                logger.error("instance has no mission tag; nothing to do")
+            else:
+                self._work_on(identity.instance_id, mission_id)
+        finally:
+            seconds = self._clock() - began
+            if mission_id is not None:
+                self._store.add_instance_seconds(mission_id, seconds)
+            if self._terminate_when_done:
+                logger.info("no work left: terminating this instance")
+                self._ec2.terminate_instances(InstanceIds=[identity.instance_id])
+        return AgentReport(
+            identity.instance_id, mission_id, self._succeeded, self._failed_attempts, seconds
+        )
+
+    def _work_on(self, instance_id: str, mission_id: str) -> None:
+        mission = self._wait_until_planned(mission_id)
+        if mission is None:
+            return
+        config = MissionConfig.model_validate_json(mission.config_json)
+        slots = self._slots_override or config.instances.slots
+        lease = config.timeouts.transaction_seconds + LEASE_MARGIN_SECONDS
+        threads = [
+            threading.Thread(
+                target=self._slot_loop,
+                args=(f"{instance_id}/{slot}", mission, config, lease),
+                name=f"slot-{slot}",
+            )
+            for slot in range(slots)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def _wait_until_planned(self, mission_id: str) -> Any:
+        deadline = self._clock() + PLANNING_WAIT_SECONDS
+        delay = 0.2
+        while True:
+            mission = self._store.get_mission(mission_id)
+            if mission.status != MissionStatus.PLANNING.value:
+                break
+            if self._clock() > deadline:
+                logger.error("mission still planning after the wait; giving up")
+                return None
+            self._sleep(delay)
+            delay = min(delay * 2, 5.0)
+        if mission.status != MissionStatus.RUNNING.value:
+            logger.info("mission is not running", extra={"status": mission.status})
+            return None
+        return mission
+
+    def _slot_loop(self, owner: str, mission: Any, config: MissionConfig, lease: int) -> None:
+        bind_mission(mission.mission_id)
+        while True:
+            txn = self._store.claim_next(mission.mission_id, owner, self._clock(), lease)
+            if txn is None:
+                return
+            self._run_transaction(owner, mission, config, txn)
+
+    # ---- one transaction ------------------------------------------------------------------
+
+    def _run_transaction(
+        self, owner: str, mission: Any, config: MissionConfig, txn: TransactionModel
+    ) -> None:
+        index, attempt = int(txn.index), int(txn.attempts)
+        scratch = Path(tempfile.mkdtemp(prefix=f"t{index:08d}-", dir=self._workdir))
+        try:
+            output = scratch / "part.out"
+            argv = render_argv(
+                self._argv_template(config),
+                {
+                    "input": str(self._input_for(mission, config, txn, scratch)),
+                    "output": str(output),
+                    "index": index,
+                    "count": int(mission.n_total),
+                    "start": int(txn.start),
+                    "end": int(txn.end),
+                    "attempt": attempt,
+                    "python": self._python,
+                },
+            )
+            result = run_app(
+                argv, config.timeouts.transaction_seconds, scratch, scratch / "stderr.log"
+            )
+            if result.exit_code == 0 and not output.exists():
+                result = AppResult(
+                    1, f"the app exited 0 but wrote no output to {output}", result.seconds
+                )
+            self._report(owner, mission, config, txn, result, output)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _report(
+        self,
+        owner: str,
+        mission: Any,
+        config: MissionConfig,
+        txn: TransactionModel,
+        result: AppResult,
+        output: Path,
+    ) -> None:
+        index, attempt = int(txn.index), int(txn.attempts)
+        log = {"index": index, "attempt": attempt, "seconds": round(result.seconds, 3)}
+        bucket = self._settings.result_bucket
+        try:
+            if result.exit_code == 0:
+                key = part_key(mission.mission_id, index)
+                self._s3.upload_file(str(output), bucket, key)
+                self._store.finish_transaction(
+                    txn,
+                    owner,
+                    TransactionStatus.SUCCEEDED,
+                    0,
+                    None,
+                    result.seconds,
+                    key,
+                    self._clock(),
+                )
+                with self._counts_lock:
+                    self._succeeded += 1
+                logger.info("transaction succeeded", extra=log)
+                return
+            with self._counts_lock:
+                self._failed_attempts += 1
+            log |= {"exit_code": result.exit_code, "stderr": result.stderr_tail[-300:]}
+            if after_failed_attempt(attempt, config.max_attempts) is TransactionStatus.PENDING:
+                self._store.requeue(txn, owner, result.exit_code, result.stderr_tail, self._clock())
+                logger.warning("attempt failed; transaction requeued", extra=log)
+                return
+            marker = {
+                "exit_code": result.exit_code,
+                "error": result.stderr_tail or f"exit code {result.exit_code}",
+                "attempts": attempt,
+                "timed_out": result.timed_out,
+            }
+            key = failure_key(mission.mission_id, index)
+            self._s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(marker).encode())
+            self._store.finish_transaction(
+                txn,
+                owner,
+                TransactionStatus.FAILED,
+                result.exit_code,
+                marker["error"],
+                result.seconds,
+                None,
+                self._clock(),
+            )
+            logger.error("transaction failed for good", extra=log)
+        except Conflict:
+            # The lease was taken from us (it expired and the transaction was requeued): the
+            # other holder's outcome counts; ours is dropped.
+            logger.warning("lost the lease; outcome dropped", extra=log)
+
+    def _argv_template(self, config: MissionConfig) -> list[str]:
+        if isinstance(config.app, ArgvApp):
+            return list(config.app.argv)
+        app = BUILTIN_APPS[config.app.builtin]
+        return builtin_argv(app, config.app.params.model_dump())
+
+    # ---- input ----------------------------------------------------------------------------
+
+    def _input_for(
+        self, mission: Any, config: MissionConfig, txn: TransactionModel, scratch: Path
+    ) -> Path:
+        """The whole input (downloaded once per worker), or in `lines` mode this slice of it."""
+        whole = self._download_input(mission)
+        if not isinstance(config.split, LinesSplit):
+            return whole
+        offsets = self._offsets(whole, config.split.lines_per_transaction)
+        index = int(txn.index)
+        begin = offsets[index]
+        end = offsets[index + 1] if index + 1 < len(offsets) else whole.stat().st_size
+        sliced = scratch / "slice.in"
+        with open(whole, "rb") as src, open(sliced, "wb") as dst:
+            src.seek(begin)
+            remaining = end - begin
+            while remaining > 0:
+                chunk = src.read(min(remaining, 1024 * 1024))
+                if not chunk:
+                    break
+                dst.write(chunk)
+                remaining -= len(chunk)
+        return sliced
+
+    def _download_input(self, mission: Any) -> Path:
+        with self._input_lock:
+            if self._input_path is None:
+                path = self._workdir / "input"
+                self._s3.download_file(self._settings.source_bucket, mission.input_key, str(path))
+                self._input_path = path
+            return self._input_path
+
+    def _offsets(self, whole: Path, lines_per_slice: int) -> list[int]:
+        """Byte offset where each slice starts, from one pass over the input."""
+        with self._input_lock:
+            if self._line_offsets is None:
+                offsets = [0]
+                position = 0
+                with open(whole, "rb") as f:
+                    for number, line in enumerate(f, start=1):
+                        position += len(line)
+                        if number % lines_per_slice == 0:
+                            offsets.append(position)
+                if offsets[-1] == position and len(offsets) > 1:
+                    offsets.pop()  # the file ended exactly on a slice boundary
+                self._line_offsets = offsets
+            return self._line_offsets
+
+
+def main(argv: list[str] | None = None) -> int:
+    from chalicelib import aws
+    from chalicelib.settings import get_settings
+    from worker_ami.metadata import Imdsv2Metadata
+
+    parser = argparse.ArgumentParser(prog="python -m worker_ami.agent", description=__doc__)
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="scratch space (default: a new temporary directory)",
+    )
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        help="transactions run at once (default: the mission's slots)",
+    )
+    parser.add_argument(
+        "--no-terminate",
+        action="store_true",
+        help="do not terminate this instance when the work is done",
+    )
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lighthpc-worker-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    agent = WorkerAgent(
+        settings=settings,
+        store=Store(settings),
+        s3=aws.s3(),
+        ec2=aws.ec2(),
+        metadata=Imdsv2Metadata(settings.imds_url),
+        workdir=workdir,
+        slots=args.slots,
+        terminate_when_done=not args.no_terminate,
+    )
+    report = agent.run()
+    logger.info(
+        "worker done",
+        extra={"succeeded": report.succeeded, "failed_attempts": report.failed_attempts},
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Built-in apps: deterministic computations on one slice, runnable as `python -m ...`."""

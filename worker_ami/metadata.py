@@ -1,0 +1,99 @@
+"""Instance metadata behind one small interface: IMDSv2 on EC2, a static value in tests.
+
+The local runtime serves an IMDSv2-compatible endpoint per worker, so the agent there uses the
+same `Imdsv2Metadata` as on EC2, only with another base URL.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Protocol
+
+DEFAULT_IMDS_URL = "http://169.254.169.254"
+TOKEN_TTL_SECONDS = 21600
+
+
+@dataclass(frozen=True)
+class InstanceIdentity:
+    instance_id: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class MetadataSource(Protocol):
+    def identity(self) -> InstanceIdentity: ...
+
+    def spot_action(self) -> dict[str, str] | None:
+        """The pending Spot interruption (`{"action": ..., "time": ...}`), or None."""
+        ...
+
+
+@dataclass
+class StaticMetadata:
+    """Metadata given up front (tests, and one-off runs of the agent by hand)."""
+
+    instance: InstanceIdentity
+    interruption: dict[str, str] | None = None
+
+    def identity(self) -> InstanceIdentity:
+        return self.instance
+
+    def spot_action(self) -> dict[str, str] | None:
+        return self.interruption
+
+
+class Imdsv2Metadata:
+    """IMDSv2: a session token from PUT /latest/api/token, then GETs carrying it.
+
+    Tags are read from instance metadata (the launch template enables `InstanceMetadataTags`),
+    so the worker needs no ec2:DescribeTags permission.
+    """
+
+    def __init__(self, base_url: str = DEFAULT_IMDS_URL, timeout: float = 2.0) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"instance metadata URL must be http(s): {base_url!r}")
+        self._base = base_url.rstrip("/")
+        self._timeout = timeout
+        self._token: str | None = None
+
+    def _fetch_token(self) -> str:
+        request = urllib.request.Request(  # noqa: S310 - scheme checked in __init__
+            f"{self._base}/latest/api/token",
+            method="PUT",
+            headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_SECONDS)},
+        )
+        with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+            return response.read().decode()
+
+    def _get(self, path: str) -> str | None:
+        if self._token is None:
+            self._token = self._fetch_token()
+        request = urllib.request.Request(  # noqa: S310 - scheme checked in __init__
+            f"{self._base}/latest/meta-data/{path}",
+            headers={"X-aws-ec2-metadata-token": self._token},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+                return response.read().decode()
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return None
+            if e.code == 401:  # token expired: fetch a new one next time
+                self._token = None
+            raise
+
+    def identity(self) -> InstanceIdentity:
+        instance_id = self._get("instance-id")
+        if not instance_id:
+            raise RuntimeError("instance metadata has no instance-id")
+        tags: dict[str, str] = {}
+        for name in (self._get("tags/instance") or "").splitlines():
+            if name:
+                tags[name] = self._get(f"tags/instance/{name}") or ""
+        return InstanceIdentity(instance_id, tags)
+
+    def spot_action(self) -> dict[str, str] | None:
+        raw = self._get("spot/instance-action")
+        return json.loads(raw) if raw else None
