@@ -64,10 +64,11 @@ def utcnow(epoch: float) -> datetime:
 class Store:
     def __init__(self, settings: Settings) -> None:
         bind_tables(settings)
-        self._region = settings.region
+        # One connection for all transactions: each new one would build a new botocore client.
+        self._connection = Connection(region=settings.region)
 
     def _transaction(self) -> TransactWrite:
-        return TransactWrite(connection=Connection(region=self._region))
+        return TransactWrite(connection=self._connection)
 
     # ---- missions -------------------------------------------------------------------------
 
