@@ -1,4 +1,4 @@
-"""Whole missions in-process on moto: API -> S3 event -> scheduler -> workers -> results -> email."""
+"""Whole missions in-process on moto: API, S3 event, scheduler, workers, results, email."""
 
 from __future__ import annotations
 
