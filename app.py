@@ -18,7 +18,7 @@ from chalicelib.context import get_context
 from chalicelib.results import handle_result_object
 from chalicelib.scheduler import handle_source_event
 from chalicelib.settings import RESULT_QUEUE_NAME, SOURCE_QUEUE_NAME
-from chalicelib.store import InputBusy, NotFound
+from chalicelib.store import Conflict, InputBusy, NotFound
 
 app = Chalice(app_name="lighthpc")
 
@@ -53,6 +53,16 @@ def get_mission(mission_id: str) -> Response:
         return _json(200, missions.describe(get_context(), mission_id))
     except NotFound as e:
         return _json(404, {"error": str(e)})
+
+
+@app.route("/missions/{mission_id}", methods=["DELETE"])
+def cancel_mission(mission_id: str) -> Response:
+    try:
+        return _json(200, missions.cancel(get_context(), mission_id))
+    except NotFound as e:
+        return _json(404, {"error": str(e)})
+    except Conflict as e:
+        return _json(409, {"error": str(e)})
 
 
 @app.route("/missions/{mission_id}/transactions", methods=["GET"])

@@ -46,8 +46,19 @@ BUILTIN_APPS: dict[str, BuiltinApp] = {
 
 
 def placeholders_in(template: str) -> list[str]:
-    """Names of the `{placeholders}` in one argv element; raises ValueError if malformed."""
-    return [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    """Names of the `{placeholders}` in one argv element; raises ValueError if malformed.
+
+    Placeholders are plain names: a format spec or conversion (`{input:d}`, `{input!r}`) would
+    fail or quote the value on the worker, so they are refused here.
+    """
+    names = []
+    for _, field, spec, conversion in string.Formatter().parse(template):
+        if field is None:
+            continue
+        if spec or conversion:
+            raise ValueError(f"placeholder {{{field}}} must be plain: no ':spec' or '!conversion'")
+        names.append(field)
+    return names
 
 
 def builtin_argv(app: BuiltinApp, params: dict[str, int]) -> list[str]:

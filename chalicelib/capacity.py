@@ -110,3 +110,11 @@ def mission_instances(ec2: Any, mission_id: str, states: list[str]) -> list[dict
         for reservation in page["Reservations"]:
             found.extend(reservation["Instances"])
     return found
+
+
+def terminate_mission_instances(ec2: Any, mission_id: str) -> list[str]:
+    """Terminate every live instance tagged with the mission (cancel, and stray workers)."""
+    ids = [i["InstanceId"] for i in mission_instances(ec2, mission_id, ["pending", "running"])]
+    for start in range(0, len(ids), 1000):  # TerminateInstances takes at most 1000 ids
+        ec2.terminate_instances(InstanceIds=ids[start : start + 1000])
+    return ids

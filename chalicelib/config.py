@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from chalicelib.apps import BUILTIN_APPS, PLACEHOLDERS, placeholders_in
+from chalicelib.layout import MAX_TRANSACTIONS_EVER
 from chalicelib.settings import Settings
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -45,7 +46,8 @@ class ConfigInvalid(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+    # strict: JSON `true` is not the integer 1 and "3" is not 3 (validated from JSON text).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def _no_control(value: str) -> str:
@@ -69,22 +71,19 @@ class CountSplit(_Strict):
     """`count` transactions that share the integer interval [start, end) evenly."""
 
     mode: Literal["count"]
-    count: int = Field(ge=1)
-    interval: Interval
+    interval: Interval  # before `count`, whose validator reads it
+    count: int = Field(ge=1, le=MAX_TRANSACTIONS_EVER)
 
     @field_validator("count")
     @classmethod
-    def _within_stage_limit(cls, count: int, info: ValidationInfo) -> int:
-        limit = _settings(info).max_transactions if _settings(info) else None
-        if limit is not None and count > limit:
-            raise ValueError(f"at most {limit} transactions per mission in this stage")
+    def _within_limits(cls, count: int, info: ValidationInfo) -> int:
+        settings = _settings(info)
+        if settings is not None and count > settings.max_transactions:
+            raise ValueError(f"at most {settings.max_transactions} transactions in this stage")
+        interval = info.data.get("interval")
+        if interval is not None and count > interval.end - interval.start:
+            raise ValueError("must not exceed the interval's length (no empty transactions)")
         return count
-
-    @model_validator(mode="after")
-    def _fits_interval(self) -> CountSplit:
-        if self.count > self.interval.end - self.interval.start:
-            raise ValueError("count must not exceed the interval's length (no empty transactions)")
-        return self
 
 
 class LinesSplit(_Strict):
@@ -181,7 +180,8 @@ class Instances(_Strict):
     types: list[InstanceType] = Field(default=["c5.large"], min_length=1, max_length=20)
     market: Literal["spot", "on-demand"] = "spot"
     on_demand_fallback: bool = False
-    max_instances: int = Field(default=4, ge=1)
+    # validate_default: the stage's cap applies to the default too.
+    max_instances: int = Field(default=4, ge=1, validate_default=True)
     slots: int = Field(default=1, ge=1, le=256)
 
     @field_validator("types")
@@ -213,9 +213,10 @@ class MissionConfig(_Strict):
     input: InputKey
     split: Split
     app: AppSpec
-    instances: Instances = Instances()
+    # Defaults validated in context, so stage limits apply to an omitted block as well.
+    instances: Instances = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     max_attempts: int = Field(default=3, ge=1, le=10)
-    timeouts: Timeouts = Timeouts()
+    timeouts: Timeouts = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     notify: str | None = Field(default=None, max_length=254)
 
     @field_validator("name")
@@ -282,7 +283,7 @@ def parse_mission_config(body: bytes | str | None, settings: Settings) -> Missio
     if not isinstance(data, dict):
         raise ConfigInvalid([FieldError("(body)", "must be a JSON object")])
     try:
-        return MissionConfig.model_validate(data, context={"settings": settings})
+        return MissionConfig.model_validate_json(raw, context={"settings": settings})
     except ValidationError as e:
         errors = [FieldError(_field_name(tuple(err["loc"])), _reason(err)) for err in e.errors()]
         raise ConfigInvalid(errors) from e

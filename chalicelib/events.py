@@ -43,6 +43,13 @@ def parse_queue_body(body: str) -> list[SourceEvent]:
     message: Any = json.loads(body)
     if not isinstance(message, dict):
         raise ValueError("queue message is not a JSON object")
+    try:
+        return _events_of(message)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"malformed queue message: {e!r}") from e
+
+
+def _events_of(message: dict[str, Any]) -> list[SourceEvent]:
     if message.get("type") == START_REQUEST:
         return [StartRequest(str(message["mission_id"]))]
     if message.get("Event") == "s3:TestEvent":
@@ -58,7 +65,7 @@ def parse_queue_body(body: str) -> list[SourceEvent]:
             ObjectCreated(
                 bucket=record.s3.bucket.name,
                 key=unquote_plus(obj.key),
-                size=int(obj.size or 0),
+                size=int(obj.get("size") or 0),
                 etag=obj.etag or "",
             )
         )

@@ -6,17 +6,21 @@ import re
 from dataclasses import dataclass
 
 PARTS_PREFIX = "parts/"
+INDEX_DIGITS = 8  # zero-padded, so keys sort in index order
+MAX_TRANSACTIONS_EVER = 10**INDEX_DIGITS
+_OUTCOME = re.compile(
+    rf"^parts/(?P<mission>[^/]+)/(?P<index>\d{{{INDEX_DIGITS}}})\.(?P<kind>out|failed)$"
+)
 RESULTS_PREFIX = "results/"
-_OUTCOME = re.compile(r"^parts/(?P<mission>[^/]+)/(?P<index>\d{8})\.(?P<kind>out|failed)$")
 
 
 def part_key(mission_id: str, index: int) -> str:
-    return f"{PARTS_PREFIX}{mission_id}/{index:08d}.out"
+    return f"{PARTS_PREFIX}{mission_id}/{index:0{INDEX_DIGITS}d}.out"
 
 
 def failure_key(mission_id: str, index: int) -> str:
     """A failure marker: a transaction out of attempts reports through the same event path."""
-    return f"{PARTS_PREFIX}{mission_id}/{index:08d}.failed"
+    return f"{PARTS_PREFIX}{mission_id}/{index:0{INDEX_DIGITS}d}.failed"
 
 
 def result_key(mission_id: str) -> str:

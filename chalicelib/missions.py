@@ -8,11 +8,13 @@ from datetime import datetime
 from typing import Any
 
 from chalicelib import aws
+from chalicelib.capacity import terminate_mission_instances
 from chalicelib.config import MissionConfig, parse_mission_config
 from chalicelib.context import Context
 from chalicelib.events import start_request_body
 from chalicelib.models import MissionModel, TransactionModel
 from chalicelib.observability import bind_mission, logger
+from chalicelib.results import settle
 from chalicelib.states import MissionStatus, TransactionStatus
 from chalicelib.store import utcnow
 
@@ -92,6 +94,23 @@ def mission_summary(ctx: Context, mission: MissionModel) -> dict[str, Any]:
         "finished_at": _iso(mission.finished_at),
         "notified_at": _iso(mission.notified_at),
         "result": f"s3://{ctx.settings.result_bucket}/{result}" if result else None,
+    }
+
+
+def cancel(ctx: Context, mission_id: str) -> dict[str, Any]:
+    """Stop a mission: no new claims (claims need RUNNING), its instances terminated, one email.
+
+    Raises NotFound, or Conflict if the mission already finished.
+    """
+    mission = ctx.store.get_mission(mission_id)
+    bind_mission(mission_id)
+    ctx.store.cancel_mission(mission, ctx.clock())
+    terminated = terminate_mission_instances(aws.ec2(), mission_id)
+    logger.info("mission cancelled", extra={"instances_terminated": len(terminated)})
+    settle(ctx, mission_id)  # sends the CANCELLED email
+    return {
+        **mission_summary(ctx, ctx.store.get_mission(mission_id)),
+        "instances_terminated": len(terminated),
     }
 
 

@@ -87,7 +87,8 @@ def start_mission(ctx: Context, mission_id: str) -> None:
         settle(ctx, mission_id)  # sends the email that says why
         return
     written = ctx.store.record_transactions(mission_id, slices)
-    wanted = instances_needed(written, config.instances.slots, config.instances.max_instances)
+    cap = min(config.instances.max_instances, ctx.settings.max_instances)
+    wanted = instances_needed(written, config.instances.slots, cap)
     # One token per mission: a planner that takes over from a dead one reuses it, so EC2
     # returns the fleet already launched instead of launching a second.
     launch = launch_workers(aws.ec2(), ctx.settings, mission_id, config.instances, wanted)

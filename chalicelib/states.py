@@ -11,6 +11,7 @@ class MissionStatus(StrEnum):
     RUNNING = "RUNNING"  # transactions recorded, workers launched
     SUCCEEDED = "SUCCEEDED"  # every transaction succeeded; result merged; email sent
     FAILED = "FAILED"  # the input was unusable or some transaction failed for good
+    CANCELLED = "CANCELLED"  # DELETE /missions/{id}: no new claims, instances terminated
 
 
 class TransactionStatus(StrEnum):
@@ -20,18 +21,28 @@ class TransactionStatus(StrEnum):
     FAILED = "FAILED"
 
 
-TERMINAL_MISSION = frozenset({MissionStatus.SUCCEEDED, MissionStatus.FAILED})
+TERMINAL_MISSION = frozenset(
+    {MissionStatus.SUCCEEDED, MissionStatus.FAILED, MissionStatus.CANCELLED}
+)
 TERMINAL_TRANSACTION = frozenset({TransactionStatus.SUCCEEDED, TransactionStatus.FAILED})
 
 MISSION_TRANSITIONS: dict[MissionStatus, frozenset[MissionStatus]] = {
-    MissionStatus.AWAITING_INPUT: frozenset({MissionStatus.PLANNING}),
+    MissionStatus.AWAITING_INPUT: frozenset({MissionStatus.PLANNING, MissionStatus.CANCELLED}),
     # PLANNING -> PLANNING: a redelivered event takes over an expired planning lease.
     MissionStatus.PLANNING: frozenset(
-        {MissionStatus.PLANNING, MissionStatus.RUNNING, MissionStatus.FAILED}
+        {
+            MissionStatus.PLANNING,
+            MissionStatus.RUNNING,
+            MissionStatus.FAILED,
+            MissionStatus.CANCELLED,
+        }
     ),
-    MissionStatus.RUNNING: frozenset({MissionStatus.SUCCEEDED, MissionStatus.FAILED}),
+    MissionStatus.RUNNING: frozenset(
+        {MissionStatus.SUCCEEDED, MissionStatus.FAILED, MissionStatus.CANCELLED}
+    ),
     MissionStatus.SUCCEEDED: frozenset(),
     MissionStatus.FAILED: frozenset(),
+    MissionStatus.CANCELLED: frozenset(),
 }
 
 TRANSACTION_TRANSITIONS: dict[TransactionStatus, frozenset[TransactionStatus]] = {

@@ -190,18 +190,41 @@ class Store:
             [MissionModel.error.set(reason), MissionModel.finished_at.set(utcnow(now))],
         )
 
+    def cancel_mission(self, mission: MissionModel, now: float) -> None:
+        """Cancel a mission that has not finished; Conflict if it already has."""
+        self._leave_and_release(
+            mission,
+            MissionStatus.CANCELLED,
+            [
+                MissionModel.error.set("cancelled by request"),
+                MissionModel.finished_at.set(utcnow(now)),
+                MissionModel.planning_lease_until.remove(),
+            ],
+            sources=mission_sources(MissionStatus.CANCELLED),
+        )
+
     def _end_planning(self, mission: MissionModel, target: MissionStatus, actions: list) -> None:
-        """Leave PLANNING and release the input key for later configs, atomically."""
+        self._leave_and_release(
+            mission,
+            target,
+            [MissionModel.planning_lease_until.remove(), *actions],
+            sources=[MissionStatus.PLANNING.value],
+        )
+
+    def _leave_and_release(
+        self,
+        mission: MissionModel,
+        target: MissionStatus,
+        actions: list,
+        sources: list[str],
+    ) -> None:
+        """Move the mission to `target` and release its input key for later configs, atomically."""
         try:
             with self._transaction() as tx:
                 tx.update(
                     MissionModel(mission.mission_id),
-                    actions=[
-                        MissionModel.status.set(target.value),
-                        MissionModel.planning_lease_until.remove(),
-                        *actions,
-                    ],
-                    condition=MissionModel.status == MissionStatus.PLANNING.value,
+                    actions=[MissionModel.status.set(target.value), *actions],
+                    condition=MissionModel.status.is_in(*sources),
                 )
                 tx.delete(
                     InputModel(mission.input_key),
@@ -210,8 +233,10 @@ class Store:
                 )
         except TransactWriteError as e:
             if _condition_failed(e):
-                raise Conflict(f"mission {mission.mission_id} is no longer planning") from e
-            raise StoreError(f"could not end planning of {mission.mission_id}: {e}") from e
+                raise Conflict(
+                    f"mission {mission.mission_id} cannot become {target.value} from its state"
+                ) from e
+            raise StoreError(f"could not update mission {mission.mission_id}: {e}") from e
 
     def finish_mission(
         self,

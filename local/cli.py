@@ -1,9 +1,14 @@
-"""The `lighthpc` command line.
+"""The `lighthpc` command line: run the local stack and drive missions like a user would.
 
-`lighthpc demo` runs one whole mission on an embedded AWS (moto, in this process): it posts the
-config through the API, uploads a sample, delivers the S3 events to the scheduler, runs a worker
-agent for each EC2 instance the scheduler launched, delivers the result events, prints the email
-and checks the merged result against the same computation run in a single process.
+    lighthpc up                       the whole system on this machine, until Ctrl-C
+    lighthpc demo                     start it, run a checked 64-transaction mission, stop
+    lighthpc submit FILE --config C   POST the config, then upload FILE as its input
+    lighthpc watch ID                 a live progress bar, then the email
+    lighthpc status [ID]              missions, or one mission
+    lighthpc cancel ID                cancel a mission
+
+Everything but `up` and `demo` talks to a running `lighthpc up` through HTTP and S3, found through
+`<home>/stack.json` (home: `--home`, `$LIGHTHPC_HOME` or `.lighthpc`).
 """
 
 from __future__ import annotations
@@ -11,107 +16,292 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
+
+from local.runtime import DEFAULT_HOME, LocalRuntime, RuntimeInfo, read_info
+
+TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
-def demo(args: argparse.Namespace) -> int:
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
-        os.environ.pop(name, None)  # the demo never talks to a real account
+class CliError(Exception):
+    """A problem to tell the user in one line, and exit 1."""
 
-    from moto import mock_aws
 
-    from local.inprocess import InProcessCluster
-    from worker_ami.apps.kmer_match import demo_sample, kmers, match, read_sequences
+# ---- talking to a running stack ----------------------------------------------------------
 
-    seed, ref_length, k = 7, 1000, 12
-    hits = list(range(5, args.references, max(1, args.references // 9)))
-    sample = demo_sample(seed, hits, ref_length)
-    config = {
-        "name": "demo: k-mer match",
-        "input": "samples/demo sample.fa",
-        "split": {
-            "mode": "count",
-            "count": args.transactions,
-            "interval": {"start": 0, "end": args.references},
-        },
-        "app": {
-            "builtin": "kmer-match",
-            "params": {"k": k, "seed": seed, "ref_length": ref_length},
-        },
-        "instances": {"types": ["c5.large", "m5.large"], "max_instances": args.workers, "slots": 2},
-        "notify": "you@example.org",
-    }
-    began = time.monotonic()
-    with mock_aws():
-        cluster = InProcessCluster.start()
-        step = _stepper(began)
-        response = cluster.submit(config)
-        if response.status_code != 201:
-            print(f"the API refused the config: {response.body.decode()}", file=sys.stderr)
-            return 1
-        mission_id = json.loads(response.body)["mission_id"]
-        step(f"POST /missions -> 201, mission {mission_id}")
-        cluster.upload(config["input"], sample.encode())
-        step(f"uploaded s3://{cluster.stack.outputs['SourceBucketName']}/{config['input']}")
-        cluster.deliver_source_events()
-        mission = json.loads(cluster.get(f"/missions/{mission_id}").body)
-        step(
-            f"light_scheduler: {mission['status']}, {mission['transactions']['total']}"
-            f" transactions, {mission['instances']} Spot instances launched"
+
+def require_stack(home: Path) -> RuntimeInfo:
+    info = read_info(home)
+    if info is None:
+        raise CliError(
+            f"no local stack found in {home}/: start one with `lighthpc up` (in another terminal)"
         )
-        reports = cluster.run_workers(mission_id)
-        for r in reports:
-            step(f"worker {r.instance_id}: {r.succeeded} transactions, then terminated itself")
-        cluster.deliver_result_events()
-        mission = json.loads(cluster.get(f"/missions/{mission_id}").body)
-        step(f"result_processor: mission {mission['status']}, merged into {mission['result']}")
-        emails = cluster.emails()
-        for email in emails:
-            print(f"\n--- email to {email.attributes.get('notify')} ---")
-            print(f"Subject: {email.subject}\n\n{email.body}")
-        merged = cluster.result(mission["result"]) if mission["result"] else b""
-    sample_kmers: set[str] = set()
-    for sequence in read_sequences(sample.splitlines()):
-        sample_kmers |= kmers(sequence, k)
-    expected = "".join(
-        match(sample_kmers, 0, args.references, k=k, seed=seed, ref_length=ref_length)
-    ).encode()
-    checks = {
-        "mission SUCCEEDED": mission["status"] == "SUCCEEDED",
-        "exactly one email": len(emails) == 1,
-        "merged result equals the single-process run": merged == expected,
-    }
-    for name, ok in checks.items():
-        print(f"{'ok  ' if ok else 'FAIL'} {name}")
-    print(f"{len(merged.splitlines())} matching references; {time.monotonic() - began:.1f} s")
-    return 0 if all(checks.values()) else 1
+    try:
+        urllib.request.urlopen(f"{info.api_url}/missions", timeout=3).close()  # noqa: S310
+    except (urllib.error.URLError, OSError) as e:
+        raise CliError(
+            f"the local stack in {home}/ does not answer at {info.api_url} ({e});"
+            " is `lighthpc up` still running?"
+        ) from e
+    return info
 
 
-def _stepper(began: float):
-    def step(message: str) -> None:
-        print(f"[{time.monotonic() - began:6.2f}s] {message}", flush=True)
+def api(info: RuntimeInfo, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    data = (
+        None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    )
+    request = urllib.request.Request(  # noqa: S310 - the local stack's http URL
+        f"{info.api_url}{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as e:
+        payload = e.read()
+        try:
+            return e.code, json.loads(payload)
+        except ValueError:
+            return e.code, {"error": payload.decode(errors="replace")}
 
-    return step
+
+def explain(status: int, body: Any) -> str:
+    if isinstance(body, dict) and body.get("fields"):
+        fields = "\n".join(f"  {f['field']}: {f['reason']}" for f in body["fields"])
+        return f"HTTP {status}: {body.get('error')}\n{fields}"
+    if isinstance(body, dict) and body.get("error"):
+        return f"HTTP {status}: {body['error']}"
+    return f"HTTP {status}: {body}"
+
+
+def s3_client(info: RuntimeInfo) -> Any:
+    import boto3
+
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=info.aws_endpoint,
+        region_name=info.region,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",  # noqa: S106 - the embedded AWS takes any credentials
+    )
+
+
+# ---- commands ----------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    runtime = LocalRuntime(
+        home=args.home,
+        aws_port=args.aws_port,
+        api_port=args.api_port,
+        max_workers=args.max_workers,
+        verbose=args.verbose,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    info = runtime.start()
+    print("lighthpc is up (Ctrl-C to stop)\n" + info.describe(), flush=True)
+    print(f"stack details: {args.home.resolve() / 'stack.json'}", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    print("\nstopping...", flush=True)
+    runtime.stop()
+    print("stopped", flush=True)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    info = require_stack(args.home)
+    try:
+        config = json.loads(Path(args.config).read_text())
+    except (OSError, ValueError) as e:
+        raise CliError(f"cannot read config {args.config}: {e}") from e
+    if not isinstance(config, dict):
+        raise CliError(f"config {args.config} must be a JSON object")
+    if args.key:
+        config["input"] = args.key
+    config.setdefault("input", f"inputs/{Path(args.file).name}")
+    if not Path(args.file).is_file():
+        raise CliError(f"input file {args.file} not found")
+    status, body = api(info, "POST", "/missions", config)
+    if status != 201:
+        raise CliError(explain(status, body))
+    s3_client(info).upload_file(str(args.file), info.source_bucket, config["input"])
+    print(
+        f"mission {body['mission_id']} submitted; uploaded {args.file} to {body['upload']['uri']}"
+    )
+    print(f"follow it with: lighthpc watch {body['mission_id']}")
+    return 0
+
+
+def progress_line(mission: dict[str, Any], width: int = 40) -> str:
+    counts = mission.get("transactions", {})
+    total = counts.get("total") or 0
+    done = counts.get("SUCCEEDED", 0) + counts.get("FAILED", 0)
+    filled = int(width * done / total) if total else 0
+    bar = "#" * filled + "." * (width - filled)
+    return (
+        f"[{bar}] {done}/{total}  {mission['status']:<14}"
+        f" pending {counts.get('PENDING', 0)} running {counts.get('RUNNING', 0)}"
+        f" succeeded {counts.get('SUCCEEDED', 0)} failed {counts.get('FAILED', 0)}"
+    )
+
+
+def watch(info: RuntimeInfo, mission_id: str, timeout: float, out: Any = sys.stdout) -> dict:
+    """Show progress until the mission is finished and its email sent; returns the mission."""
+    deadline = time.monotonic() + timeout
+    tty = out.isatty()
+    last = ""
+    while True:
+        status, mission = api(info, "GET", f"/missions/{mission_id}")
+        if status != 200:
+            raise CliError(explain(status, mission))
+        line = progress_line(mission)
+        if line != last:
+            out.write(("\r" + line) if tty else (line + "\n"))
+            out.flush()
+            last = line
+        if mission["status"] in TERMINAL and mission.get("notified_at"):
+            if tty:
+                out.write("\n")
+            return mission
+        if time.monotonic() > deadline:
+            raise CliError(f"mission {mission_id} still {mission['status']} after {timeout:g} s")
+        time.sleep(0.5)
+
+
+def find_email(info: RuntimeInfo, mission_id: str, wait: float = 10.0) -> Path | None:
+    deadline = time.monotonic() + wait
+    while True:
+        found = sorted(Path(info.outbox).glob(f"*-{mission_id}.eml"))
+        if found or time.monotonic() > deadline:
+            return found[-1] if found else None
+        time.sleep(0.2)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    info = require_stack(args.home)
+    mission = watch(info, args.mission_id, args.timeout)
+    email = find_email(info, args.mission_id)
+    if email is not None:
+        print(f"\n--- {email} ---\n{email.read_text()}")
+    return 0 if mission["status"] == "SUCCEEDED" else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    info = require_stack(args.home)
+    if args.mission_id:
+        status, body = api(info, "GET", f"/missions/{args.mission_id}")
+        if status != 200:
+            raise CliError(explain(status, body))
+        print(json.dumps(body, indent=2))
+        return 0
+    status, body = api(info, "GET", "/missions")
+    if status != 200:
+        raise CliError(explain(status, body))
+    print(f"{'mission':<28} {'status':<15} {'created':<26} name")
+    for m in body["missions"]:
+        print(f"{m['mission_id']:<28} {m['status']:<15} {m['created_at']:<26} {m['name']}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    info = require_stack(args.home)
+    status, body = api(info, "DELETE", f"/missions/{args.mission_id}")
+    if status != 200:
+        raise CliError(explain(status, body))
+    print(
+        f"mission {args.mission_id} {body['status']}; "
+        f"{body['instances_terminated']} instance(s) terminated"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from local.demo import run_demo, run_demo_in_process
+
+    if args.in_process:
+        return run_demo_in_process(args.transactions, args.references, args.workers)
+    # A fresh folder of its own, so a running `lighthpc up` is left alone.
+    return run_demo(None, args.transactions, args.references, args.workers, args.api_port)
+
+
+# ---- entry point -------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    default_home = Path(os.environ.get("LIGHTHPC_HOME", str(DEFAULT_HOME)))
+    p = argparse.ArgumentParser(
+        prog="lighthpc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--home",
+        type=Path,
+        default=default_home,
+        help=f"local stack folder (default: $LIGHTHPC_HOME or {DEFAULT_HOME})",
+    )
+    commands = p.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run the whole system locally until Ctrl-C")
+    up.add_argument("--aws-port", type=int, default=4566, help="embedded AWS port (0: any)")
+    up.add_argument("--api-port", type=int, default=8000, help="REST API port (0: any)")
+    up.add_argument("--max-workers", type=int, default=8, help="concurrent local workers")
+    up.add_argument("--verbose", action="store_true", help="log every request")
+    up.set_defaults(func=cmd_up)
+
+    demo = commands.add_parser("demo", help="run one checked mission on a fresh local stack")
+    demo.add_argument("--transactions", type=int, default=64)
+    demo.add_argument("--references", type=int, default=640)
+    demo.add_argument("--workers", type=int, default=4)
+    demo.add_argument("--api-port", type=int, default=0)
+    demo.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run everything in this process on moto's mock instead",
+    )
+    demo.set_defaults(func=cmd_demo)
+
+    submit = commands.add_parser("submit", help="POST a config and upload its input file")
+    submit.add_argument("file")
+    submit.add_argument("--config", required=True, help="mission config (JSON file)")
+    submit.add_argument("--key", help="input key in the source bucket (default: the config's)")
+    submit.set_defaults(func=cmd_submit)
+
+    watch_p = commands.add_parser("watch", help="follow a mission, then show its email")
+    watch_p.add_argument("mission_id")
+    watch_p.add_argument("--timeout", type=float, default=3600)
+    watch_p.set_defaults(func=cmd_watch)
+
+    status = commands.add_parser("status", help="list missions, or show one")
+    status.add_argument("mission_id", nargs="?")
+    status.set_defaults(func=cmd_status)
+
+    cancel = commands.add_parser("cancel", help="cancel a mission")
+    cancel.add_argument("mission_id")
+    cancel.set_defaults(func=cmd_cancel)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lighthpc", description="lighthpc on your machine")
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("demo", help="run one whole mission on an embedded AWS and check it")
-    p.add_argument("--transactions", type=int, default=64)
-    p.add_argument("--references", type=int, default=640)
-    p.add_argument("--workers", type=int, default=4)
-    p.set_defaults(func=demo)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CliError as e:
+        print(f"lighthpc: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     sys.exit(main())

@@ -162,22 +162,27 @@ class WorkerAgent:
         scratch = Path(tempfile.mkdtemp(prefix=f"t{index:08d}-", dir=self._workdir))
         try:
             output = scratch / "part.out"
-            argv = render_argv(
-                self._argv_template(config),
-                {
-                    "input": str(self._input_for(mission, config, txn, scratch)),
-                    "output": str(output),
-                    "index": index,
-                    "count": int(mission.n_total),
-                    "start": int(txn.start),
-                    "end": int(txn.end),
-                    "attempt": attempt,
-                    "python": self._python,
-                },
-            )
-            result = run_app(
-                argv, config.timeouts.transaction_seconds, scratch, scratch / "stderr.log"
-            )
+            values = {
+                "input": str(self._input_for(mission, config, txn, scratch)),
+                "output": str(output),
+                "index": index,
+                "count": int(mission.n_total),
+                "start": int(txn.start),
+                "end": int(txn.end),
+                "attempt": attempt,
+                "python": self._python,
+            }
+            try:
+                argv = render_argv(self._argv_template(config), values)
+            except (KeyError, ValueError, IndexError) as e:
+                # Validation refuses such templates; a config stored before a rule changed
+                # must still fail as an attempt, not crash the worker.
+                argv = []
+                result = AppResult(126, f"cannot render the argv template: {e!r}", 0.0)
+            if argv:
+                result = run_app(
+                    argv, config.timeouts.transaction_seconds, scratch, scratch / "stderr.log"
+                )
             if result.exit_code == 0 and not output.exists():
                 result = AppResult(
                     1, f"the app exited 0 but wrote no output to {output}", result.seconds

@@ -32,16 +32,19 @@ def kmers(sequence: str, k: int) -> set[str]:
 
 
 def read_sequences(lines: Iterable[str]) -> Iterator[str]:
-    """Sequences of a FASTA file (records joined) or of a plain file (one per line)."""
+    """Sequences of a FASTA file (a record's lines joined) or of a plain file (one per line)."""
     record: list[str] = []
+    fasta = False
     for line in lines:
         line = line.strip()
         if line.startswith(">"):
             if record:
                 yield "".join(record)
-            record = []
-        elif line:
+            record, fasta = [], True
+        elif line and fasta:
             record.append(line)
+        elif line:
+            yield line
     if record:
         yield "".join(record)
 

@@ -1,0 +1,180 @@
+"""`lighthpc demo`: one whole, checked mission on a fresh local stack.
+
+It starts the stack (as `lighthpc up` does), then acts as a user: POSTs the config over HTTP,
+uploads a FASTA sample over S3, shows progress, prints the email from the outbox, downloads the
+merged result and compares it with the same computation run in this process. Exit 0 only if the
+mission succeeded, exactly one email came, and the result is equal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from worker_ami.apps.kmer_match import demo_sample, kmers, match, read_sequences
+
+SEED, REF_LENGTH, K = 7, 1000, 12
+INPUT_KEY = "samples/demo sample.fa"
+
+
+def demo_config(transactions: int, references: int, workers: int) -> dict[str, Any]:
+    return {
+        "name": "demo: k-mer match",
+        "input": INPUT_KEY,
+        "split": {
+            "mode": "count",
+            "count": transactions,
+            "interval": {"start": 0, "end": references},
+        },
+        "app": {
+            "builtin": "kmer-match",
+            "params": {"k": K, "seed": SEED, "ref_length": REF_LENGTH},
+        },
+        "instances": {"types": ["c5.large", "m5.large"], "max_instances": workers, "slots": 2},
+        "notify": "you@example.org",
+    }
+
+
+def demo_input(references: int) -> str:
+    hits = list(range(5, references, max(1, references // 9)))
+    return demo_sample(SEED, hits, REF_LENGTH)
+
+
+def expected_result(sample: str, references: int) -> bytes:
+    sample_kmers: set[str] = set()
+    for sequence in read_sequences(sample.splitlines()):
+        sample_kmers |= kmers(sequence, K)
+    return "".join(
+        match(sample_kmers, 0, references, k=K, seed=SEED, ref_length=REF_LENGTH)
+    ).encode()
+
+
+def _stepper(began: float):
+    def step(message: str) -> None:
+        print(f"[{time.monotonic() - began:6.2f}s] {message}", flush=True)
+
+    return step
+
+
+def _verdict(checks: dict[str, bool], began: float, merged: bytes) -> int:
+    for name, ok in checks.items():
+        print(f"{'ok  ' if ok else 'FAIL'} {name}")
+    print(
+        f"{len(merged.splitlines())} matching references; {time.monotonic() - began:.1f} s in all"
+    )
+    return 0 if all(checks.values()) else 1
+
+
+def run_demo(
+    home: Path | None, transactions: int, references: int, workers: int, api_port: int
+) -> int:
+    from local.cli import api, find_email, s3_client, watch
+    from local.runtime import LocalRuntime
+
+    began = time.monotonic()
+    step = _stepper(began)
+    home = Path(tempfile.mkdtemp(prefix="lighthpc-demo-")) if home is None else home
+    runtime = LocalRuntime(
+        home=home, aws_port=0, api_port=api_port, max_workers=workers, echo=lambda _: None
+    )
+    info = runtime.start()
+    try:
+        step("local stack up:\n" + info.describe())
+        sample = demo_input(references)
+        status, body = api(
+            info, "POST", "/missions", demo_config(transactions, references, workers)
+        )
+        if status != 201:
+            print(f"the API refused the config: HTTP {status} {body}", file=sys.stderr)
+            return 1
+        mission_id = body["mission_id"]
+        step(f"POST /missions -> 201, mission {mission_id}")
+        s3 = s3_client(info)
+        s3.put_object(Bucket=info.source_bucket, Key=INPUT_KEY, Body=sample.encode())
+        step(f"uploaded {len(sample)} bytes to s3://{info.source_bucket}/{INPUT_KEY}")
+        mission = watch(info, mission_id, timeout=600)
+        step(
+            f"mission {mission['status']}: {mission['instances']} workers,"
+            f" {mission['instance_seconds']:.1f} instance-seconds"
+        )
+        email = find_email(info, mission_id)
+        emails = sorted(Path(info.outbox).glob(f"*-{mission_id}.eml"))
+        if email is not None:
+            print(f"\n--- {email} ---\n{email.read_text()}")
+        merged = b""
+        if mission["result"]:
+            bucket, key = mission["result"].removeprefix("s3://").split("/", 1)
+            merged = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        _, listed = api(info, "GET", f"/missions/{mission_id}/transactions")
+    finally:
+        runtime.stop()
+    step("local stack stopped")
+    return _verdict(
+        {
+            "mission SUCCEEDED": mission["status"] == "SUCCEEDED",
+            f"all {transactions} transactions SUCCEEDED": [
+                t["status"] for t in listed["transactions"]
+            ]
+            == ["SUCCEEDED"] * transactions,
+            "exactly one email in the outbox": len(emails) == 1,
+            "merged result equals the single-process run": merged
+            == expected_result(sample, references),
+        },
+        began,
+        merged,
+    )
+
+
+def run_demo_in_process(transactions: int, references: int, workers: int) -> int:
+    """The same mission inside one process on moto's mock (`mock_aws`), handlers called directly."""
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
+        os.environ.pop(name, None)
+    from moto import mock_aws
+
+    from local.inprocess import InProcessCluster
+
+    began = time.monotonic()
+    step = _stepper(began)
+    sample = demo_input(references)
+    with mock_aws():
+        cluster = InProcessCluster.start()
+        response = cluster.submit(demo_config(transactions, references, workers))
+        if response.status_code != 201:
+            print(f"the API refused the config: {response.body.decode()}", file=sys.stderr)
+            return 1
+        mission_id = json.loads(response.body)["mission_id"]
+        step(f"POST /missions -> 201, mission {mission_id}")
+        cluster.upload(INPUT_KEY, sample.encode())
+        cluster.deliver_source_events()
+        mission = json.loads(cluster.get(f"/missions/{mission_id}").body)
+        step(f"light_scheduler: {mission['status']}, {mission['instances']} instances launched")
+        for r in cluster.run_workers(mission_id):
+            step(f"worker {r.instance_id}: {r.succeeded} transactions, then terminated itself")
+        cluster.deliver_result_events()
+        mission = json.loads(cluster.get(f"/missions/{mission_id}").body)
+        emails = cluster.emails()
+        for email in emails:
+            print(f"\n--- email ---\nSubject: {email.subject}\n\n{email.body}")
+        merged = cluster.result(mission["result"]) if mission["result"] else b""
+    return _verdict(
+        {
+            "mission SUCCEEDED": mission["status"] == "SUCCEEDED",
+            "exactly one email": len(emails) == 1,
+            "merged result equals the single-process run": merged
+            == expected_result(sample, references),
+        },
+        began,
+        merged,
+    )

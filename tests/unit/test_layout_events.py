@@ -1,0 +1,213 @@
+"""layout (result-bucket keys) and events (SQS message bodies)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from chalicelib.events import (
+    START_REQUEST,
+    ObjectCreated,
+    StartRequest,
+    parse_queue_body,
+    start_request_body,
+)
+from chalicelib.layout import (
+    PARTS_PREFIX,
+    RESULTS_PREFIX,
+    Outcome,
+    failure_key,
+    parse_outcome_key,
+    part_key,
+    result_key,
+)
+
+# ---- layout --------------------------------------------------------------------------------
+
+
+def test_key_builders() -> None:
+    assert part_key("m-1", 0) == "parts/m-1/00000000.out"
+    assert part_key("m-1", 42) == "parts/m-1/00000042.out"
+    assert failure_key("m-1", 7) == "parts/m-1/00000007.failed"
+    assert result_key("m-1") == "results/m-1/result.out"
+    assert part_key("m", 1).startswith(PARTS_PREFIX)
+    assert result_key("m").startswith(RESULTS_PREFIX)
+
+
+def test_part_keys_sort_in_index_order() -> None:
+    indexes = [0, 1, 2, 9, 10, 11, 99, 100, 12345, 99_999_999]
+    keys = [part_key("mission", i) for i in indexes]
+    assert sorted(keys) == keys
+
+
+@pytest.mark.parametrize("index", [0, 1, 9, 10, 12345678, 99_999_999])
+@pytest.mark.parametrize("mission_id", ["m-1", "01HXYZABCDEF", "a.b_c-d"])
+def test_outcome_keys_round_trip(mission_id: str, index: int) -> None:
+    assert parse_outcome_key(part_key(mission_id, index)) == Outcome(mission_id, index, True)
+    assert parse_outcome_key(failure_key(mission_id, index)) == Outcome(mission_id, index, False)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "results/m-1/result.out",
+        result_key("m-1"),
+        "parts/m-1/0000001.out",  # seven digits
+        "parts/m-1/000000001.out",  # nine digits
+        "parts/m-1/0000000a.out",
+        "parts/m-1/00000001.txt",
+        "parts/m-1/00000001.out.tmp",
+        "parts/m-1/00000001",
+        "parts/m-1/x/00000001.out",  # nested: not a mission's part
+        "parts//00000001.out",  # no mission id
+        "parts/m-1/",
+        "parts/",
+        "/parts/m-1/00000001.out",
+        "other/parts/m-1/00000001.out",
+        "samples/input.fa",
+        "parts/m-1/.DS_Store",
+        "",
+    ],
+)
+def test_parse_outcome_key_ignores_everything_else(key: str) -> None:
+    assert parse_outcome_key(key) is None
+
+
+def test_large_index_with_more_digits_is_not_an_outcome() -> None:
+    # Indexes past 8 digits make keys that the parser does not recognise.
+    assert parse_outcome_key(part_key("m", 100_000_000)) is None
+
+
+# ---- events --------------------------------------------------------------------------------
+
+RECORD: dict[str, Any] = {
+    "eventVersion": "2.1",
+    "eventSource": "aws:s3",
+    "awsRegion": "us-east-1",
+    "eventTime": "2024-05-01T12:00:00.000Z",
+    "eventName": "ObjectCreated:Put",
+    "s3": {
+        "s3SchemaVersion": "1.0",
+        "configurationId": "x",
+        "bucket": {"name": "b", "arn": "arn:aws:s3:::b"},
+        "object": {"key": "a+b%2Fc%2Bd.txt", "size": 1, "eTag": "abc"},
+    },
+}
+
+
+def record(event_name: str = "ObjectCreated:Put", key: str = "k", size: int = 5) -> dict:
+    r = copy.deepcopy(RECORD)
+    r["eventName"] = event_name
+    r["s3"]["object"]["key"] = key
+    r["s3"]["object"]["size"] = size
+    return r
+
+
+def notification(*records: dict) -> str:
+    return json.dumps({"Records": list(records)})
+
+
+def test_s3_test_event_carries_nothing() -> None:
+    body = {
+        "Service": "Amazon S3",
+        "Event": "s3:TestEvent",
+        "Time": "2024-05-01T12:00:00.000Z",
+        "Bucket": "b",
+        "RequestId": "r",
+        "HostId": "h",
+    }
+    assert parse_queue_body(json.dumps(body)) == []
+
+
+@pytest.mark.parametrize("mission_id", ["m-1", "01HXYZ", "with space", "ünïcode"])
+def test_start_request_round_trip(mission_id: str) -> None:
+    body = start_request_body(mission_id)
+    assert json.loads(body) == {"type": START_REQUEST, "mission_id": mission_id}
+    assert parse_queue_body(body) == [StartRequest(mission_id)]
+
+
+def test_s3_notification_decodes_the_key() -> None:
+    assert parse_queue_body(json.dumps({"Records": [RECORD]})) == [
+        ObjectCreated(bucket="b", key="a b/c+d.txt", size=1, etag="abc")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("encoded", "decoded"),
+    [
+        ("plain.fa", "plain.fa"),
+        ("dir/sub/file.fa", "dir/sub/file.fa"),
+        ("my+sample.fa", "my sample.fa"),
+        ("a%2Bb.fa", "a+b.fa"),
+        ("%C3%A9t%C3%A9.fa", "été.fa"),
+        ("100%25.fa", "100%.fa"),
+    ],
+)
+def test_key_decoding(encoded: str, decoded: str) -> None:
+    [event] = parse_queue_body(notification(record(key=encoded)))
+    assert isinstance(event, ObjectCreated)
+    assert event.key == decoded
+
+
+@pytest.mark.parametrize(
+    "event_name",
+    [
+        "ObjectCreated:Put",
+        "ObjectCreated:Post",
+        "ObjectCreated:Copy",
+        "ObjectCreated:CompleteMultipartUpload",
+    ],
+)
+def test_every_object_created_kind_is_an_event(event_name: str) -> None:
+    assert parse_queue_body(notification(record(event_name, key="x", size=9))) == [
+        ObjectCreated("b", "x", 9, "abc")
+    ]
+
+
+@pytest.mark.parametrize(
+    "event_name",
+    ["ObjectRemoved:Delete", "ObjectRemoved:DeleteMarkerCreated", "ObjectRestore:Post"],
+)
+def test_other_s3_events_are_skipped(event_name: str) -> None:
+    assert parse_queue_body(notification(record(event_name))) == []
+
+
+def test_a_batch_keeps_created_records_in_order() -> None:
+    body = notification(
+        record(key="one", size=1),
+        record("ObjectRemoved:Delete", key="gone"),
+        record("ObjectCreated:Copy", key="two", size=2),
+    )
+    assert [(e.key, e.size) for e in parse_queue_body(body)] == [("one", 1), ("two", 2)]
+
+
+def test_empty_records() -> None:
+    assert parse_queue_body(notification()) == []
+
+
+def test_missing_etag_becomes_empty() -> None:
+    r = record(key="k", size=3)
+    del r["s3"]["object"]["eTag"]
+    assert parse_queue_body(notification(r)) == [ObjectCreated("b", "k", 3, "")]
+
+
+@pytest.mark.parametrize("body", ["[]", "[1]", "1", "null", '"text"', "true"])
+def test_non_object_json_is_rejected(body: str) -> None:
+    with pytest.raises(ValueError, match="not a JSON object"):
+        parse_queue_body(body)
+
+
+@pytest.mark.parametrize(
+    "body", ["{}", '{"type": "other"}', '{"Event": "s3:Other"}', '{"records": []}']
+)
+def test_unknown_message_is_rejected(body: str) -> None:
+    with pytest.raises(ValueError, match="neither an S3 notification nor a start request"):
+        parse_queue_body(body)
+
+
+def test_invalid_json_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        parse_queue_body("not json at all")

@@ -1,0 +1,145 @@
+"""run_app: real (tiny) subprocesses, argv lists, timeouts that kill the process group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from worker_ami.runner import STDERR_TAIL_BYTES, AppResult, run_app
+
+PY = sys.executable
+
+
+def py(code: str) -> list[str]:
+    return [PY, "-c", code]
+
+
+def run(tmp_path: Path, argv: list[str], timeout: float = 20) -> AppResult:
+    return run_app(argv, timeout, tmp_path, tmp_path / "stderr.log")
+
+
+def test_success(tmp_path: Path) -> None:
+    result = run(tmp_path, py("pass"))
+    assert result.exit_code == 0
+    assert result.stderr_tail == ""
+    assert result.timed_out is False
+    assert result.seconds >= 0
+
+
+def test_exit_code_and_stderr_are_captured(tmp_path: Path) -> None:
+    code = "import sys; print('to stdout'); sys.stderr.write('oops: bad input\\n'); sys.exit(3)"
+    result = run(tmp_path, py(code))
+    assert result.exit_code == 3
+    assert result.stderr_tail == "oops: bad input"
+    assert "to stdout" not in result.stderr_tail
+    assert result.timed_out is False
+    assert (tmp_path / "stderr.log").read_text() == "oops: bad input\n"
+
+
+def test_uncaught_exception(tmp_path: Path) -> None:
+    result = run(tmp_path, py("raise RuntimeError('kaboom')"))
+    assert result.exit_code == 1
+    assert result.stderr_tail.endswith("RuntimeError: kaboom")
+
+
+def test_only_the_tail_of_stderr_is_kept(tmp_path: Path) -> None:
+    code = "import sys; sys.stderr.write('x' * 10000 + 'THE END')"
+    result = run(tmp_path, py(code))
+    assert result.exit_code == 0
+    assert len(result.stderr_tail) <= STDERR_TAIL_BYTES
+    assert result.stderr_tail.endswith("THE END")
+
+
+def test_undecodable_stderr_is_replaced(tmp_path: Path) -> None:
+    result = run(tmp_path, py("import sys; sys.stderr.buffer.write(b'bad \\xff\\xfe bytes')"))
+    assert result.stderr_tail == "bad \ufffd\ufffd bytes"
+
+
+def test_argv_elements_are_not_split_or_interpreted(tmp_path: Path) -> None:
+    code = "import pathlib, sys; pathlib.Path('args.txt').write_text(repr(sys.argv[1:]))"
+    args = ["a b", "c;d", "$(echo no)", "`id`", "*", "&&", "'q'"]
+    result = run(tmp_path, [*py(code), *args])
+    assert result.exit_code == 0
+    assert (tmp_path / "args.txt").read_text() == repr(args)
+
+
+def test_runs_in_cwd_without_stdin(tmp_path: Path) -> None:
+    code = "import os, sys; open('here.txt', 'w').write(os.getcwd() + '|' + sys.stdin.read())"
+    assert run(tmp_path, py(code)).exit_code == 0
+    cwd, stdin = (tmp_path / "here.txt").read_text().split("|")
+    assert Path(cwd).resolve() == tmp_path.resolve()
+    assert stdin == ""
+
+
+def test_killed_by_a_signal(tmp_path: Path) -> None:
+    result = run(tmp_path, py("import os, signal; os.kill(os.getpid(), signal.SIGTERM)"))
+    assert result.exit_code == -signal.SIGTERM
+    assert result.timed_out is False
+
+
+def test_timeout_kills_and_reports(tmp_path: Path) -> None:
+    code = "import sys, time; sys.stderr.write('started\\n'); sys.stderr.flush(); time.sleep(30)"
+    began = time.monotonic()
+    result = run(tmp_path, py(code), timeout=2)
+    assert time.monotonic() - began < 10
+    assert result.timed_out is True
+    assert result.exit_code == -9
+    assert result.exit_code < 0
+    assert result.stderr_tail.startswith("started")
+    assert result.stderr_tail.endswith("killed after the transaction timeout of 2 s")
+    assert 2 <= result.seconds < 10
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:  # an orphan killed but not yet reaped by init is a zombie: dead all the same
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    code = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
+        "open('child.pid', 'w').write(str(child.pid))\n"
+        "time.sleep(30)\n"
+    )
+    result = run(tmp_path, py(code), timeout=2.5)
+    assert result.timed_out is True
+    child = int((tmp_path / "child.pid").read_text())
+    deadline = time.monotonic() + 5
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(child)
+
+
+def test_missing_program_is_127(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-such-program")
+    result = run(tmp_path, [missing, "--flag"])
+    assert result.exit_code == 127
+    assert result.timed_out is False
+    assert "cannot start" in result.stderr_tail
+    assert missing in result.stderr_tail
+
+
+def test_program_not_on_path_is_127(tmp_path: Path) -> None:
+    assert run(tmp_path, ["lighthpc-surely-not-a-real-program-xyz"]).exit_code == 127
+
+
+def test_non_executable_file_is_127(tmp_path: Path) -> None:
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+    result = run(tmp_path, [str(script)])
+    assert result.exit_code == 127
+    assert "cannot start" in result.stderr_tail
