@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test unit functional lint format clean
+.PHONY: setup demo test unit functional e2e lint format clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ unit: setup
 
 functional: setup
 	$(BIN)/python -m pytest -q tests/functional
+
+e2e: setup
+	$(BIN)/python -m pytest -q tests/e2e
 
 lint: setup
 	$(BIN)/ruff check .

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from chalicelib.settings import Settings, get_settings
+from chalicelib.settings import Settings, get_settings, reset_settings
 from chalicelib.store import Store
 
 
@@ -26,3 +26,12 @@ def get_context() -> Context:
 
 def reset_context() -> None:
     get_context.cache_clear()
+
+
+def reset_process_state() -> None:
+    """Forget cached settings, clients and store (after the environment or the endpoint changed)."""
+    from chalicelib import aws
+
+    reset_settings()
+    aws.reset_clients()
+    reset_context()

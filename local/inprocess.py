@@ -23,8 +23,8 @@ from chalice.test import Client
 
 from chalicelib import aws
 from chalicelib.capacity import mission_instances
-from chalicelib.context import get_context, reset_context
-from chalicelib.settings import get_settings, reset_settings
+from chalicelib.context import get_context, reset_process_state
+from chalicelib.settings import get_settings
 from local.moto_patches import make_dynamodb_writes_atomic
 from local.stack import Stack, provision
 from worker_ami.agent import AgentReport, WorkerAgent
@@ -70,13 +70,6 @@ class ApiCallCounter:
     def reset(self) -> None:
         with self._lock:
             self.calls.clear()
-
-
-def reset_process_state() -> None:
-    """Forget cached settings, clients and store (after the environment or moto changed)."""
-    reset_settings()
-    aws.reset_clients()
-    reset_context()
 
 
 class InProcessCluster:

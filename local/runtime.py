@@ -21,9 +21,9 @@ from typing import Any
 import boto3
 from moto.server import ThreadedMotoServer
 
+from chalicelib.context import reset_process_state
 from chalicelib.observability import logger
 from local.fleet import LocalFleet
-from local.inprocess import reset_process_state
 from local.moto_patches import make_dynamodb_writes_atomic
 from local.pump import Outbox, PumpThread, sqs_pollers
 from local.stack import provision

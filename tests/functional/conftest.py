@@ -3,7 +3,8 @@ import os
 import pytest
 from moto import mock_aws
 
-from local.inprocess import InProcessCluster, reset_process_state
+from chalicelib.context import reset_process_state
+from local.inprocess import InProcessCluster
 
 
 @pytest.fixture
