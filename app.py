@@ -6,6 +6,7 @@ store are built on first use (`chalicelib.context.get_context`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from chalice import Chalice, Response
@@ -27,50 +28,48 @@ def _json(status: int, body: dict[str, Any]) -> Response:
     return Response(body=body, status_code=status, headers={"Content-Type": "application/json"})
 
 
+def _answer(status: int, call: Callable[[], dict[str, Any]]) -> Response:
+    """Run one call into chalicelib; its errors become the HTTP answers the API documents."""
+    try:
+        return _json(status, call())
+    except ConfigInvalid as e:
+        fields = [{"field": err.field, "reason": err.reason} for err in e.errors]
+        return _json(400, {"error": "invalid mission config", "fields": fields})
+    except NotFound as e:
+        return _json(404, {"error": str(e)})
+    except InputBusy as e:
+        return _json(409, {"error": str(e), "mission_id": e.mission_id})
+    except Conflict as e:
+        return _json(409, {"error": str(e)})
+
+
 # ---- REST API ("MissionCfg") -------------------------------------------------------------
 
 
 @app.route("/missions", methods=["POST"], content_types=["application/json"])
 def create_mission() -> Response:
-    try:
-        created = missions.submit(get_context(), app.current_request.raw_body)
-    except ConfigInvalid as e:
-        fields = [{"field": err.field, "reason": err.reason} for err in e.errors]
-        return _json(400, {"error": "invalid mission config", "fields": fields})
-    except InputBusy as e:
-        return _json(409, {"error": str(e), "mission_id": e.mission_id})
-    return _json(201, created)
+    body = app.current_request.raw_body
+    return _answer(201, lambda: missions.submit(get_context(), body))
 
 
 @app.route("/missions", methods=["GET"])
 def list_missions() -> Response:
-    return _json(200, missions.list_missions(get_context()))
+    return _answer(200, lambda: missions.list_missions(get_context()))
 
 
 @app.route("/missions/{mission_id}", methods=["GET"])
 def get_mission(mission_id: str) -> Response:
-    try:
-        return _json(200, missions.describe(get_context(), mission_id))
-    except NotFound as e:
-        return _json(404, {"error": str(e)})
+    return _answer(200, lambda: missions.describe(get_context(), mission_id))
 
 
 @app.route("/missions/{mission_id}", methods=["DELETE"])
 def cancel_mission(mission_id: str) -> Response:
-    try:
-        return _json(200, missions.cancel(get_context(), mission_id))
-    except NotFound as e:
-        return _json(404, {"error": str(e)})
-    except Conflict as e:
-        return _json(409, {"error": str(e)})
+    return _answer(200, lambda: missions.cancel(get_context(), mission_id))
 
 
 @app.route("/missions/{mission_id}/transactions", methods=["GET"])
 def get_transactions(mission_id: str) -> Response:
-    try:
-        return _json(200, missions.transactions(get_context(), mission_id))
-    except NotFound as e:
-        return _json(404, {"error": str(e)})
+    return _answer(200, lambda: missions.transactions(get_context(), mission_id))
 
 
 # ---- Events ------------------------------------------------------------------------------
