@@ -7,21 +7,29 @@ store are built on first use (`chalicelib.context.get_context`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from chalice import Chalice, Response
-from chalice.app import SQSEvent
+from chalice.app import CloudWatchEvent, Rate, SQSEvent
 
 from chalicelib import missions
 from chalicelib.batch import process_sqs_batch
 from chalicelib.config import ConfigInvalid
 from chalicelib.context import get_context
+from chalicelib.interruptions import on_spot_interruption
 from chalicelib.results import handle_result_object
 from chalicelib.scheduler import handle_source_event
 from chalicelib.settings import RESULT_QUEUE_NAME, SOURCE_QUEUE_NAME
 from chalicelib.store import Conflict, InputBusy, NotFound
+from chalicelib.sweeper import sweep
 
 app = Chalice(app_name="lighthpc")
+
+SPOT_INTERRUPTION_PATTERN = {
+    "source": ["aws.ec2"],
+    "detail-type": ["EC2 Spot Instance Interruption Warning"],
+}
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:
@@ -83,3 +91,14 @@ def light_scheduler(event: SQSEvent) -> dict[str, Any]:
 @app.on_sqs_message(queue=RESULT_QUEUE_NAME, batch_size=10, name="result_processor")
 def result_processor(event: SQSEvent) -> dict[str, Any]:
     return process_sqs_batch(get_context(), event.to_dict(), handle_result_object)
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES), name="sweeper")
+def sweeper(event: CloudWatchEvent) -> dict[str, Any]:
+    return asdict(sweep(get_context()))
+
+
+@app.on_cw_event(SPOT_INTERRUPTION_PATTERN, name="spot_interruption")
+def spot_interruption(event: CloudWatchEvent) -> dict[str, Any]:
+    handed = on_spot_interruption(get_context(), event.detail["instance-id"])
+    return {"handed_back": handed}

@@ -73,11 +73,12 @@ def launch_workers(
     mission_id: str,
     instances: Instances,
     count: int,
+    token_suffix: str = "",
 ) -> LaunchResult:
     """Launch `count` workers; with `on_demand_fallback`, fill a Spot shortfall On-Demand.
 
-    The client token makes a retried call for the same mission return the fleet it already
-    launched instead of a second one.
+    The client token makes a retried call for the same mission (and relaunch round, the
+    `token_suffix`) return the fleet it already launched instead of a second one.
     """
     ids: list[str] = []
     errors: list[str] = []
@@ -88,7 +89,7 @@ def launch_workers(
         missing = count - len(ids)
         if missing <= 0:
             break
-        token = f"{mission_id}-{market}"
+        token = f"{mission_id}-{market}{token_suffix}"
         response = ec2.create_fleet(
             **fleet_request(settings, mission_id, instances, missing, market, token)
         )

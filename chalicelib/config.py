@@ -200,6 +200,15 @@ class Instances(_Strict):
         return value
 
 
+class ExitRule(_Strict):
+    """AWS Batch's `evaluateOnExit`: the first rule whose glob matches the exit code decides."""
+
+    on_exit_code: Annotated[
+        str, StringConstraints(pattern=r"^-?[0-9]*\*?$", min_length=1, max_length=12)
+    ]
+    action: Literal["retry", "fail"]
+
+
 class Timeouts(_Strict):
     transaction_seconds: int = Field(default=3600, ge=1, le=7 * 86400)
     mission_seconds: int = Field(default=86400, ge=60, le=14 * 86400)
@@ -216,6 +225,7 @@ class MissionConfig(_Strict):
     # Defaults validated in context, so stage limits apply to an omitted block as well.
     instances: Instances = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     max_attempts: int = Field(default=3, ge=1, le=10)
+    exit_rules: list[ExitRule] = Field(default_factory=list, max_length=5)
     timeouts: Timeouts = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     notify: str | None = Field(default=None, max_length=254)
 
@@ -253,6 +263,10 @@ class MissionConfig(_Strict):
             if wanted != split.mode:
                 raise ValueError(f"app {builtin!r} needs split mode {wanted!r}")
         return app
+
+
+def exit_rules(config: MissionConfig) -> list[tuple[str, str]]:
+    return [(rule.on_exit_code, rule.action) for rule in config.exit_rules]
 
 
 def _settings(info: ValidationInfo) -> Settings | None:

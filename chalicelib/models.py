@@ -10,6 +10,7 @@ from pynamodb.attributes import (
     BooleanAttribute,
     NumberAttribute,
     UnicodeAttribute,
+    UnicodeSetAttribute,
     UTCDateTimeAttribute,
 )
 from pynamodb.indexes import GlobalSecondaryIndex, KeysOnlyProjection
@@ -42,6 +43,9 @@ class MissionModel(Model):
     n_succeeded = NumberAttribute(default=0)
     n_failed = NumberAttribute(default=0)
     n_instances = NumberAttribute(default=0)
+    relaunches = NumberAttribute(default=0)
+    # Interrupted instances already replaced: a redelivered Spot warning replaces nothing twice.
+    replaced_instances = UnicodeSetAttribute(null=True)
     launch_errors = UnicodeAttribute(null=True)
     instance_seconds = NumberAttribute(default=0)
     result_key = UnicodeAttribute(null=True)
@@ -59,6 +63,17 @@ class RetryIndex(GlobalSecondaryIndex["TransactionModel"]):
 
     mission_id = UnicodeAttribute(hash_key=True)
     retry_rank = NumberAttribute(range_key=True)
+
+
+class LeaseIndex(GlobalSecondaryIndex["TransactionModel"]):
+    """Sparse index of leased (running) transactions by lease expiry: the sweeper's work list."""
+
+    class Meta:
+        index_name = "lease-index"
+        projection = KeysOnlyProjection()
+
+    mission_id = UnicodeAttribute(hash_key=True)
+    lease_expires_at = NumberAttribute(range_key=True)
 
 
 class TransactionModel(Model):
@@ -84,6 +99,7 @@ class TransactionModel(Model):
     counted = BooleanAttribute(null=True)  # set once by result_processor: counts exactly once
 
     retry_index = RetryIndex()
+    lease_index = LeaseIndex()
 
 
 class InputModel(Model):

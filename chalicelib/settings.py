@@ -54,8 +54,11 @@ class Settings:
     # template). Without it a partial-batch answer would silently drop the failed records, so
     # the handler raises instead and the whole batch is retried.
     partial_batch_responses: bool
-    # Worker side: where instance metadata is served (the local runtime serves one per worker).
+    # Worker side: where instance metadata is served (the local runtime serves one per worker),
+    # how long a claim holds without a heartbeat, and how often Spot notices are polled.
     imds_url: str
+    lease_seconds: int
+    spot_poll_seconds: float
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -80,6 +83,8 @@ class Settings:
             max_input_bytes=int(e.get("MAX_INPUT_BYTES", str(5 * 1024**3))),
             partial_batch_responses=_flag(e.get("SQS_PARTIAL_BATCH_RESPONSES"), default=False),
             imds_url=e.get("LIGHTHPC_IMDS_URL", "http://169.254.169.254"),
+            lease_seconds=int(e.get("LEASE_SECONDS", "90")),
+            spot_poll_seconds=float(e.get("SPOT_POLL_SECONDS", "5")),
         )
 
 

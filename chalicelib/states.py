@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Sequence
 from enum import StrEnum
 
 
@@ -70,9 +72,24 @@ def check_transaction_transition(current: TransactionStatus, target: Transaction
         raise IllegalTransition(f"transaction cannot go from {current.value} to {target.value}")
 
 
-def after_failed_attempt(attempts: int, max_attempts: int) -> TransactionStatus:
-    """A failed attempt is retried while attempts remain (AWS Batch's `attempts` semantics)."""
-    return TransactionStatus.PENDING if attempts < max_attempts else TransactionStatus.FAILED
+def after_failed_attempt(
+    attempts: int,
+    max_attempts: int,
+    exit_code: int | None = None,
+    rules: Sequence[tuple[str, str]] = (),
+) -> TransactionStatus:
+    """Retry while attempts remain, unless an exit-code rule says to fail at once.
+
+    Rules are (exit-code glob, "retry" | "fail") pairs; the first that matches the exit code
+    decides, as AWS Batch's `evaluateOnExit` does; no match means retry.
+    """
+    if attempts >= max_attempts:
+        return TransactionStatus.FAILED
+    if exit_code is not None:
+        for pattern, action in rules:
+            if fnmatch.fnmatchcase(str(exit_code), pattern):
+                return TransactionStatus.FAILED if action == "fail" else TransactionStatus.PENDING
+    return TransactionStatus.PENDING
 
 
 def mission_outcome(succeeded: int, failed: int, total: int) -> MissionStatus | None:

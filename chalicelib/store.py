@@ -20,6 +20,7 @@ from chalicelib.models import InputModel, MissionModel, TransactionModel, bind_t
 from chalicelib.planning import Slice
 from chalicelib.settings import Settings
 from chalicelib.states import (
+    TERMINAL_MISSION,
     MissionStatus,
     TransactionStatus,
     mission_sources,
@@ -292,6 +293,55 @@ class Store:
     def add_instance_seconds(self, mission_id: str, seconds: float) -> None:
         self._update_mission(mission_id, [MissionModel.instance_seconds.add(seconds)])
 
+    def fail_mission(self, mission_id: str, reason: str, now: float) -> bool:
+        """RUNNING -> FAILED for the mission as a whole (timed out); False if already finished."""
+        try:
+            self._transition_mission(
+                mission_id,
+                MissionStatus.FAILED,
+                [MissionModel.error.set(reason), MissionModel.finished_at.set(utcnow(now))],
+                only_from=[MissionStatus.RUNNING.value],
+            )
+        except Conflict:
+            return False
+        return True
+
+    def record_relaunch(self, mission_id: str, instances: int, errors: str | None) -> None:
+        actions = [MissionModel.n_instances.add(instances), MissionModel.relaunches.add(1)]
+        if errors:
+            actions.append(MissionModel.launch_errors.set(errors))
+        self._update_mission(mission_id, actions)
+
+    def claim_replacement(self, mission_id: str, instance_id: str) -> bool:
+        """The right to replace an interrupted instance, once (EC2 client tokens do that on AWS,
+        but not in moto, and a conditional write is cheaper than trusting either)."""
+        try:
+            self._update_mission(
+                mission_id,
+                [MissionModel.replaced_instances.add({instance_id})],
+                condition=~MissionModel.replaced_instances.contains(instance_id),
+            )
+        except Conflict:
+            return False
+        return True
+
+    def missions_needing_care(self) -> list[MissionModel]:
+        """Missions the sweeper looks at: unfinished ones, and finished ones not yet mailed.
+
+        A scan with a filter: fine for the missions of a team; a sparse index would replace it
+        for a table of many thousands.
+        """
+        unfinished = MissionModel.status.is_in(
+            MissionStatus.PLANNING.value, MissionStatus.RUNNING.value
+        )
+        unmailed = MissionModel.notified_at.does_not_exist() & MissionModel.status.is_in(
+            *(s.value for s in TERMINAL_MISSION)
+        )
+        try:
+            return list(MissionModel.scan(unfinished | unmailed, consistent_read=True))
+        except PynamoDBException as e:
+            raise StoreError(f"could not scan missions: {e}") from e
+
     def _transition_mission(
         self,
         mission_id: str,
@@ -466,6 +516,100 @@ class Store:
             if _condition_failed(e):
                 raise Conflict(f"transaction {txn.index} is no longer held by {owner}") from e
             raise StoreError(f"could not update transaction {txn.index}: {e}") from e
+
+    def extend_lease(
+        self, txn: TransactionModel, owner: str, now: float, lease_seconds: int
+    ) -> bool:
+        """The heartbeat. False if the lease is no longer ours (expired and taken back)."""
+        try:
+            txn.update(
+                actions=[TransactionModel.lease_expires_at.set(now + lease_seconds)],
+                condition=(TransactionModel.status == TransactionStatus.RUNNING.value)
+                & (TransactionModel.lease_owner == owner),
+            )
+        except PynamoDBException as e:
+            if _condition_failed(e):
+                return False
+            raise StoreError(f"could not extend the lease of {txn.index}: {e}") from e
+        return True
+
+    def hand_back(self, txn: TransactionModel, owner: str, now: float, reason: str) -> None:
+        """Give a transaction back without spending an attempt (Spot interruption, shutdown)."""
+        self._update_transaction(
+            txn,
+            TransactionStatus.PENDING,
+            owner,
+            [
+                TransactionModel.attempts.add(-1),
+                TransactionModel.error.set(reason),
+                TransactionModel.retry_rank.set(int(now * 1000)),
+                TransactionModel.lease_owner.remove(),
+                TransactionModel.lease_expires_at.remove(),
+            ],
+        )
+
+    def leased_transactions(
+        self, mission_id: str, expiring_before: float | None = None
+    ) -> list[TransactionModel]:
+        """Running transactions (all, or those whose lease expires before a time), fresh."""
+        condition = None
+        if expiring_before is not None:
+            condition = TransactionModel.lease_expires_at < expiring_before
+        try:
+            keys = list(TransactionModel.lease_index.query(mission_id, condition))
+            return [
+                t
+                for t in (self._fresh(mission_id, int(k.index)) for k in keys)
+                if t is not None and t.status == TransactionStatus.RUNNING.value
+            ]
+        except PynamoDBException as e:
+            raise StoreError(f"could not read leases of {mission_id}: {e}") from e
+
+    def _fresh(self, mission_id: str, index: int) -> TransactionModel | None:
+        try:
+            return TransactionModel.get(mission_id, index, consistent_read=True)
+        except DoesNotExist:
+            return None
+
+    def take_back_expired(
+        self, txn: TransactionModel, now: float, reason: str, requeue: bool
+    ) -> bool:
+        """Take an expired lease back: requeue the transaction, or just drop the lease when it
+        is out of attempts (its failure marker then reports it). False if the worker came back
+        or someone else got there first."""
+        actions = [
+            TransactionModel.lease_owner.remove(),
+            TransactionModel.lease_expires_at.remove(),
+            TransactionModel.error.set(reason),
+        ]
+        if requeue:
+            actions += [
+                TransactionModel.status.set(TransactionStatus.PENDING.value),
+                TransactionModel.retry_rank.set(int(now * 1000)),
+            ]
+        try:
+            txn.update(
+                actions=actions,
+                condition=(TransactionModel.status == TransactionStatus.RUNNING.value)
+                & (TransactionModel.lease_owner == txn.lease_owner)
+                & (TransactionModel.lease_expires_at < now),
+            )
+        except PynamoDBException as e:
+            if _condition_failed(e):
+                return False
+            raise StoreError(f"could not take back transaction {txn.index}: {e}") from e
+        return True
+
+    def has_work_left(self, mission: MissionModel) -> bool:
+        """Transactions never claimed, or waiting for a retry."""
+        if int(mission.next_index or 0) < int(mission.n_total or 0):
+            return True
+        try:
+            return any(
+                True for _ in TransactionModel.retry_index.query(mission.mission_id, limit=1)
+            )
+        except PynamoDBException as e:
+            raise StoreError(f"could not look for retries in {mission.mission_id}: {e}") from e
 
     def count_outcome(
         self,

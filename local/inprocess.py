@@ -82,6 +82,8 @@ class InProcessCluster:
         self.sqs = session.client("sqs")
         self.ec2 = session.client("ec2")
         self._outbox = self._subscribe_outbox(session)
+        self._metadata: dict[str, StaticMetadata] = {}
+        self.handler_errors: list[BaseException] = []
 
     @classmethod
     def start(cls, stage: str = "local", workdir: Path | None = None) -> InProcessCluster:
@@ -118,9 +120,11 @@ class InProcessCluster:
     def _deliver(self, queue_url: str, function: str, times: int) -> int:
         """Hand every queued message to the handler (`times` each), as Lambda's poller would.
 
-        A handler error propagates (tests want to see it) and leaves the batch on the queue.
+        A handler error leaves the batch on the queue, to be delivered again, as Lambda's poller
+        does; the error is kept in `handler_errors`. A batch that keeps failing raises.
         """
         delivered = 0
+        failures = 0
         while True:
             messages = self.sqs.receive_message(
                 QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0
@@ -131,8 +135,15 @@ class InProcessCluster:
                 message_bodies=[m["Body"] for m in messages],
                 queue_name=queue_url.rsplit("/", 1)[-1],
             )
-            for _ in range(times):
-                self.api.lambda_.invoke(function, event)
+            try:
+                for _ in range(times):
+                    self.api.lambda_.invoke(function, event)
+            except Exception as e:
+                self.handler_errors.append(e)
+                failures += 1
+                if failures >= 5:
+                    raise
+                continue
             self.sqs.delete_message_batch(
                 QueueUrl=queue_url,
                 Entries=[
@@ -153,12 +164,14 @@ class InProcessCluster:
             workdir = self.workdir / instance["InstanceId"]
             workdir.mkdir(parents=True, exist_ok=True)
             extra = {"python": python} if python else {}
+            metadata = StaticMetadata(InstanceIdentity(instance["InstanceId"], tags))
+            self._metadata[instance["InstanceId"]] = metadata
             agent = WorkerAgent(
                 settings=get_settings(),
                 store=get_context().store,
                 s3=aws.s3(),
                 ec2=aws.ec2(),
-                metadata=StaticMetadata(InstanceIdentity(instance["InstanceId"], tags)),
+                metadata=metadata,
                 workdir=workdir,
                 **extra,
             )
@@ -175,6 +188,39 @@ class InProcessCluster:
         if errors:
             raise errors[0]
         return reports
+
+    def spot_notice_all(self, notice: dict[str, str]) -> None:
+        """Post a Spot interruption notice in the metadata of every agent run so far."""
+        for metadata in self._metadata.values():
+            metadata.interruption = notice
+
+    @contextmanager
+    def crash_once(self, function: str, after_records: int) -> Iterator[None]:
+        """Make a handler crash once, right after it has fully handled `after_records` events
+        (its side effects done, the batch not yet acknowledged)."""
+        import app as app_module
+
+        names = {
+            "light_scheduler": "handle_source_event",
+            "result_processor": "handle_result_object",
+        }
+        name = names[function]
+        original = getattr(app_module, name)
+        seen = {"records": 0, "crashed": False}
+
+        def crashing(ctx: Any, event: Any) -> None:
+            original(ctx, event)
+            seen["records"] += 1
+            if not seen["crashed"] and seen["records"] == after_records:
+                seen["crashed"] = True
+                raise RuntimeError(f"chaos: {function} crashed after {after_records} record(s)")
+
+        setattr(app_module, name, crashing)
+        try:
+            yield
+        finally:
+            setattr(app_module, name, original)
+        assert seen["crashed"], "the crash was never triggered"
 
     def instance_states(self, mission_id: str) -> dict[str, str]:
         states = ["pending", "running", "shutting-down", "terminated", "stopping", "stopped"]

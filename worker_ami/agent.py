@@ -25,7 +25,7 @@ from typing import Any
 
 from chalicelib.apps import BUILTIN_APPS, builtin_argv, render_argv
 from chalicelib.capacity import MISSION_TAG
-from chalicelib.config import ArgvApp, LinesSplit, MissionConfig
+from chalicelib.config import ArgvApp, LinesSplit, MissionConfig, exit_rules
 from chalicelib.layout import failure_key, part_key
 from chalicelib.models import TransactionModel
 from chalicelib.observability import bind_mission, logger
@@ -37,8 +37,6 @@ from worker_ami.runner import AppResult, run_app
 
 # How long a worker waits for a mission still being planned (workers can boot that fast locally).
 PLANNING_WAIT_SECONDS = 300.0
-# The lease covers the app's timeout plus this margin for download and upload.
-LEASE_MARGIN_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -47,6 +45,8 @@ class AgentReport:
     mission_id: str | None
     succeeded: int
     failed_attempts: int
+    handed_back: int
+    interrupted: bool
     seconds: float
 
 
@@ -83,6 +83,10 @@ class WorkerAgent:
         self._counts_lock = threading.Lock()
         self._succeeded = 0
         self._failed_attempts = 0
+        self._handed_back = 0
+        # Set by a Spot interruption notice: stop claiming, stop apps, hand work back.
+        self.interrupted = threading.Event()
+        self._done = threading.Event()
 
     # ---- the main loop --------------------------------------------------------------------
 
@@ -92,12 +96,17 @@ class WorkerAgent:
         mission_id = identity.tags.get(MISSION_TAG)
         bind_mission(mission_id)
         logger.append_keys(instance_id=identity.instance_id)
+        watcher = threading.Thread(
+            target=self._watch_for_interruption, name="spot-watch", daemon=True
+        )
+        watcher.start()
         try:
             if mission_id is None:
                 logger.error("instance has no mission tag; nothing to do")
             else:
                 self._work_on(identity.instance_id, mission_id)
         finally:
+            self._done.set()
             seconds = self._clock() - began
             if mission_id is not None:
                 self._store.add_instance_seconds(mission_id, seconds)
@@ -105,8 +114,27 @@ class WorkerAgent:
                 logger.info("no work left: terminating this instance")
                 self._ec2.terminate_instances(InstanceIds=[identity.instance_id])
         return AgentReport(
-            identity.instance_id, mission_id, self._succeeded, self._failed_attempts, seconds
+            identity.instance_id,
+            mission_id,
+            self._succeeded,
+            self._failed_attempts,
+            self._handed_back,
+            self.interrupted.is_set(),
+            seconds,
         )
+
+    def _watch_for_interruption(self) -> None:
+        """Poll `spot/instance-action` (EC2 gives two minutes' notice) until the work is done."""
+        while not self._done.wait(self._settings.spot_poll_seconds):
+            try:
+                notice = self._metadata.spot_action()
+            except OSError as e:  # metadata hiccup: try again next poll
+                logger.warning("could not read spot/instance-action", extra={"error": repr(e)})
+                continue
+            if notice is not None:
+                logger.warning("Spot interruption notice: handing work back", extra=notice)
+                self.interrupted.set()
+                return
 
     def _work_on(self, instance_id: str, mission_id: str) -> None:
         mission = self._wait_until_planned(mission_id)
@@ -114,7 +142,7 @@ class WorkerAgent:
             return
         config = MissionConfig.model_validate_json(mission.config_json)
         slots = self._slots_override or config.instances.slots
-        lease = config.timeouts.transaction_seconds + LEASE_MARGIN_SECONDS
+        lease = self._settings.lease_seconds
         threads = [
             threading.Thread(
                 target=self._slot_loop,
@@ -147,16 +175,16 @@ class WorkerAgent:
 
     def _slot_loop(self, owner: str, mission: Any, config: MissionConfig, lease: int) -> None:
         bind_mission(mission.mission_id)
-        while True:
+        while not self.interrupted.is_set():
             txn = self._store.claim_next(mission.mission_id, owner, self._clock(), lease)
             if txn is None:
                 return
-            self._run_transaction(owner, mission, config, txn)
+            self._run_transaction(owner, mission, config, txn, lease)
 
     # ---- one transaction ------------------------------------------------------------------
 
     def _run_transaction(
-        self, owner: str, mission: Any, config: MissionConfig, txn: TransactionModel
+        self, owner: str, mission: Any, config: MissionConfig, txn: TransactionModel, lease: int
     ) -> None:
         index, attempt = int(txn.index), int(txn.attempts)
         scratch = Path(tempfile.mkdtemp(prefix=f"t{index:08d}-", dir=self._workdir))
@@ -180,8 +208,13 @@ class WorkerAgent:
                 argv = []
                 result = AppResult(126, f"cannot render the argv template: {e!r}", 0.0)
             if argv:
+                heartbeat = _Heartbeat(self._store, txn, owner, lease, self._clock)
                 result = run_app(
-                    argv, config.timeouts.transaction_seconds, scratch, scratch / "stderr.log"
+                    argv,
+                    config.timeouts.transaction_seconds,
+                    scratch,
+                    scratch / "stderr.log",
+                    keep_going=lambda: not self.interrupted.is_set() and heartbeat.beat(),
                 )
             if result.exit_code == 0 and not output.exists():
                 result = AppResult(
@@ -204,6 +237,13 @@ class WorkerAgent:
         log = {"index": index, "attempt": attempt, "seconds": round(result.seconds, 3)}
         bucket = self._settings.result_bucket
         try:
+            if result.aborted or (self.interrupted.is_set() and result.exit_code != 0):
+                # Not the app's fault: give the transaction back without spending the attempt.
+                self._store.hand_back(txn, owner, self._clock(), "handed back: Spot interruption")
+                with self._counts_lock:
+                    self._handed_back += 1
+                logger.warning("transaction handed back", extra=log)
+                return
             if result.exit_code == 0:
                 key = part_key(mission.mission_id, index)
                 self._s3.upload_file(str(output), bucket, key)
@@ -224,7 +264,10 @@ class WorkerAgent:
             with self._counts_lock:
                 self._failed_attempts += 1
             log |= {"exit_code": result.exit_code, "stderr": result.stderr_tail[-300:]}
-            if after_failed_attempt(attempt, config.max_attempts) is TransactionStatus.PENDING:
+            verdict = after_failed_attempt(
+                attempt, config.max_attempts, result.exit_code, exit_rules(config)
+            )
+            if verdict is TransactionStatus.PENDING:
                 self._store.requeue(txn, owner, result.exit_code, result.stderr_tail, self._clock())
                 logger.warning("attempt failed; transaction requeued", extra=log)
                 return
@@ -306,6 +349,38 @@ class WorkerAgent:
                     offsets.pop()  # the file ended exactly on a slice boundary
                 self._line_offsets = offsets
             return self._line_offsets
+
+
+class _Heartbeat:
+    """Extends the lease about three times per lease period while the app runs."""
+
+    def __init__(
+        self,
+        store: Store,
+        txn: TransactionModel,
+        owner: str,
+        lease: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self._store, self._txn, self._owner, self._lease, self._clock = (
+            store,
+            txn,
+            owner,
+            lease,
+            clock,
+        )
+        self._last = clock()
+
+    def beat(self) -> bool:
+        """False once the lease is lost (it expired and was taken back): stop the app."""
+        now = self._clock()
+        if now - self._last < self._lease / 3:
+            return True
+        self._last = now
+        alive = self._store.extend_lease(self._txn, self._owner, now, self._lease)
+        if not alive:
+            logger.warning("lease lost: stopping the app", extra={"index": int(self._txn.index)})
+        return alive
 
 
 def main(argv: list[str] | None = None) -> int:

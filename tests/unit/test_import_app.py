@@ -20,9 +20,11 @@ socket.create_connection = refuse
 import app
 
 routes = sorted(app.app.routes)
-assert routes == ["/missions", "/missions/{mission_id}", "/missions/{mission_id}/transactions"]
+assert routes == ["/missions", "/missions/{mission_id}", "/missions/{mission_id}/transactions"], routes
 handlers = sorted(source.name for source in app.app.event_sources)
-assert handlers == ["light_scheduler", "result_processor"], handlers
+assert handlers == ["light_scheduler", "result_processor", "spot_interruption", "sweeper"], (
+    handlers
+)
 print("ok")
 """
 
