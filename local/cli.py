@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from local.chaos import ChaosOptions
 from local.runtime import DEFAULT_HOME, LocalRuntime, RuntimeInfo, read_info
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
@@ -99,12 +100,23 @@ def s3_client(info: RuntimeInfo) -> Any:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    worker_env = {} if args.lease_seconds is None else {"LEASE_SECONDS": str(args.lease_seconds)}
     runtime = LocalRuntime(
         home=args.home,
         aws_port=args.aws_port,
         api_port=args.api_port,
         max_workers=args.max_workers,
         verbose=args.verbose,
+        sweep_seconds=args.sweep_seconds,
+        worker_env=worker_env,
+        chaos=ChaosOptions(
+            kill_fraction=args.kill_fraction,
+            spot_fraction=args.spot_fraction,
+            spot_notice_seconds=args.spot_notice_seconds,
+            duplicate=args.duplicate,
+            max_delay_seconds=args.max_delay,
+            crash_once=tuple(args.crash_once),
+        ),
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -229,6 +241,18 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from local.chaos_suite import SuiteOptions, run_suite, table
+
+    row = run_suite(SuiteOptions(missions=args.missions, transactions=args.transactions))
+    print(table(row))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(row, indent=2) + "\n")
+    print("ok: nothing lost, one email per mission, results equal" if row["ok"] else "FAILED")
+    return 0 if row["ok"] else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from local.demo import run_demo, run_demo_in_process
 
@@ -259,7 +283,55 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--api-port", type=int, default=8000, help="REST API port (0: any)")
     up.add_argument("--max-workers", type=int, default=8, help="concurrent local workers")
     up.add_argument("--verbose", action="store_true", help="log every request")
+    up.add_argument(
+        "--sweep-seconds",
+        type=float,
+        default=60.0,
+        help="how often the sweeper schedule fires (AWS: every minute)",
+    )
+    up.add_argument(
+        "--lease-seconds",
+        type=int,
+        default=None,
+        help="workers' lease without a heartbeat (default 90)",
+    )
+    chaos = up.add_argument_group("chaos switches")
+    chaos.add_argument(
+        "--kill-fraction", type=float, default=0.0, help="fraction of workers lost without notice"
+    )
+    chaos.add_argument(
+        "--spot-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of workers sent a Spot interruption notice",
+    )
+    chaos.add_argument(
+        "--spot-notice-seconds",
+        type=float,
+        default=120.0,
+        help="time from a Spot notice to the instance's reclaim",
+    )
+    chaos.add_argument("--duplicate", type=int, default=1, help="deliver every event N times")
+    chaos.add_argument(
+        "--max-delay",
+        type=float,
+        default=0.0,
+        help="delay each event batch up to this many seconds, and reorder it",
+    )
+    chaos.add_argument(
+        "--crash-once",
+        action="append",
+        default=[],
+        metavar="HANDLER",
+        help="make this handler crash once mid-batch (repeatable)",
+    )
     up.set_defaults(func=cmd_up)
+
+    suite = commands.add_parser("chaos", help="run missions under chaos and print what survived")
+    suite.add_argument("--missions", type=int, default=4)
+    suite.add_argument("--transactions", type=int, default=24)
+    suite.add_argument("--json", type=Path, default=None, help="also write the row as JSON here")
+    suite.set_defaults(func=cmd_chaos)
 
     demo = commands.add_parser("demo", help="run one checked mission on a fresh local stack")
     demo.add_argument("--transactions", type=int, default=64)

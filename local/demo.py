@@ -45,13 +45,13 @@ def demo_input(references: int) -> str:
     return demo_sample(SEED, hits, REF_LENGTH)
 
 
-def expected_result(sample: str, references: int) -> bytes:
+def expected_result(sample: str, references: int, ref_length: int = REF_LENGTH) -> bytes:
+    """The single-process run the merged result must equal."""
     sample_kmers: set[str] = set()
     for sequence in read_sequences(sample.splitlines()):
         sample_kmers |= kmers(sequence, K)
-    return "".join(
-        match(sample_kmers, 0, references, k=K, seed=SEED, ref_length=REF_LENGTH)
-    ).encode()
+    lines = match(sample_kmers, 0, references, k=K, seed=SEED, ref_length=ref_length)
+    return "".join(lines).encode()
 
 
 def _stepper(began: float):

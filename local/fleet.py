@@ -20,7 +20,9 @@ from typing import Any
 
 from chalicelib.capacity import STAGE_TAG
 from chalicelib.observability import logger
+from local.chaos import Chaos
 from local.imds import MetadataServer
+from local.pump import EventBus
 
 POLL_SECONDS = 0.5
 TERMINATION_GRACE_SECONDS = 5.0
@@ -35,6 +37,9 @@ class LocalWorker:
     log_path: Path
     started: float = field(default_factory=time.monotonic)
     terminated_at: float | None = None
+    fate: str | None = None  # chaos: "kill" or "spot"
+    fate_at: float = 0.0
+    reclaim_at: float | None = None  # after a Spot notice, when EC2 takes the instance
 
 
 class LocalFleet:
@@ -45,7 +50,11 @@ class LocalFleet:
         workdir: Path,
         max_workers: int,
         env: dict[str, str] | None = None,
+        chaos: Chaos | None = None,
+        events: EventBus | None = None,
     ) -> None:
+        self._chaos = chaos
+        self._events = events
         self._ec2 = ec2
         self._stage = stage
         self._workdir = workdir
@@ -104,6 +113,7 @@ class LocalFleet:
             # Instances terminated while waiting never start.
             self._waiting = deque((i, t) for i, t in self._waiting if i in alive)
             for worker in list(self.running.values()):
+                self._apply_fate(worker)
                 self._reap(worker, instance_alive=worker.instance_id in alive)
             while self._waiting and len(self.running) < self._max_workers:
                 self._launch(*self._waiting.popleft())
@@ -137,7 +147,44 @@ class LocalFleet:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.running[instance_id] = LocalWorker(instance_id, tags, metadata, process, log_path)
+        worker = LocalWorker(instance_id, tags, metadata, process, log_path)
+        if self._chaos is not None:
+            worker.fate, after = self._chaos.fate()
+            worker.fate_at = worker.started + after
+        self.running[instance_id] = worker
+
+    def _apply_fate(self, worker: LocalWorker) -> None:
+        now = time.monotonic()
+        if worker.reclaim_at is not None and now >= worker.reclaim_at:
+            worker.reclaim_at = None
+            self._ec2.terminate_instances(InstanceIds=[worker.instance_id])  # EC2 reclaims it
+        if worker.fate is None or now < worker.fate_at or worker.process.poll() is not None:
+            return
+        fate, worker.fate = worker.fate, None
+        assert self._chaos is not None
+        if fate == "kill":
+            # Lost without notice: the machine is gone, and with it the agent.
+            worker.process.kill()
+            self._ec2.terminate_instances(InstanceIds=[worker.instance_id])
+            self._chaos.ledger.add(workers_killed=1)
+            logger.warning("chaos: worker killed", extra={"instance_id": worker.instance_id})
+            return
+        notice_seconds = self._chaos.options.spot_notice_seconds
+        reclaim = time.time() + notice_seconds
+        worker.metadata.spot_action = {
+            "action": "terminate",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reclaim)),
+        }
+        worker.reclaim_at = now + notice_seconds
+        self._chaos.ledger.add(notices_sent=1)
+        logger.warning("chaos: Spot notice", extra={"instance_id": worker.instance_id})
+        if self._events is not None:
+            self._events.put(
+                "EC2 Spot Instance Interruption Warning",
+                "aws.ec2",
+                {"instance-id": worker.instance_id, "instance-action": "terminate"},
+                [f"arn:aws:ec2:us-east-1:123456789012:instance/{worker.instance_id}"],
+            )
 
     def _reap(self, worker: LocalWorker, instance_alive: bool) -> None:
         if worker.process.poll() is not None:

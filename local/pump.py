@@ -21,12 +21,14 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
-from chalice.app import SQSEventConfig
+from chalice.app import CloudWatchEventConfig, ScheduledEventConfig, SQSEventConfig
 
 from chalicelib.observability import logger
+from local.chaos import Chaos
 
 # A failed batch comes back this soon locally (AWS uses the queue's visibility timeout).
 RETRY_VISIBILITY_SECONDS = 5
+ACCOUNT_ID = "123456789012"  # moto's
 
 
 @dataclass
@@ -83,7 +85,9 @@ class QueuePoller:
         name: str,
         region: str,
         batch_size: int = 10,
+        chaos: Chaos | None = None,
     ) -> None:
+        self._chaos = chaos
         self._sqs = sqs
         self._url = queue_url
         self._handler = handler
@@ -106,10 +110,8 @@ class QueuePoller:
         ).get("Messages", [])
         if not messages:
             return 0
-        event = sqs_lambda_event(messages, self._arn, self._region)
-        context = LambdaContext(function_name=self.name, aws_request_id=str(uuid.uuid4()))
         try:
-            self._handler(event, context)
+            self._invoke(messages)
         except Exception as e:
             self.failed_batches += 1
             logger.warning(
@@ -126,17 +128,144 @@ class QueuePoller:
         self.delivered += len(messages)
         return len(messages)
 
+    def _invoke(self, messages: list[dict[str, Any]]) -> None:
+        chaos = self._chaos
+        if chaos is None:
+            self._call(messages)
+            return
+        delay = chaos.delay()
+        if delay:
+            chaos.ledger.add(delayed_batches=1)
+            time.sleep(delay)
+        chaos.shuffle(messages)
+        if chaos.should_crash(self.name):
+            # Crash mid-way: the first half of the batch is handled (its side effects happen),
+            # then the invocation dies and the whole batch comes back.
+            chaos.ledger.add(handler_crashes=1)
+            self._call(messages[: max(1, len(messages) // 2)])
+            raise RuntimeError(f"chaos: {self.name} crashed mid-batch")
+        for n in range(chaos.options.duplicate):
+            self._call(messages)
+            if n:
+                chaos.ledger.add(duplicate_deliveries=len(messages))
 
-def sqs_pollers(app_module: Any, sqs: Any, region: str) -> list[QueuePoller]:
+    def _call(self, messages: list[dict[str, Any]]) -> None:
+        event = sqs_lambda_event(messages, self._arn, self._region)
+        self._handler(event, LambdaContext(self.name, aws_request_id=str(uuid.uuid4())))
+
+
+def _handler_of(app_module: Any, source: Any) -> Callable[[dict, Any], Any]:
+    return getattr(app_module, source.handler_string.split(".", 1)[1])
+
+
+def sqs_pollers(
+    app_module: Any, sqs: Any, region: str, chaos: Chaos | None = None
+) -> list[QueuePoller]:
     """A poller for each `on_sqs_message` handler that the Chalice app registered."""
     pollers = []
     for source in app_module.app.event_sources:
         if not isinstance(source, SQSEventConfig):
             continue
-        handler = getattr(app_module, source.handler_string.split(".", 1)[1])
         url = sqs.get_queue_url(QueueName=source.queue)["QueueUrl"]
-        pollers.append(QueuePoller(sqs, url, handler, source.name, region, source.batch_size))
+        pollers.append(
+            QueuePoller(
+                sqs,
+                url,
+                _handler_of(app_module, source),
+                source.name,
+                region,
+                source.batch_size,
+                chaos,
+            )
+        )
     return pollers
+
+
+def _eventbridge_event(
+    detail_type: str, source: str, detail: dict, resources: list[str], region: str
+) -> dict[str, Any]:
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": detail_type,
+        "source": source,
+        "account": ACCOUNT_ID,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": region,
+        "resources": resources,
+        "detail": detail,
+    }
+
+
+class Schedule:
+    """A Chalice `schedule` handler, invoked every `every_seconds` (AWS: its rate)."""
+
+    def __init__(
+        self, name: str, handler: Callable[[dict, Any], Any], every_seconds: float, region: str
+    ) -> None:
+        self.name = name
+        self._handler = handler
+        self._every = every_seconds
+        self._region = region
+        self._next = time.monotonic() + every_seconds
+        self.runs = 0
+
+    def poll_once(self, wait_seconds: int = 1) -> int:
+        pause = self._next - time.monotonic()
+        if pause > 0:
+            time.sleep(min(pause, wait_seconds))
+            return 0
+        self._next = time.monotonic() + self._every
+        event = _eventbridge_event(
+            "Scheduled Event",
+            "aws.events",
+            {},
+            [f"arn:aws:events:{self._region}:{ACCOUNT_ID}:rule/{self.name}"],
+            self._region,
+        )
+        self._handler(event, LambdaContext(self.name, aws_request_id=str(uuid.uuid4())))
+        self.runs += 1
+        return 1
+
+
+def schedules(app_module: Any, every_seconds: float, region: str) -> list[Schedule]:
+    return [
+        Schedule(source.name, _handler_of(app_module, source), every_seconds, region)
+        for source in app_module.app.event_sources
+        if isinstance(source, ScheduledEventConfig)
+    ]
+
+
+class EventBus:
+    """EventBridge, locally: an event goes to every `on_cw_event` handler whose pattern matches
+    (patterns here match on top-level fields, which is all app.py's patterns use)."""
+
+    def __init__(self, app_module: Any, region: str, chaos: Chaos | None = None) -> None:
+        self._region = region
+        self._chaos = chaos
+        self._rules = [
+            (source.name, source.event_pattern, _handler_of(app_module, source))
+            for source in app_module.app.event_sources
+            if isinstance(source, CloudWatchEventConfig)
+        ]
+
+    def put(self, detail_type: str, source: str, detail: dict, resources: list[str]) -> int:
+        event = _eventbridge_event(detail_type, source, detail, resources, self._region)
+        copies = self._chaos.options.duplicate if self._chaos else 1
+        delivered = 0
+        for name, pattern, handler in self._rules:
+            if all(event.get(key) in values for key, values in pattern.items()):
+                for n in range(copies):
+                    try:
+                        handler(event, LambdaContext(name, aws_request_id=str(uuid.uuid4())))
+                    except Exception as e:
+                        logger.warning(
+                            "event handler failed", extra={"handler": name, "error": repr(e)}
+                        )
+                    if n and self._chaos:
+                        self._chaos.ledger.add(duplicate_deliveries=1)
+                delivered += 1
+        return delivered
 
 
 class Outbox:

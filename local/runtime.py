@@ -23,9 +23,10 @@ from moto.server import ThreadedMotoServer
 
 from chalicelib.context import reset_process_state
 from chalicelib.observability import logger
+from local.chaos import Chaos, ChaosOptions
 from local.fleet import LocalFleet
 from local.moto_patches import make_dynamodb_writes_atomic
-from local.pump import Outbox, PumpThread, sqs_pollers
+from local.pump import EventBus, Outbox, PumpThread, schedules, sqs_pollers
 from local.stack import provision
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -84,8 +85,14 @@ class LocalRuntime:
         stage: str = "local",
         echo: Any = print,
         verbose: bool = False,
+        sweep_seconds: float = 60.0,
+        worker_env: dict[str, str] | None = None,
+        chaos: ChaosOptions | None = None,
     ) -> None:
         self._verbose = verbose
+        self._sweep_seconds = sweep_seconds
+        self._worker_env = worker_env or {}
+        self.chaos = Chaos(chaos) if chaos is not None and chaos.active else None
         self.home = home.resolve()
         self._aws_port = aws_port
         self._api_port = api_port
@@ -98,6 +105,8 @@ class LocalRuntime:
         self.info: RuntimeInfo | None = None
         self.fleet: LocalFleet | None = None
         self.pollers: list[Any] = []
+        self.schedules: list[Any] = []
+        self.events: EventBus | None = None
         self._moto: ThreadedMotoServer | None = None
         self._api: Any = None
 
@@ -133,7 +142,9 @@ class LocalRuntime:
         import app as app_module  # the same module Lambda imports
 
         sqs = session.client("sqs")
-        self.pollers = sqs_pollers(app_module, sqs, stack.region)
+        self.pollers = sqs_pollers(app_module, sqs, stack.region, self.chaos)
+        self.schedules = schedules(app_module, self._sweep_seconds, stack.region)
+        self.events = EventBus(app_module, stack.region, self.chaos)
         outbox = Outbox(
             session.client("sns"),
             session.client("sqs"),
@@ -142,13 +153,19 @@ class LocalRuntime:
             f"lighthpc-{self._stage}-outbox",
             echo=self._echo,
         )
-        for source in [*self.pollers, outbox]:
+        for source in [*self.pollers, *self.schedules, outbox]:
             thread = PumpThread(source, self._stop)
             thread.start()
             self._threads.append(thread)
         workers_dir = self.home / "workers"
         self.fleet = LocalFleet(
-            session.client("ec2"), self._stage, workers_dir, self._max_workers
+            session.client("ec2"),
+            self._stage,
+            workers_dir,
+            self._max_workers,
+            env={**os.environ, **self._worker_env},
+            chaos=self.chaos,
+            events=self.events,
         ).start()
 
         self.info = RuntimeInfo(

@@ -20,7 +20,8 @@ socket.create_connection = refuse
 import app
 
 routes = sorted(app.app.routes)
-assert routes == ["/missions", "/missions/{mission_id}", "/missions/{mission_id}/transactions"], routes
+expected = ["/missions", "/missions/{mission_id}", "/missions/{mission_id}/transactions"]
+assert routes == expected, routes
 handlers = sorted(source.name for source in app.app.event_sources)
 assert handlers == ["light_scheduler", "result_processor", "spot_interruption", "sweeper"], (
     handlers

@@ -1,0 +1,179 @@
+"""The chaos suite: missions on the local stack under chaos, and what survived, as a table.
+
+`lighthpc chaos` (and `make chaos`) starts the stack with every chaos switch on, runs several
+missions (half config-first, half upload-first), waits for their emails, then checks each
+transaction, email and merged result. The table's last four columns must read 0, 0 or more,
+1 and yes: no transaction lost, exactly one email per mission, results equal to one process.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from local.chaos import ChaosOptions
+from local.demo import INPUT_KEY, demo_config, demo_input, expected_result
+
+REFERENCES = 240
+SLOW_REF_LENGTH = 4000  # slower slices, so chaos strikes workers mid-transaction
+CHAOS = ChaosOptions(
+    kill_fraction=0.2,
+    spot_fraction=0.2,
+    spot_notice_seconds=3.0,
+    duplicate=2,
+    max_delay_seconds=0.3,
+    crash_once=("light_scheduler", "result_processor"),
+    fate_window=(0.5, 3.0),
+)
+
+
+@dataclass(frozen=True)
+class SuiteOptions:
+    missions: int = 4
+    transactions: int = 24
+    workers_per_mission: int = 3
+    max_workers: int = 8
+    chaos: ChaosOptions = field(default_factory=lambda: CHAOS)
+    lease_seconds: int = 4
+    sweep_seconds: float = 1.0
+    timeout_seconds: float = 300.0
+
+
+def run_suite(options: SuiteOptions, echo: Any = print) -> dict[str, Any]:
+    from local.cli import api, s3_client
+    from local.runtime import LocalRuntime
+
+    home = Path(tempfile.mkdtemp(prefix="lighthpc-chaos-"))
+    runtime = LocalRuntime(
+        home=home,
+        aws_port=0,
+        api_port=0,
+        max_workers=options.max_workers,
+        echo=lambda _: None,
+        sweep_seconds=options.sweep_seconds,
+        worker_env={"LEASE_SECONDS": str(options.lease_seconds), "SPOT_POLL_SECONDS": "0.3"},
+        chaos=options.chaos,
+    )
+    began = time.monotonic()
+    info = runtime.start()
+    sample = demo_input(REFERENCES)
+    try:
+        s3 = s3_client(info)
+        missions: list[str] = []
+        for n in range(options.missions):
+            config = demo_config(options.transactions, REFERENCES, options.workers_per_mission)
+            config |= {"name": f"chaos {n}", "input": f"chaos/{n}/{INPUT_KEY}", "max_attempts": 5}
+            config["app"]["params"]["ref_length"] = SLOW_REF_LENGTH
+            upload_first = n % 2 == 1
+            if upload_first:
+                s3.put_object(Bucket=info.source_bucket, Key=config["input"], Body=sample.encode())
+            status, body = api(info, "POST", "/missions", config)
+            if status != 201:
+                raise RuntimeError(f"config refused: {status} {body}")
+            missions.append(body["mission_id"])
+            if not upload_first:
+                s3.put_object(Bucket=info.source_bucket, Key=config["input"], Body=sample.encode())
+        echo(f"{len(missions)} missions submitted; waiting for their emails...")
+        finals = _wait_for_all(info, missions, options.timeout_seconds)
+        time.sleep(3 * options.sweep_seconds + 2)  # time for a duplicate email to show itself
+        expected = expected_result(sample, REFERENCES, SLOW_REF_LENGTH)
+        lost = 0
+        equal = 0
+        for mission_id, mission in finals.items():
+            _, listed = api(info, "GET", f"/missions/{mission_id}/transactions")
+            lost += sum(t["status"] != "SUCCEEDED" for t in listed["transactions"])
+            if mission.get("result"):
+                bucket, key = mission["result"].removeprefix("s3://").split("/", 1)
+                merged = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+                equal += merged == expected
+        emails = Counter(
+            m for p in Path(info.outbox).glob("*.eml") if (m := _mission_of_email(p)) is not None
+        )
+        runs = _completions(Path(info.workers))
+    finally:
+        runtime.stop()
+    ledger = runtime.chaos.ledger.as_dict() if runtime.chaos else {}
+    return {
+        "missions": len(missions),
+        "transactions": len(missions) * options.transactions,
+        "workers_killed": ledger.get("workers_killed", 0),
+        "notices_sent": ledger.get("notices_sent", 0),
+        "duplicate_events": ledger.get("duplicate_deliveries", 0),
+        "handler_crashes": ledger.get("handler_crashes", 0),
+        "lost": lost,
+        "run_twice": sum(1 for n in runs.values() if n > 1),
+        "emails_per_mission": sorted({emails.get(m, 0) for m in missions}),
+        "results_equal": f"{equal}/{len(missions)}",
+        "seconds": round(time.monotonic() - began, 1),
+        "ok": lost == 0 and all(emails.get(m, 0) == 1 for m in missions) and equal == len(missions),
+    }
+
+
+def _wait_for_all(info: Any, missions: list[str], timeout: float) -> dict[str, dict]:
+    from local.cli import api
+
+    deadline = time.monotonic() + timeout
+    finals: dict[str, dict] = {}
+    while len(finals) < len(missions):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(missions) - len(finals)} missions unfinished at timeout")
+        for mission_id in missions:
+            if mission_id in finals:
+                continue
+            _, mission = api(info, "GET", f"/missions/{mission_id}")
+            if mission["status"] in {"SUCCEEDED", "FAILED", "CANCELLED"} and mission.get(
+                "notified_at"
+            ):
+                finals[mission_id] = mission
+        time.sleep(0.5)
+    return finals
+
+
+def _mission_of_email(path: Path) -> str | None:
+    match = re.search(r"^X-Lighthpc-Mission: (\S+)$", path.read_text(), re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def _completions(workers: Path) -> Counter:
+    """(mission, index) -> how many workers ran it to a success (from their JSON logs)."""
+    runs: Counter = Counter()
+    for log in workers.glob("*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            if '"transaction succeeded"' not in line:
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            runs[(entry.get("mission_id"), entry.get("index"))] += 1
+    return runs
+
+
+COLUMNS = [
+    ("missions", "missions"),
+    ("transactions", "transactions"),
+    ("workers_killed", "workers killed"),
+    ("notices_sent", "Spot notices"),
+    ("duplicate_events", "duplicate events"),
+    ("handler_crashes", "handler crashes"),
+    ("lost", "lost"),
+    ("run_twice", "run twice to completion"),
+    ("emails_per_mission", "emails per mission"),
+    ("results_equal", "results equal"),
+    ("seconds", "seconds"),
+]
+
+
+def table(row: dict[str, Any]) -> str:
+    cells = [(title, str(row[key])) for key, title in COLUMNS]
+    widths = [max(len(t), len(v)) for t, v in cells]
+    head = " | ".join(t.ljust(w) for (t, _), w in zip(cells, widths, strict=True))
+    rule = "-|-".join("-" * w for w in widths)
+    body = " | ".join(v.ljust(w) for (_, v), w in zip(cells, widths, strict=True))
+    return f"| {head} |\n|-{rule}-|\n| {body} |"
