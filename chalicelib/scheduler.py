@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib import aws
 from chalicelib.capacity import launch_workers
-from chalicelib.config import CountSplit, MissionConfig
+from chalicelib.config import ArgvApp, CountSplit, LinesSplit, MissionConfig
 from chalicelib.context import Context
 from chalicelib.events import ObjectCreated, SourceEvent, StartRequest
 from chalicelib.models import MissionModel
@@ -35,6 +35,7 @@ from chalicelib.store import NotFound
 # timeout, so a redelivered event can take over from a planner that died.
 PLANNING_LEASE_SECONDS = 120
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
+SNIFF_BYTES = 64 * 1024  # how much of the input is read to tell text from binary
 
 
 class PlanningError(Exception):
@@ -114,6 +115,15 @@ def plan(ctx: Context, mission: MissionModel, config: MissionConfig) -> tuple[It
             f"the input is {size} bytes; this stage accepts at most {ctx.settings.max_input_bytes}"
         )
     ctx.store.record_input(mission.mission_id, str(head.get("ETag", "")).strip('"'), size)
+    if needs_text_input(config) and looks_binary(_input_start(ctx, mission.input_key)):
+        reason = (
+            "it is split by lines"
+            if isinstance(config.split, LinesSplit)
+            else (
+                f"the built-in app {getattr(config.app, 'builtin', '')!r} reads sequences as text"
+            )
+        )
+        raise PlanningError(f"the input {where} looks binary (NUL bytes or not UTF-8); {reason}")
     split = config.split
     if isinstance(split, CountSplit):
         interval = split.interval
@@ -126,6 +136,28 @@ def plan(ctx: Context, mission: MissionModel, config: MissionConfig) -> tuple[It
             f" transactions; this stage allows at most {ctx.settings.max_transactions}"
         )
     return split_lines(lines, split.lines_per_transaction), total
+
+
+def needs_text_input(config: MissionConfig) -> bool:
+    """Splitting by lines, and the built-in apps, need text; an argv app may take anything."""
+    return isinstance(config.split, LinesSplit) or not isinstance(config.app, ArgvApp)
+
+
+def looks_binary(start: bytes) -> bool:
+    if b"\x00" in start:
+        return True
+    try:
+        start.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start < len(start) - 3  # a character cut at the end of the sample is fine
+    return False
+
+
+def _input_start(ctx: Context, key: str) -> bytes:
+    response = aws.s3().get_object(
+        Bucket=ctx.settings.source_bucket, Key=key, Range=f"bytes=0-{SNIFF_BYTES - 1}"
+    )
+    return response["Body"].read()
 
 
 def count_lines(ctx: Context, key: str) -> int:

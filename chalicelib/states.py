@@ -29,7 +29,10 @@ TERMINAL_MISSION = frozenset(
 TERMINAL_TRANSACTION = frozenset({TransactionStatus.SUCCEEDED, TransactionStatus.FAILED})
 
 MISSION_TRANSITIONS: dict[MissionStatus, frozenset[MissionStatus]] = {
-    MissionStatus.AWAITING_INPUT: frozenset({MissionStatus.PLANNING, MissionStatus.CANCELLED}),
+    # AWAITING_INPUT -> FAILED: the input never arrived within the mission's deadline.
+    MissionStatus.AWAITING_INPUT: frozenset(
+        {MissionStatus.PLANNING, MissionStatus.FAILED, MissionStatus.CANCELLED}
+    ),
     # PLANNING -> PLANNING: a redelivered event takes over an expired planning lease.
     MissionStatus.PLANNING: frozenset(
         {

@@ -204,6 +204,19 @@ class Store:
             sources=mission_sources(MissionStatus.CANCELLED),
         )
 
+    def expire_awaiting(self, mission: MissionModel, reason: str, now: float) -> bool:
+        """Fail a mission whose input never came; False if it started or ended meanwhile."""
+        try:
+            self._leave_and_release(
+                mission,
+                MissionStatus.FAILED,
+                [MissionModel.error.set(reason), MissionModel.finished_at.set(utcnow(now))],
+                sources=[MissionStatus.AWAITING_INPUT.value],
+            )
+        except Conflict:
+            return False
+        return True
+
     def _end_planning(self, mission: MissionModel, target: MissionStatus, actions: list) -> None:
         self._leave_and_release(
             mission,
@@ -332,7 +345,9 @@ class Store:
         for a table of many thousands.
         """
         unfinished = MissionModel.status.is_in(
-            MissionStatus.PLANNING.value, MissionStatus.RUNNING.value
+            MissionStatus.AWAITING_INPUT.value,
+            MissionStatus.PLANNING.value,
+            MissionStatus.RUNNING.value,
         )
         unmailed = MissionModel.notified_at.does_not_exist() & MissionModel.status.is_in(
             *(s.value for s in TERMINAL_MISSION)

@@ -2,7 +2,8 @@
 
 - a transaction whose lease expired (its worker died, or was interrupted without handing back)
   goes back to the queue, or, out of attempts, is reported failed through a failure marker;
-- a mission past its deadline is failed, its instances terminated, its email sent;
+- a mission past its deadline is failed, its instances terminated, its email sent (so is one
+  whose input never arrived);
 - a mission with work left and no live worker gets new capacity;
 - a planner that died is replaced (its start request is sent again);
 - an email whose sender died is sent.
@@ -49,7 +50,9 @@ def sweep(ctx: Context) -> SweepReport:
     for mission in ctx.store.missions_needing_care():
         bind_mission(mission.mission_id)
         status = MissionStatus(mission.status)
-        if status is MissionStatus.PLANNING:
+        if status is MissionStatus.AWAITING_INPUT:
+            _expire_if_input_never_came(ctx, mission, report)
+        elif status is MissionStatus.PLANNING:
             _replan_if_abandoned(ctx, mission, report)
         elif status is MissionStatus.RUNNING:
             _care_for_running(ctx, mission, report)
@@ -135,6 +138,18 @@ def _relaunch(
         "work left and no live worker: capacity relaunched",
         extra={"instances": len(launch.instance_ids), "round": round_},
     )
+
+
+def _expire_if_input_never_came(ctx: Context, mission: MissionModel, report: SweepReport) -> None:
+    config = MissionConfig.model_validate_json(mission.config_json)
+    waited = ctx.clock() - mission.created_at.timestamp()
+    if waited <= config.timeouts.mission_seconds:
+        return
+    where = f"s3://{ctx.settings.source_bucket}/{mission.input_key}"
+    reason = f"the input {where} never arrived within {config.timeouts.mission_seconds} s"
+    if ctx.store.expire_awaiting(mission, reason, ctx.clock()):
+        report.timed_out.append(mission.mission_id)
+        settle(ctx, mission.mission_id)
 
 
 def _replan_if_abandoned(ctx: Context, mission: MissionModel, report: SweepReport) -> None:

@@ -34,6 +34,7 @@ LEGAL_MISSION = {
     (M.RUNNING, M.SUCCEEDED),
     (M.RUNNING, M.FAILED),
     (M.AWAITING_INPUT, M.CANCELLED),
+    (M.AWAITING_INPUT, M.FAILED),
     (M.PLANNING, M.CANCELLED),
     (M.RUNNING, M.CANCELLED),
 }
@@ -175,7 +176,7 @@ def test_mission_sources() -> None:
     assert mission_sources(M.PLANNING) == ["AWAITING_INPUT", "PLANNING"]
     assert mission_sources(M.RUNNING) == ["PLANNING"]
     assert mission_sources(M.SUCCEEDED) == ["RUNNING"]
-    assert mission_sources(M.FAILED) == ["PLANNING", "RUNNING"]
+    assert mission_sources(M.FAILED) == ["AWAITING_INPUT", "PLANNING", "RUNNING"]
     assert mission_sources(M.AWAITING_INPUT) == []
 
 
