@@ -15,7 +15,7 @@ from chalice.app import CloudWatchEvent, Rate, SQSEvent
 
 from chalicelib import missions
 from chalicelib.batch import process_sqs_batch
-from chalicelib.config import ConfigInvalid
+from chalicelib.config import ConfigInvalid, FieldError
 from chalicelib.context import get_context
 from chalicelib.interruptions import on_spot_interruption
 from chalicelib.results import handle_result_object
@@ -51,6 +51,16 @@ def _answer(status: int, call: Callable[[], dict[str, Any]]) -> Response:
         return _json(409, {"error": str(e)})
 
 
+def _int_param(params: dict[str, str], name: str, default: int) -> int:
+    value = params.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError as e:
+        raise ConfigInvalid([FieldError(name, "must be an integer")]) from e
+
+
 # ---- REST API ("MissionCfg") -------------------------------------------------------------
 
 
@@ -77,7 +87,16 @@ def cancel_mission(mission_id: str) -> Response:
 
 @app.route("/missions/{mission_id}/transactions", methods=["GET"])
 def get_transactions(mission_id: str) -> Response:
-    return _answer(200, lambda: missions.transactions(get_context(), mission_id))
+    params = app.current_request.query_params or {}
+    return _answer(
+        200,
+        lambda: missions.transactions(
+            get_context(),
+            mission_id,
+            after=_int_param(params, "after", -1),
+            limit=min(_int_param(params, "limit", missions.PAGE_LIMIT), missions.PAGE_LIMIT),
+        ),
+    )
 
 
 # ---- Events ------------------------------------------------------------------------------

@@ -14,11 +14,13 @@ from chalicelib.context import Context
 from chalicelib.events import start_request_body
 from chalicelib.models import MissionModel, TransactionModel
 from chalicelib.observability import bind_mission, logger
+from chalicelib.planning import Plan, Slice
 from chalicelib.results import settle
 from chalicelib.states import MissionStatus, TransactionStatus
 from chalicelib.store import utcnow
 
 LIST_LIMIT = 100
+PAGE_LIMIT = 1000
 
 
 def new_mission_id(now: float) -> str:
@@ -64,6 +66,8 @@ def submit(ctx: Context, body: bytes | str | None) -> dict[str, Any]:
 def describe(ctx: Context, mission_id: str) -> dict[str, Any]:
     mission = ctx.store.get_mission(mission_id)
     counts = Counter(t.status for t in ctx.store.transactions(mission_id))
+    # Never-claimed transactions have no item yet: they are PENDING by construction.
+    counts[TransactionStatus.PENDING.value] += int(mission.n_total) - sum(counts.values())
     config = MissionConfig.model_validate_json(mission.config_json)
     return {
         **mission_summary(ctx, mission),
@@ -119,9 +123,43 @@ def list_missions(ctx: Context) -> dict[str, Any]:
     return {"missions": [mission_summary(ctx, m) for m in missions]}
 
 
-def transactions(ctx: Context, mission_id: str) -> dict[str, Any]:
-    ctx.store.get_mission(mission_id)  # 404 for an unknown mission rather than an empty list
-    return {"transactions": [transaction_view(t) for t in ctx.store.transactions(mission_id)]}
+def transactions(
+    ctx: Context, mission_id: str, after: int = -1, limit: int = PAGE_LIMIT
+) -> dict[str, Any]:
+    """A page of transactions after index `after`; never-claimed ones are shown from the plan.
+
+    Raises NotFound for an unknown mission (rather than an empty list).
+    """
+    mission = ctx.store.get_mission(mission_id)
+    total = int(mission.n_total)
+    first, last = after + 1, min(after + limit, total - 1)
+    if total == 0 or first > last:
+        return {"transactions": [], "next_after": None}
+    claimed = {int(t.index): t for t in ctx.store.transactions(mission_id, first, last)}
+    plan = Plan.for_split(
+        MissionConfig.model_validate_json(mission.config_json).split, mission.n_lines
+    )
+    page = [
+        transaction_view(claimed[i]) if i in claimed else pending_view(plan.slice(i))
+        for i in range(first, last + 1)
+    ]
+    return {"transactions": page, "next_after": last if last < total - 1 else None}
+
+
+def pending_view(s: Slice) -> dict[str, Any]:
+    return {
+        "index": s.index,
+        "status": TransactionStatus.PENDING.value,
+        "start": s.start,
+        "end": s.end,
+        "attempts": 0,
+        "lease_owner": None,
+        "exit_code": None,
+        "error": None,
+        "started_at": None,
+        "finished_at": None,
+        "run_seconds": None,
+    }
 
 
 def transaction_view(t: TransactionModel) -> dict[str, Any]:

@@ -38,6 +38,7 @@ class MissionModel(Model):
     finished_at = UTCDateTimeAttribute(null=True)
     planning_lease_until = NumberAttribute(null=True)  # epoch seconds
     n_total = NumberAttribute(default=0)
+    n_lines = NumberAttribute(null=True)  # lines mode: the input's line count, for the plan
     # Claim cursor: workers ADD 1 to take the next never-claimed transaction in O(1).
     next_index = NumberAttribute(default=0)
     n_succeeded = NumberAttribute(default=0)

@@ -8,7 +8,6 @@ write) lets exactly one of them plan, however often each is delivered.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -18,15 +17,10 @@ from chalicelib.capacity import launch_workers
 from chalicelib.config import ArgvApp, CountSplit, LinesSplit, MissionConfig
 from chalicelib.context import Context
 from chalicelib.events import ObjectCreated, SourceEvent, StartRequest
+from chalicelib.layout import MAX_TRANSACTIONS_EVER
 from chalicelib.models import MissionModel
 from chalicelib.observability import bind_mission, logger
-from chalicelib.planning import (
-    Slice,
-    instances_needed,
-    split_interval,
-    split_lines,
-    transaction_count_for_lines,
-)
+from chalicelib.planning import Plan, instances_needed, transaction_count_for_lines
 from chalicelib.results import settle
 from chalicelib.states import MissionStatus
 from chalicelib.store import NotFound
@@ -81,28 +75,28 @@ def start_mission(ctx: Context, mission_id: str) -> None:
     bind_mission(mission_id)
     config = MissionConfig.model_validate_json(mission.config_json)
     try:
-        slices, total = plan(ctx, mission, config)
+        mission_plan = plan(ctx, mission, config)
     except PlanningError as e:
         logger.warning("mission cannot start", extra={"reason": str(e)})
         ctx.store.fail_planning(mission, str(e), ctx.clock())
         settle(ctx, mission_id)  # sends the email that says why
         return
-    written = ctx.store.record_transactions(mission_id, slices)
+    total = mission_plan.count
     cap = min(config.instances.max_instances, ctx.settings.max_instances)
-    wanted = instances_needed(written, config.instances.slots, cap)
+    wanted = instances_needed(total, config.instances.slots, cap)
     # One token per mission: a planner that takes over from a dead one reuses it, so EC2
     # returns the fleet already launched instead of launching a second.
     launch = launch_workers(aws.ec2(), ctx.settings, mission_id, config.instances, wanted)
     errors = "; ".join(launch.errors) or None
-    ctx.store.mark_running(mission, total, len(launch.instance_ids), errors, ctx.clock())
+    ctx.store.mark_running(mission, mission_plan, len(launch.instance_ids), errors, ctx.clock())
     logger.info(
         "mission running",
         extra={"transactions": total, "instances": len(launch.instance_ids), "errors": errors},
     )
 
 
-def plan(ctx: Context, mission: MissionModel, config: MissionConfig) -> tuple[Iterator[Slice], int]:
-    """The mission's slices (lazily) and how many there are; PlanningError for unusable input."""
+def plan(ctx: Context, mission: MissionModel, config: MissionConfig) -> Plan:
+    """The mission's plan (a formula: nothing per transaction); PlanningError for bad input."""
     head = _input_head(ctx, mission.input_key)
     where = f"s3://{ctx.settings.source_bucket}/{mission.input_key}"
     if head is None:
@@ -126,16 +120,16 @@ def plan(ctx: Context, mission: MissionModel, config: MissionConfig) -> tuple[It
         raise PlanningError(f"the input {where} looks binary (NUL bytes or not UTF-8); {reason}")
     split = config.split
     if isinstance(split, CountSplit):
-        interval = split.interval
-        return split_interval(interval.start, interval.end, split.count), split.count
+        return Plan.for_split(split, None)
     lines = count_lines(ctx, mission.input_key)
     total = transaction_count_for_lines(lines, split.lines_per_transaction)
-    if total > ctx.settings.max_transactions:
+    limit = min(ctx.settings.max_transactions, MAX_TRANSACTIONS_EVER)
+    if total > limit:
         raise PlanningError(
             f"{lines} lines at {split.lines_per_transaction} per transaction make {total}"
-            f" transactions; this stage allows at most {ctx.settings.max_transactions}"
+            f" transactions; this stage allows at most {limit}"
         )
-    return split_lines(lines, split.lines_per_transaction), total
+    return Plan.for_split(split, lines)
 
 
 def needs_text_input(config: MissionConfig) -> bool:

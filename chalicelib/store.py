@@ -8,7 +8,7 @@ Every state change is a conditional write whose condition comes from `chalicelib
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from pynamodb.connection import Connection
@@ -17,7 +17,7 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.transactions import TransactWrite
 
 from chalicelib.models import InputModel, MissionModel, TransactionModel, bind_tables
-from chalicelib.planning import Slice
+from chalicelib.planning import Plan, Slice
 from chalicelib.settings import Settings
 from chalicelib.states import (
     TERMINAL_MISSION,
@@ -142,39 +142,22 @@ class Store:
             [MissionModel.input_etag.set(etag), MissionModel.input_bytes.set(size)],
         )
 
-    def record_transactions(self, mission_id: str, slices: Iterable[Slice]) -> int:
-        """Write the planned transactions (batched; pynamodb retries UnprocessedItems)."""
-        written = 0
-        try:
-            with TransactionModel.batch_write() as batch:
-                for s in slices:
-                    batch.save(
-                        TransactionModel(
-                            mission_id,
-                            s.index,
-                            status=TransactionStatus.PENDING.value,
-                            start=s.start,
-                            end=s.end,
-                        )
-                    )
-                    written += 1
-        except PynamoDBException as e:
-            raise StoreError(f"could not record transactions of {mission_id}: {e}") from e
-        return written
-
     def mark_running(
         self,
         mission: MissionModel,
-        n_total: int,
+        plan: Plan,
         n_instances: int,
         launch_errors: str | None,
         now: float,
     ) -> None:
+        """PLANNING -> RUNNING with the plan: no item per transaction is written (see claims)."""
+        lines = [] if plan.total_lines is None else [MissionModel.n_lines.set(plan.total_lines)]
         self._end_planning(
             mission,
             MissionStatus.RUNNING,
             [
-                MissionModel.n_total.set(n_total),
+                *lines,
+                MissionModel.n_total.set(plan.count),
                 MissionModel.n_instances.set(n_instances),
                 MissionModel.launch_errors.set(launch_errors)
                 if launch_errors
@@ -388,10 +371,15 @@ class Store:
 
     # ---- transactions ---------------------------------------------------------------------
 
-    def transactions(self, mission_id: str) -> Iterator[TransactionModel]:
-        """Every transaction of a mission, in index order (paginated underneath)."""
+    def transactions(
+        self, mission_id: str, first: int | None = None, last: int | None = None
+    ) -> Iterator[TransactionModel]:
+        """The claimed transactions of a mission (all, or indexes first..last), in index order."""
+        condition = None
+        if first is not None and last is not None:
+            condition = TransactionModel.index.between(first, last)
         try:
-            yield from TransactionModel.query(mission_id, consistent_read=True)
+            yield from TransactionModel.query(mission_id, condition, consistent_read=True)
         except PynamoDBException as e:
             raise StoreError(f"could not read transactions of {mission_id}: {e}") from e
 
@@ -404,19 +392,27 @@ class Store:
             raise StoreError(f"could not read transaction: {e}") from e
 
     def claim_next(
-        self, mission_id: str, owner: str, now: float, lease_seconds: int
+        self,
+        mission_id: str,
+        owner: str,
+        now: float,
+        lease_seconds: int,
+        slice_of: Callable[[int], Slice],
     ) -> TransactionModel | None:
-        """Claim a transaction: first never-claimed ones via the cursor, then retries.
+        """Claim a transaction in O(1) calls: never-claimed ones via the cursor, then retries.
 
-        The cursor (an atomic ADD on the mission) hands each worker a distinct index, so workers
-        do not race for the same item and no query grows with the mission's size. Transactions
-        sent back for another attempt are found through the sparse retry index.
+        The cursor (an atomic ADD on the mission) hands each worker a distinct index; the
+        transaction's item is created right then from the plan (`slice_of`), so planning writes
+        nothing per transaction and no query grows with the mission. Transactions sent back for
+        another attempt are found through the sparse retry index.
         """
         while True:
             index = self._advance_cursor(mission_id)
             if index is None:
                 break
-            claimed = self._claim(mission_id, index, owner, now, lease_seconds)
+            claimed = self._claim(
+                mission_id, index, owner, now, lease_seconds, first=slice_of(index)
+            )
             if claimed is not None:
                 return claimed
         try:
@@ -444,23 +440,36 @@ class Store:
         return int(mission.next_index) - 1
 
     def _claim(
-        self, mission_id: str, index: int, owner: str, now: float, lease_seconds: int
+        self,
+        mission_id: str,
+        index: int,
+        owner: str,
+        now: float,
+        lease_seconds: int,
+        first: Slice | None = None,
     ) -> TransactionModel | None:
+        """PENDING -> RUNNING; with `first`, create the never-claimed transaction's item."""
         txn = TransactionModel(mission_id, index)
-        try:
-            txn.update(
-                actions=[
-                    TransactionModel.status.set(TransactionStatus.RUNNING.value),
-                    TransactionModel.lease_owner.set(owner),
-                    TransactionModel.lease_expires_at.set(now + lease_seconds),
-                    TransactionModel.started_at.set(utcnow(now)),
-                    TransactionModel.attempts.add(1),
-                    TransactionModel.retry_rank.remove(),
-                ],
-                condition=TransactionModel.status.is_in(
-                    *transaction_sources(TransactionStatus.RUNNING)
-                ),
+        actions = [
+            TransactionModel.status.set(TransactionStatus.RUNNING.value),
+            TransactionModel.lease_owner.set(owner),
+            TransactionModel.lease_expires_at.set(now + lease_seconds),
+            TransactionModel.started_at.set(utcnow(now)),
+            TransactionModel.attempts.add(1),
+            TransactionModel.retry_rank.remove(),
+        ]
+        if first is not None:
+            actions += [
+                TransactionModel.start.set(first.start),
+                TransactionModel.end.set(first.end),
+            ]
+            condition = TransactionModel.index.does_not_exist()
+        else:
+            condition = TransactionModel.status.is_in(
+                *transaction_sources(TransactionStatus.RUNNING)
             )
+        try:
+            txn.update(actions=actions, condition=condition)
         except PynamoDBException as e:
             if _condition_failed(e):
                 return None

@@ -29,6 +29,7 @@ from chalicelib.config import ArgvApp, LinesSplit, MissionConfig, exit_rules
 from chalicelib.layout import failure_key, part_key
 from chalicelib.models import TransactionModel
 from chalicelib.observability import bind_mission, logger
+from chalicelib.planning import Plan
 from chalicelib.settings import Settings
 from chalicelib.states import MissionStatus, TransactionStatus, after_failed_attempt
 from chalicelib.store import Conflict, Store
@@ -175,8 +176,11 @@ class WorkerAgent:
 
     def _slot_loop(self, owner: str, mission: Any, config: MissionConfig, lease: int) -> None:
         bind_mission(mission.mission_id)
+        plan = Plan.for_split(config.split, mission.n_lines)
         while not self.interrupted.is_set():
-            txn = self._store.claim_next(mission.mission_id, owner, self._clock(), lease)
+            txn = self._store.claim_next(
+                mission.mission_id, owner, self._clock(), lease, plan.slice
+            )
             if txn is None:
                 return
             self._run_transaction(owner, mission, config, txn, lease)

@@ -10,7 +10,9 @@ import time
 import pytest
 
 from chalicelib import aws
+from chalicelib.config import MissionConfig
 from chalicelib.context import get_context
+from chalicelib.planning import Plan
 from chalicelib.sweeper import sweep
 from local.inprocess import InProcessCluster
 from tests.functional.test_mission import SAMPLE, assert_succeeded, kmer_config, submit
@@ -33,10 +35,19 @@ def rows(cluster: InProcessCluster, mission_id: str) -> list[dict]:
     return json.loads(cluster.get(f"/missions/{mission_id}/transactions").body)["transactions"]
 
 
+def claim(mission_id: str, owner: str, now: float, lease: int):
+    """Claim as a worker would (the plan comes from the mission's config)."""
+    store = get_context().store
+    stored = store.get_mission(mission_id)
+    config = MissionConfig.model_validate_json(stored.config_json)
+    plan = Plan.for_split(config.split, stored.n_lines)
+    return store.claim_next(mission_id, owner, now, lease, plan.slice)
+
+
 def lose_a_worker(cluster: InProcessCluster, mission_id: str) -> tuple[str, int]:
     """An instance dies holding a claim: its lease is already expired, the instance is gone."""
     instance_id = sorted(cluster.instance_states(mission_id))[0]
-    txn = get_context().store.claim_next(mission_id, f"{instance_id}/0", time.time() - 600, 1)
+    txn = claim(mission_id, f"{instance_id}/0", time.time() - 600, 1)
     cluster.ec2.terminate_instances(InstanceIds=[instance_id])
     return instance_id, int(txn.index)
 
@@ -94,10 +105,7 @@ def test_a_mission_past_its_deadline_times_out(cluster: InProcessCluster):
 def test_spot_warning_hands_work_back_from_the_control_side(cluster: InProcessCluster):
     mission_id = start(cluster, kmer_config("spot", "spot.fa"))
     instance_id = sorted(cluster.instance_states(mission_id))[0]
-    store = get_context().store
-    held = [
-        store.claim_next(mission_id, f"{instance_id}/{slot}", time.time(), 300) for slot in (0, 1)
-    ]
+    held = [claim(mission_id, f"{instance_id}/{slot}", time.time(), 300) for slot in (0, 1)]
     event = cluster.api.events.generate_cw_event(
         source="aws.ec2",
         detail_type="EC2 Spot Instance Interruption Warning",
@@ -184,7 +192,7 @@ def test_cancel_a_running_mission(cluster: InProcessCluster):
     assert json.loads(response.body)["instances_terminated"] == 3
     assert set(cluster.instance_states(mission_id).values()) == {"terminated"}
     assert mission(cluster, mission_id)["status"] == "CANCELLED"
-    assert get_context().store.claim_next(mission_id, "i-x/0", time.time(), 60) is None
+    assert claim(mission_id, "i-x/0", time.time(), 60) is None
     assert cluster.api.http.delete(f"/missions/{mission_id}").status_code == 409
     emails = cluster.emails()
     assert len(emails) == 1 and emails[0].subject == "lighthpc: cancelled CANCELLED"

@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from chalicelib.planning import (
+    Plan,
     Slice,
     instances_needed,
     split_interval,
@@ -69,11 +70,17 @@ def test_split_interval_rejects_impossible_splits(start: int, end: int, count: i
         list(split_interval(start, end, count))
 
 
-def test_split_interval_validates_when_iterated() -> None:
-    # A generator: the check runs on first use, not at the call.
-    slices = split_interval(0, 1, 2)
+def test_split_interval_validates_at_the_call() -> None:
     with pytest.raises(ValueError):
-        next(slices)
+        split_interval(0, 1, 2)
+
+
+@pytest.mark.parametrize(("start", "end", "count"), [(0, 10, 3), (-7, 50, 7), (5, 6, 1)])
+def test_plan_slice_is_o1_and_agrees_with_the_split(start: int, end: int, count: int) -> None:
+    plan = Plan.by_count(start, end, count)
+    assert [plan.slice(i) for i in range(count)] == list(split_interval(start, end, count))
+    with pytest.raises(IndexError):
+        plan.slice(count)
 
 
 def test_split_lines_last_slice_is_short() -> None:
