@@ -26,6 +26,7 @@ from pydantic import (
 
 from chalicelib.apps import BUILTIN_APPS, PLACEHOLDERS, placeholders_in
 from chalicelib.layout import MAX_TRANSACTIONS_EVER
+from chalicelib.pricing import vcpus
 from chalicelib.settings import Settings
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -182,7 +183,8 @@ class Instances(_Strict):
     on_demand_fallback: bool = False
     # validate_default: the stage's cap applies to the default too.
     max_instances: int = Field(default=4, ge=1, validate_default=True)
-    slots: int = Field(default=1, ge=1, le=256)
+    # Transactions run at once per instance; default: the instance's vCPUs.
+    slots: int | None = Field(default=None, ge=1, le=256)
 
     @field_validator("types")
     @classmethod
@@ -263,6 +265,11 @@ class MissionConfig(_Strict):
             if wanted != split.mode:
                 raise ValueError(f"app {builtin!r} needs split mode {wanted!r}")
         return app
+
+
+def slots_per_instance(instances: Instances) -> int:
+    """The configured slots, or the vCPUs of the first instance type (1 if unknown)."""
+    return instances.slots or vcpus(instances.types[0]) or 1
 
 
 def exit_rules(config: MissionConfig) -> list[tuple[str, str]]:

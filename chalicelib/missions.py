@@ -75,6 +75,7 @@ def describe(ctx: Context, mission_id: str) -> dict[str, Any]:
         | {"total": int(mission.n_total)},
         "instances": int(mission.n_instances or 0),
         "instance_seconds": round(float(mission.instance_seconds or 0), 3),
+        "estimated_cost_usd": round(float(mission.estimated_cost or 0), 6),
         "launch_errors": mission.launch_errors,
         "input": {
             "key": mission.input_key,

@@ -49,6 +49,7 @@ class MissionModel(Model):
     replaced_instances = UnicodeSetAttribute(null=True)
     launch_errors = UnicodeAttribute(null=True)
     instance_seconds = NumberAttribute(default=0)
+    estimated_cost = NumberAttribute(default=0)  # USD, from chalicelib.pricing
     result_key = UnicodeAttribute(null=True)
     error = UnicodeAttribute(null=True)  # why the mission failed as a whole (bad input, ...)
     notify_lease_until = NumberAttribute(null=True)

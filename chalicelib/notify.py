@@ -29,6 +29,7 @@ class MissionReport:
     failed: int
     duration_seconds: float | None
     instance_seconds: float
+    estimated_cost: float
     instances: int
     result_uri: str | None
     error: str | None
@@ -54,7 +55,11 @@ def email_body(report: MissionReport) -> str:
         f" {report.failed} failed",
         f"Duration:         {duration}",
         f"Instances:        {report.instances}",
-        f"Instance-seconds: {report.instance_seconds:.1f}",
+        f"Instance-seconds: {report.instance_seconds:.1f}"
+        f" ({report.instance_seconds / max(report.total, 1):.2f} per transaction)",
+        f"Estimated cost:   ${report.estimated_cost:.4f}"
+        f" (${report.estimated_cost / max(report.total, 1):.6f} per transaction;"
+        " list prices, Spot at a typical discount)",
         f"Result:           {report.result_uri or '(none)'}",
     ]
     if report.error:

@@ -22,6 +22,7 @@ from chalicelib.layout import parse_outcome_key, result_key
 from chalicelib.models import MissionModel
 from chalicelib.notify import FailedTransaction, MissionReport, publish
 from chalicelib.observability import bind_mission, logger
+from chalicelib.pricing import estimated_cost
 from chalicelib.states import TERMINAL_MISSION, MissionStatus, TransactionStatus, mission_outcome
 
 NOTIFY_LEASE_SECONDS = 120
@@ -67,9 +68,7 @@ def settle(ctx: Context, mission_id: str) -> None:
         if final is None:
             return
         merged = merge_parts(ctx, mission) if mission.n_succeeded else None
-        ctx.store.finish_mission(
-            mission_id, final, merged, instance_seconds(ctx, mission), ctx.clock()
-        )
+        ctx.store.finish_mission(mission_id, final, merged, usage(ctx, mission), ctx.clock())
         mission = ctx.store.get_mission(mission_id)
     if MissionStatus(mission.status) in TERMINAL_MISSION and mission.notified_at is None:
         send_report(ctx, mission)
@@ -114,6 +113,7 @@ def build_report(ctx: Context, mission: MissionModel) -> MissionReport:
         failed=int(mission.n_failed),
         duration_seconds=duration,
         instance_seconds=float(mission.instance_seconds or 0),
+        estimated_cost=float(mission.estimated_cost or 0),
         instances=int(mission.n_instances or 0),
         result_uri=f"s3://{bucket}/{mission.result_key}" if mission.result_key else None,
         error=mission.error,
@@ -122,12 +122,18 @@ def build_report(ctx: Context, mission: MissionModel) -> MissionReport:
     )
 
 
-def instance_seconds(ctx: Context, mission: MissionModel) -> float:
-    """Seconds reported by workers that have exited, plus the age of those still running."""
+def usage(ctx: Context, mission: MissionModel) -> tuple[float, float]:
+    """(instance-seconds, estimated USD): what exited workers reported, plus the age of the
+    instances still running (the last workers are typically still exiting at completion)."""
     now = ctx.clock()
-    running = mission_instances(aws.ec2(), mission.mission_id, ["pending", "running"])
-    alive = sum(max(0.0, now - i["LaunchTime"].timestamp()) for i in running)
-    return float(mission.instance_seconds or 0) + alive
+    seconds = float(mission.instance_seconds or 0)
+    cost = float(mission.estimated_cost or 0)
+    for instance in mission_instances(aws.ec2(), mission.mission_id, ["pending", "running"]):
+        age = max(0.0, now - instance["LaunchTime"].timestamp())
+        market = instance.get("InstanceLifecycle") or "on-demand"
+        seconds += age
+        cost += estimated_cost(instance.get("InstanceType"), market, age)
+    return seconds, cost
 
 
 def merge_parts(ctx: Context, mission: MissionModel) -> str:

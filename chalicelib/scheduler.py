@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib import aws
 from chalicelib.capacity import launch_workers
-from chalicelib.config import ArgvApp, CountSplit, LinesSplit, MissionConfig
+from chalicelib.config import ArgvApp, CountSplit, LinesSplit, MissionConfig, slots_per_instance
 from chalicelib.context import Context
 from chalicelib.events import ObjectCreated, SourceEvent, StartRequest
 from chalicelib.layout import MAX_TRANSACTIONS_EVER
@@ -83,7 +83,7 @@ def start_mission(ctx: Context, mission_id: str) -> None:
         return
     total = mission_plan.count
     cap = min(config.instances.max_instances, ctx.settings.max_instances)
-    wanted = instances_needed(total, config.instances.slots, cap)
+    wanted = instances_needed(total, slots_per_instance(config.instances), cap)
     # One token per mission: a planner that takes over from a dead one reuses it, so EC2
     # returns the fleet already launched instead of launching a second.
     launch = launch_workers(aws.ec2(), ctx.settings, mission_id, config.instances, wanted)

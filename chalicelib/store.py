@@ -240,7 +240,7 @@ class Store:
         mission_id: str,
         status: MissionStatus,
         result_key: str | None,
-        instance_seconds: float,
+        usage: tuple[float, float],
         now: float,
     ) -> bool:
         """RUNNING -> SUCCEEDED/FAILED, once. False if another event already finished it."""
@@ -253,7 +253,8 @@ class Store:
                     if result_key
                     else MissionModel.result_key.remove(),
                     MissionModel.finished_at.set(utcnow(now)),
-                    MissionModel.instance_seconds.set(instance_seconds),
+                    MissionModel.instance_seconds.set(usage[0]),
+                    MissionModel.estimated_cost.set(usage[1]),
                 ],
                 only_from=[MissionStatus.RUNNING.value],
             )
@@ -286,8 +287,12 @@ class Store:
             condition=MissionModel.notified_at.does_not_exist(),
         )
 
-    def add_instance_seconds(self, mission_id: str, seconds: float) -> None:
-        self._update_mission(mission_id, [MissionModel.instance_seconds.add(seconds)])
+    def add_instance_usage(self, mission_id: str, seconds: float, cost: float) -> None:
+        """A worker's life, reported when it ends."""
+        self._update_mission(
+            mission_id,
+            [MissionModel.instance_seconds.add(seconds), MissionModel.estimated_cost.add(cost)],
+        )
 
     def fail_mission(self, mission_id: str, reason: str, now: float) -> bool:
         """RUNNING -> FAILED for the mission as a whole (timed out); False if already finished."""
@@ -303,9 +308,13 @@ class Store:
         return True
 
     def record_relaunch(self, mission_id: str, instances: int, errors: str | None) -> None:
-        actions = [MissionModel.n_instances.add(instances), MissionModel.relaunches.add(1)]
-        if errors:
-            actions.append(MissionModel.launch_errors.set(errors))
+        actions = [
+            MissionModel.n_instances.add(instances),
+            MissionModel.relaunches.add(1),
+            MissionModel.launch_errors.set(errors)
+            if errors
+            else MissionModel.launch_errors.remove(),
+        ]
         self._update_mission(mission_id, actions)
 
     def claim_replacement(self, mission_id: str, instance_id: str) -> bool:

@@ -20,7 +20,7 @@ from datetime import timedelta
 
 from chalicelib import aws
 from chalicelib.capacity import launch_workers, mission_instances, terminate_mission_instances
-from chalicelib.config import MissionConfig
+from chalicelib.config import MissionConfig, slots_per_instance
 from chalicelib.context import Context
 from chalicelib.events import start_request_body
 from chalicelib.layout import failure_key
@@ -82,8 +82,10 @@ def _care_for_running(ctx: Context, mission: MissionModel, report: SweepReport) 
         _take_back(ctx, mission, config, txn, now, report)
     if ctx.store.has_work_left(mission):
         alive = mission_instances(aws.ec2(), mission.mission_id, ["pending", "running"])
-        if not alive:
-            _relaunch(ctx, mission, config, report)
+        # No live worker: the work is stranded. A launch that came short (partial fulfilment,
+        # InsufficientInstanceCapacity) is topped up too.
+        if not alive or mission.launch_errors:
+            _relaunch(ctx, mission, config, len(alive), report)
 
 
 def _take_back(
@@ -115,12 +117,14 @@ def _take_back(
 
 
 def _relaunch(
-    ctx: Context, mission: MissionModel, config: MissionConfig, report: SweepReport
+    ctx: Context, mission: MissionModel, config: MissionConfig, alive: int, report: SweepReport
 ) -> None:
-    """Work left and no live worker: ask for capacity again (a fresh client token per round)."""
+    """Ask for the capacity the remaining work needs (a fresh client token per round)."""
     remaining = int(mission.n_total) - int(mission.n_succeeded) - int(mission.n_failed)
     cap = min(config.instances.max_instances, ctx.settings.max_instances)
-    wanted = max(1, min(cap, -(-remaining // config.instances.slots)))
+    wanted = max(1, min(cap, -(-remaining // slots_per_instance(config.instances)))) - alive
+    if wanted <= 0:
+        return
     round_ = int(mission.relaunches or 0) + 1
     launch = launch_workers(
         aws.ec2(),

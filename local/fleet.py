@@ -25,6 +25,8 @@ from local.imds import MetadataServer
 from local.pump import EventBus
 
 POLL_SECONDS = 0.5
+# Carried with the tags from describe to the metadata server (never real tag keys: no colon).
+_TYPE, _LIFECYCLE = " instance-type", " lifecycle"
 TERMINATION_GRACE_SECONDS = 5.0
 
 
@@ -129,11 +131,15 @@ class LocalFleet:
             for reservation in page["Reservations"]:
                 for instance in reservation["Instances"]:
                     tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+                    tags[_TYPE] = instance.get("InstanceType", "")
+                    tags[_LIFECYCLE] = instance.get("InstanceLifecycle") or "on-demand"
                     alive[instance["InstanceId"]] = tags
         return alive
 
     def _launch(self, instance_id: str, tags: dict[str, str]) -> None:
-        metadata = MetadataServer(instance_id, tags).start()
+        described = dict(tags)
+        instance_type, lifecycle = described.pop(_TYPE), described.pop(_LIFECYCLE)
+        metadata = MetadataServer(instance_id, described, instance_type, lifecycle).start()
         workdir = self._workdir / instance_id
         workdir.mkdir(parents=True, exist_ok=True)
         log_path = self._workdir / f"{instance_id}.log"

@@ -18,8 +18,16 @@ META_PREFIX = "/latest/meta-data/"
 
 
 class MetadataServer:
-    def __init__(self, instance_id: str, tags: dict[str, str]) -> None:
+    def __init__(
+        self,
+        instance_id: str,
+        tags: dict[str, str],
+        instance_type: str = "c5.large",
+        lifecycle: str = "on-demand",
+    ) -> None:
         self.instance_id = instance_id
+        self.instance_type = instance_type
+        self.lifecycle = lifecycle
         self.tags = dict(tags)
         self.spot_action: dict[str, str] | None = None
         self._tokens: set[str] = set()
@@ -52,6 +60,10 @@ class MetadataServer:
     def lookup(self, path: str) -> str | None:
         if path == "instance-id":
             return self.instance_id
+        if path == "instance-type":
+            return self.instance_type
+        if path == "instance-life-cycle":
+            return self.lifecycle
         if path == "tags/instance":
             return "\n".join(sorted(self.tags))
         if path.startswith("tags/instance/"):

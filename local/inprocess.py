@@ -164,7 +164,13 @@ class InProcessCluster:
             workdir = self.workdir / instance["InstanceId"]
             workdir.mkdir(parents=True, exist_ok=True)
             extra = {"python": python} if python else {}
-            metadata = StaticMetadata(InstanceIdentity(instance["InstanceId"], tags))
+            identity = InstanceIdentity(
+                instance["InstanceId"],
+                tags,
+                instance_type=instance.get("InstanceType"),
+                market=instance.get("InstanceLifecycle") or "on-demand",
+            )
+            metadata = StaticMetadata(identity)
             self._metadata[instance["InstanceId"]] = metadata
             agent = WorkerAgent(
                 settings=get_settings(),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from chalicelib.layout import failure_key, part_key
 from chalicelib.models import TransactionModel
 from chalicelib.observability import bind_mission, logger
 from chalicelib.planning import Plan
+from chalicelib.pricing import estimated_cost
 from chalicelib.settings import Settings
 from chalicelib.states import MissionStatus, TransactionStatus, after_failed_attempt
 from chalicelib.store import Conflict, Store
@@ -110,7 +112,8 @@ class WorkerAgent:
             self._done.set()
             seconds = self._clock() - began
             if mission_id is not None:
-                self._store.add_instance_seconds(mission_id, seconds)
+                cost = estimated_cost(identity.instance_type, identity.market, seconds)
+                self._store.add_instance_usage(mission_id, seconds, cost)
             if self._terminate_when_done:
                 logger.info("no work left: terminating this instance")
                 self._ec2.terminate_instances(InstanceIds=[identity.instance_id])
@@ -142,7 +145,8 @@ class WorkerAgent:
         if mission is None:
             return
         config = MissionConfig.model_validate_json(mission.config_json)
-        slots = self._slots_override or config.instances.slots
+        # Default: one slot per vCPU of this machine.
+        slots = self._slots_override or config.instances.slots or os.cpu_count() or 1
         lease = self._settings.lease_seconds
         threads = [
             threading.Thread(

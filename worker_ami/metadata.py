@@ -20,6 +20,8 @@ TOKEN_TTL_SECONDS = 21600
 class InstanceIdentity:
     instance_id: str
     tags: dict[str, str] = field(default_factory=dict)
+    instance_type: str | None = None
+    market: str = "on-demand"  # IMDS `instance-life-cycle`: "spot" or "on-demand"
 
 
 class MetadataSource(Protocol):
@@ -92,7 +94,12 @@ class Imdsv2Metadata:
         for name in (self._get("tags/instance") or "").splitlines():
             if name:
                 tags[name] = self._get(f"tags/instance/{name}") or ""
-        return InstanceIdentity(instance_id, tags)
+        return InstanceIdentity(
+            instance_id,
+            tags,
+            instance_type=self._get("instance-type"),
+            market=self._get("instance-life-cycle") or "on-demand",
+        )
 
     def spot_action(self) -> dict[str, str] | None:
         raw = self._get("spot/instance-action")

@@ -223,3 +223,19 @@ def test_a_result_processor_crash_midway_is_retried(cluster: InProcessCluster, c
     done = mission(cluster, mission_id)
     assert done["status"] == "SUCCEEDED" and done["transactions"]["SUCCEEDED"] == 4
     assert len(cluster.emails()) == 1
+
+
+def test_a_launch_that_came_short_is_topped_up(cluster: InProcessCluster):
+    from chalicelib.models import MissionModel
+
+    mission_id = start(cluster, kmer_config("short", "short.fa"))  # wants 3 instances
+    ids = sorted(cluster.instance_states(mission_id))
+    cluster.ec2.terminate_instances(InstanceIds=ids[:2])  # as if EC2 had given only one
+    MissionModel(mission_id).update(
+        actions=[MissionModel.launch_errors.set("spot: InsufficientInstanceCapacity: no c5")]
+    )
+    assert sweep(get_context()).relaunched == {mission_id: 2}
+    assert sweep(get_context()).relaunched == {}  # the errors are cleared: no second top-up
+    cluster.run_workers(mission_id)
+    cluster.deliver_result_events()
+    assert_succeeded(cluster, mission_id, mission(cluster, mission_id), "short")

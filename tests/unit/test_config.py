@@ -20,6 +20,7 @@ from chalicelib.config import (
     MissionConfig,
     SeqStatsApp,
     parse_mission_config,
+    slots_per_instance,
 )
 from chalicelib.settings import Settings
 
@@ -109,7 +110,8 @@ def test_kmer_match_with_count_split() -> None:
     assert config.instances.market == "spot"
     assert config.instances.on_demand_fallback is False
     assert config.instances.max_instances == 4
-    assert config.instances.slots == 1
+    assert config.instances.slots is None  # default: the instance's vCPUs
+    assert slots_per_instance(config.instances) == 2  # c5.large
     assert config.max_attempts == 3
     assert config.timeouts.transaction_seconds == 3600
     assert config.timeouts.mission_seconds == 86400

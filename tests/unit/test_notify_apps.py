@@ -32,6 +32,7 @@ def report(**changes: object) -> MissionReport:
         failed=0,
         duration_seconds=12.34,
         instance_seconds=56.78,
+        estimated_cost=0.0123,
         instances=3,
         result_uri="s3://bucket/results/m-1/result.out",
         error=None,
