@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test unit functional e2e chaos lint format clean
+.PHONY: setup demo test unit functional e2e chaos bench lint format clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ functional: setup
 
 e2e: setup
 	$(BIN)/python -m pytest -q tests/e2e
+
+bench: setup
+	$(BIN)/python -m bench.bench
 
 chaos: setup
 	$(BIN)/lighthpc chaos --json bench/results/chaos.json

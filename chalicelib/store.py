@@ -518,14 +518,18 @@ class Store:
         part_key: str | None,
         now: float,
     ) -> None:
-        """Record the worker's view of a terminal attempt; result_processor may have been first."""
-        # Already terminal through the result event, which is the authority: nothing to add.
+        """Record the worker's view of a terminal attempt (exit code, timings).
+
+        result_processor may already have counted it (same status, lease owner kept): the
+        timings are still recorded. A worker whose lease was taken records nothing.
+        """
         with contextlib.suppress(Conflict):
             self._update_transaction(
                 txn,
                 status,
                 owner,
-                [
+                also_from=status,
+                actions=[
                     TransactionModel.exit_code.set(exit_code),
                     TransactionModel.error.set(error),
                     TransactionModel.run_seconds.set(run_seconds),
@@ -536,9 +540,15 @@ class Store:
             )
 
     def _update_transaction(
-        self, txn: TransactionModel, target: TransactionStatus, owner: str, actions: list
+        self,
+        txn: TransactionModel,
+        target: TransactionStatus,
+        owner: str,
+        actions: list,
+        also_from: TransactionStatus | None = None,
     ) -> None:
-        condition = TransactionModel.status.is_in(*transaction_sources(target)) & (
+        sources = transaction_sources(target) + ([also_from.value] if also_from else [])
+        condition = TransactionModel.status.is_in(*sources) & (
             TransactionModel.lease_owner == owner
         )
         try:
@@ -659,7 +669,7 @@ class Store:
         txn_actions = [
             TransactionModel.counted.set(True),
             TransactionModel.status.set(status.value),
-            TransactionModel.lease_owner.remove(),
+            # lease_owner stays: who ran it, and the worker's own finish still matches it.
             TransactionModel.lease_expires_at.remove(),
             TransactionModel.retry_rank.remove(),
         ]

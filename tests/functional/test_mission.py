@@ -60,7 +60,9 @@ def transactions(cluster: InProcessCluster, mission_id: str) -> list[dict]:
 def assert_succeeded(cluster: InProcessCluster, mission_id: str, mission: dict, name: str):
     assert mission["status"] == "SUCCEEDED", mission
     assert mission["transactions"]["SUCCEEDED"] == mission["transactions"]["total"] == 12
-    assert all(t["status"] == "SUCCEEDED" for t in transactions(cluster, mission_id))
+    rows = transactions(cluster, mission_id)
+    assert all(t["status"] == "SUCCEEDED" for t in rows)
+    assert all(t["finished_at"] and t["run_seconds"] is not None for t in rows)
     assert cluster.result(mission["result"]) == single_process_result()
     emails = cluster.emails()
     assert len(emails) == 1, [e.subject for e in emails]

@@ -1,0 +1,510 @@
+"""lighthpc benchmarks: one table, side by side in one run, on the embedded AWS.
+
+    python -m bench.bench            (make bench)  all phases, ~3 minutes
+    python -m bench.bench --quick    smaller sizes, for a smoke run
+
+Each phase runs in a fresh process (moto keeps all state in its process and never frees it),
+prints its figures as JSON, and the parent prints the table and writes bench/results/bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+import zipfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+# ---- shared: an embedded AWS in this process ----------------------------------------------
+
+
+def embedded_aws() -> Any:
+    """moto's server in this process, the stack provisioned, this process pointed at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from chalicelib.context import reset_process_state
+    from local.moto_patches import make_dynamodb_writes_atomic
+    from local.stack import provision
+
+    make_dynamodb_writes_atomic()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "POWERTOOLS_LOG_LEVEL": "ERROR",
+            "POWERTOOLS_TRACE_DISABLED": "1",
+        }
+    )
+    stack = provision(boto3.Session())
+    os.environ.update(stack.environment())
+    os.environ["MAX_TRANSACTIONS"] = "1000000"
+    reset_process_state()
+    return stack
+
+
+def deliver_all(queue_url: str, handler: Any) -> int:
+    """Lambda's poller, inline: hand every queued message to the handler."""
+    from chalicelib import aws
+    from local.pump import LambdaContext, sqs_lambda_event
+
+    sqs = aws.sqs()
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    delivered = 0
+    while True:
+        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get(
+            "Messages", []
+        )
+        if not messages:
+            return delivered
+        handler(sqs_lambda_event(messages, arn, "us-east-1"), LambdaContext("bench"))
+        sqs.delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+            ],
+        )
+        delivered += len(messages)
+
+
+def config(n: int, key: str, argv: list[str] | None = None, max_instances: int = 50) -> dict:
+    app = {"argv": argv} if argv else {"builtin": "kmer-match"}
+    return {
+        "name": f"bench {n}",
+        "input": key,
+        "split": {"mode": "count", "count": n, "interval": {"start": 0, "end": n}},
+        "app": app,
+        "instances": {
+            "types": ["c5.large", "m5.large"],
+            "max_instances": max_instances,
+            "slots": 4,
+        },
+    }
+
+
+# ---- phase: submission -----------------------------------------------------------------------
+
+
+def phase_submission(sizes: list[int], baseline_n: int) -> dict:
+    import app as lambda_app
+    from chalicelib import aws
+    from chalicelib.context import get_context, reset_process_state
+    from chalicelib.missions import submit
+    from local.inprocess import ApiCallCounter
+
+    stack = embedded_aws()
+    aws.sqs().purge_queue(QueueUrl=stack.source_queue_url)  # S3's s3:TestEvent
+    counter = ApiCallCounter()
+    rows: dict[str, Any] = {"lighthpc": {}, "baseline": {}}
+    with counter.installed():
+        reset_process_state()  # clients made after the hook is installed are counted
+        for n in [10, *sizes]:  # the first is a warm-up (moto's first request per service)
+            key = f"bench/{n}.fa"
+            aws.s3().put_object(Bucket=stack.outputs["SourceBucketName"], Key=key, Body=b"ACGT\n")
+            deliver_all(stack.source_queue_url, lambda_app.light_scheduler)  # the upload's event
+            counter.reset()
+            trace = n >= 100_000  # tracemalloc slows Python down: only where memory is asked
+            if trace:
+                tracemalloc.start()
+            began = time.perf_counter()
+            created = submit(get_context(), json.dumps(config(n, key)))
+            deliver_all(stack.source_queue_url, lambda_app.light_scheduler)
+            seconds = time.perf_counter() - began
+            peak = tracemalloc.get_traced_memory()[1] if trace else 0
+            tracemalloc.stop()
+            mission = get_context().store.get_mission(created["mission_id"])
+            assert mission.status == "RUNNING" and int(mission.n_total) == n, mission.status
+            rows["lighthpc"][n] = {
+                "seconds": seconds,
+                "calls": len(counter.calls),
+                "peak_mb": peak / 2**20,
+                "instances": int(mission.n_instances),
+            }
+        rows["baseline"] = baseline_submission(baseline_n, counter)
+    return rows
+
+
+def baseline_submission(n: int, counter: Any) -> dict:
+    """The published design: per transaction, one item, one price lookup, one instance."""
+    from chalicelib import aws
+    from chalicelib.settings import get_settings
+
+    settings = get_settings()
+    ddb, ec2 = aws.client("dynamodb"), aws.ec2()
+    counter.reset()
+    began = time.perf_counter()
+    for i in range(n):
+        ddb.put_item(
+            TableName=settings.transaction_table,
+            Item={
+                "mission_id": {"S": "baseline"},
+                "index": {"N": str(i)},
+                "status": {"S": "PENDING"},
+                "start": {"N": str(i)},
+                "end": {"N": str(i + 1)},
+            },
+        )
+        ec2.describe_spot_price_history(InstanceTypes=["c5.large"], MaxResults=1)
+        ec2.run_instances(
+            ImageId="ami-1e749f67",
+            MinCount=1,
+            MaxCount=1,
+            InstanceType="c5.large",
+            InstanceMarketOptions={"MarketType": "spot"},
+            TagSpecifications=[
+                {"ResourceType": "instance", "Tags": [{"Key": "mission", "Value": f"baseline-{i}"}]}
+            ],
+        )
+    return {"n": n, "seconds": time.perf_counter() - began, "calls": len(counter.calls)}
+
+
+# ---- phase: a mission's whole life, in calls ---------------------------------------------------
+
+
+def phase_lifecycle(n: int) -> dict:
+    import app as lambda_app
+    from chalicelib import aws
+    from chalicelib.capacity import mission_instances
+    from chalicelib.context import get_context, reset_process_state
+    from chalicelib.missions import submit
+    from chalicelib.settings import get_settings
+    from local.inprocess import ApiCallCounter
+    from worker_ami.agent import WorkerAgent
+    from worker_ami.metadata import InstanceIdentity, StaticMetadata
+
+    stack = embedded_aws()
+    counter = ApiCallCounter()
+    phases: dict[str, int] = {}
+    with counter.installed():
+        reset_process_state()
+        aws.sqs().purge_queue(QueueUrl=stack.source_queue_url)
+        key = "bench/life.txt"
+        argv = ["cp", "{input}", "{output}"]  # a no-op app that writes its part
+        counter.reset()
+        created = submit(get_context(), json.dumps(config(n, key, argv, max_instances=4)))
+        aws.s3().put_object(Bucket=stack.outputs["SourceBucketName"], Key=key, Body=b"x\n")
+        deliver_all(stack.source_queue_url, lambda_app.light_scheduler)
+        phases["planning"] = len(counter.calls)
+        mission_id = created["mission_id"]
+        instances = mission_instances(aws.ec2(), mission_id, ["running"])
+        counter.reset()
+        workdir = Path(tempfile.mkdtemp(prefix="bench-life-"))
+
+        def work(instance: dict) -> None:
+            tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+            identity = InstanceIdentity(instance["InstanceId"], tags, "c5.large", "spot")
+            WorkerAgent(
+                settings=get_settings(),
+                store=get_context().store,
+                s3=aws.s3(),
+                ec2=aws.ec2(),
+                metadata=StaticMetadata(identity),
+                workdir=workdir / instance["InstanceId"],
+            ).run()
+
+        for d in instances:
+            (workdir / d["InstanceId"]).mkdir(parents=True)
+        threads = [threading.Thread(target=work, args=(i,)) for i in instances]
+        began = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        worker_seconds = time.perf_counter() - began
+        phases["workers"] = len(counter.calls)
+        counter.reset()
+        deliver_all(stack.result_queue_url, lambda_app.result_processor)
+        phases["results"] = len(counter.calls)
+        mission = get_context().store.get_mission(mission_id)
+        assert mission.status == "SUCCEEDED", mission.status
+    return {
+        "n": n,
+        "calls": phases,
+        "per_transaction": sum(phases.values()) / n,
+        "worker_seconds": worker_seconds,
+    }
+
+
+# ---- phase: the local fleet (worker processes) -------------------------------------------------
+
+
+def phase_fleet(n: int, missions: int) -> dict:
+    from chalicelib import aws
+    from local.cli import api, s3_client
+    from local.runtime import LocalRuntime
+
+    runtime = LocalRuntime(
+        home=Path(tempfile.mkdtemp(prefix="bench-fleet-")),
+        aws_port=0,
+        api_port=0,
+        max_workers=4,
+        echo=lambda _: None,
+    )
+    info = runtime.start()
+    try:
+        s3 = s3_client(info)
+        # moto's own rate of single calls, in the same run: sequential PutItem.
+        ddb = aws.client("dynamodb")
+        began, calls = time.perf_counter(), 0
+        while time.perf_counter() - began < 2.0:
+            ddb.put_item(
+                TableName=os.environ["INPUT_TABLE"],
+                Item={"input_key": {"S": f"probe-{calls}"}, "mission_id": {"S": "x"}},
+            )
+            calls += 1
+        single_rate = calls / (time.perf_counter() - began)
+        for i in range(calls):
+            ddb.delete_item(
+                TableName=os.environ["INPUT_TABLE"], Key={"input_key": {"S": f"probe-{i}"}}
+            )
+        throughput, latencies = [], []
+        for m in range(missions):
+            key = f"bench/fleet-{m}.txt"
+            status, body = api(
+                info,
+                "POST",
+                "/missions",
+                config(n, key, ["cp", "{input}", "{output}"], max_instances=4),
+            )
+            assert status == 201, body
+            s3.put_object(Bucket=info.source_bucket, Key=key, Body=b"x\n")
+            mission = _wait(info, body["mission_id"])
+            running = _ts(mission["running_at"])
+            _, page = api(info, "GET", f"/missions/{body['mission_id']}/transactions")
+            last_part = max(_ts(t["finished_at"]) for t in page["transactions"])
+            throughput.append(n / (last_part - running))
+            latencies.append(_ts(mission["notified_at"]) - last_part)
+    finally:
+        runtime.stop()
+    return {
+        "n": n,
+        "missions": missions,
+        "transactions_per_second": statistics.median(throughput),
+        "moto_single_calls_per_second": single_rate,
+        "completion_latency_median_s": statistics.median(latencies),
+    }
+
+
+def _wait(info: Any, mission_id: str, timeout: float = 300) -> dict:
+    from local.cli import api
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, mission = api(info, "GET", f"/missions/{mission_id}")
+        if mission.get("notified_at"):
+            return mission
+        time.sleep(0.3)
+    raise TimeoutError(mission_id)
+
+
+def _ts(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()
+
+
+# ---- phases with no AWS ---------------------------------------------------------------------
+
+
+def billed_instance_seconds(
+    transactions: int, run: float, boot: float, slots: int, max_instances: int
+) -> dict:
+    """Billed instance-seconds of a simulated mission: packing versus one instance each.
+
+    Packing: `instances_needed` instances, each boots once and runs its share of transactions
+    `slots` at a time; one-per-transaction: every transaction boots its own instance.
+    """
+    from chalicelib.planning import instances_needed
+
+    instances = instances_needed(transactions, slots, max_instances)
+    per_instance = [
+        transactions // instances + (1 if i < transactions % instances else 0)
+        for i in range(instances)
+    ]
+    packed = sum(boot + -(-share // slots) * run for share in per_instance)
+    single = transactions * (boot + run)
+    return {"packed": packed, "one_per_transaction": single, "instances": instances}
+
+
+def import_time(repeats: int = 5) -> float:
+    code = "import time; t = time.perf_counter(); import app; print(time.perf_counter() - t)"
+    times = []
+    for _ in range(repeats):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)},
+            check=True,
+        )
+        times.append(float(out.stdout))
+    return statistics.median(times)
+
+
+def package_size() -> dict:
+    """The Lambda zip as Chalice would build it: requirements.txt (Linux wheels) + app code."""
+    target = Path(tempfile.mkdtemp(prefix="bench-pkg-"))
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--target",
+        str(target / "site"),
+        "--platform",
+        "manylinux2014_x86_64",
+        "--python-version",
+        "3.11",
+        "--only-binary=:all:",
+        "-r",
+        str(ROOT / "requirements.txt"),
+    ]
+    result = subprocess.run(pip, capture_output=True, text=True)
+    if result.returncode != 0:
+        return {"error": result.stderr.strip().splitlines()[-1:]}
+    zip_path = target / "deployment.zip"
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in (target / "site").rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                z.write(path, path.relative_to(target / "site"))
+        z.write(ROOT / "app.py", "app.py")
+        for path in (ROOT / "chalicelib").rglob("*.py"):
+            z.write(path, path.relative_to(ROOT))
+    has_boto3 = (target / "site" / "boto3").exists()
+    return {"zip_mb": zip_path.stat().st_size / 2**20, "includes_boto3": has_boto3}
+
+
+# ---- orchestration -----------------------------------------------------------------------
+
+
+def run_phase(name: str, **kwargs: Any) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.bench", "--phase", name, "--args", json.dumps(kwargs)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"phase {name} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--phase")
+    parser.add_argument("--args", default="{}")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.phase:
+        phase = {
+            "submission": phase_submission,
+            "lifecycle": phase_lifecycle,
+            "fleet": phase_fleet,
+        }[args.phase]
+        print(json.dumps(phase(**json.loads(args.args))))
+        return 0
+
+    sizes = [1000, 10000] if args.quick else [1000, 10000, 50000]
+    baseline_n = 100 if args.quick else 1000
+    print("running: submission ...", file=sys.stderr, flush=True)
+    submission = run_phase("submission", sizes=[*sizes, 100_000], baseline_n=baseline_n)
+    print("running: lifecycle ...", file=sys.stderr, flush=True)
+    lifecycle = run_phase("lifecycle", n=100 if args.quick else 200)
+    print("running: fleet ...", file=sys.stderr, flush=True)
+    fleet = run_phase("fleet", n=48 if args.quick else 96, missions=3)
+    results = {
+        "submission": submission,
+        "lifecycle": lifecycle,
+        "fleet": fleet,
+        "billed": billed_instance_seconds(1000, 60, 90, 4, max_instances=250),
+        "billed_capped": billed_instance_seconds(1000, 60, 90, 4, max_instances=50),
+        "import_app_seconds": import_time(),
+        "package": package_size(),
+        "quick": args.quick,
+    }
+    print(render(results, sizes))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"\nwritten: {RESULTS / 'bench.json'}")
+    return 0
+
+
+def render(r: dict, sizes: list[int]) -> str:
+    sub, base = r["submission"]["lighthpc"], r["submission"]["baseline"]
+    per_txn_s = base["seconds"] / base["n"]
+    per_txn_calls = base["calls"] / base["n"]
+    lines = [
+        "| measure | lighthpc | baseline (one item, one price lookup, one instance per transaction) | ratio |",
+        "|---|---|---|---|",
+    ]
+    for n in sizes:
+        mine = sub[str(n)]
+        measured = n <= base["n"]
+        b_s = base["seconds"] if n == base["n"] else per_txn_s * n
+        b_calls = base["calls"] if n == base["n"] else round(per_txn_calls * n)
+        note = "measured" if measured else f"extrapolated from {base['n']}"
+        lines.append(
+            f"| submit {n:,} transactions: time | {mine['seconds']:.3f} s | {b_s:,.1f} s ({note}) |"
+            f" {b_s / mine['seconds']:,.0f}x |"
+        )
+        lines.append(
+            f"| submit {n:,} transactions: AWS calls | {mine['calls']} | {b_calls:,} ({note}) |"
+            f" {b_calls / mine['calls']:,.0f}x |"
+        )
+    big = sub["100000"]
+    life = r["lifecycle"]
+    calls = ", ".join(f"{k} {v}" for k, v in life["calls"].items())
+    fl = r["fleet"]
+    billed, capped = r["billed"], r["billed_capped"]
+    pkg = r["package"]
+    pkg_text = (
+        f"{pkg['zip_mb']:.1f} MB zipped (boto3 {'in' if pkg['includes_boto3'] else 'not in'} it)"
+        if "zip_mb" in pkg
+        else f"n/a: {pkg.get('error')}"
+    )
+    lines += [
+        f"| AWS calls per transaction, whole life ({life['n']} no-op transactions: {calls}) |"
+        f" {life['per_transaction']:.2f} | {per_txn_calls:.0f} for submission alone | |",
+        f"| local fleet throughput, no-op transactions (4 worker processes, 4 slots) |"
+        f" {fl['transactions_per_second']:.1f} tx/s | moto, single PutItem calls in the same run:"
+        f" {fl['moto_single_calls_per_second']:.0f} calls/s | |",
+        f"| completion latency: last part stored -> email sent (median of {fl['missions']}) |"
+        f" {fl['completion_latency_median_s']:.2f} s | | |",
+        f"| billed instance-seconds, 1,000 x 60 s, 90 s boot, 4 slots ({billed['instances']} instances) |"
+        f" {billed['packed']:,.0f} | {billed['one_per_transaction']:,.0f} |"
+        f" {billed['one_per_transaction'] / billed['packed']:.1f}x |",
+        f"| same, capped at {capped['instances']} instances |"
+        f" {capped['packed']:,.0f} | {capped['one_per_transaction']:,.0f} |"
+        f" {capped['one_per_transaction'] / capped['packed']:.1f}x |",
+        f"| plan 100,000 transactions: time, peak Python memory |"
+        f" {big['seconds']:.3f} s, {big['peak_mb']:.1f} MB | | |",
+        f"| `import app`, cold, fresh process (median of 5) | {r['import_app_seconds']:.2f} s | | |",
+        f"| Lambda package (requirements.txt + app.py + chalicelib) | {pkg_text} | | |",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
