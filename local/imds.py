@@ -30,6 +30,7 @@ class MetadataServer:
         self.lifecycle = lifecycle
         self.tags = dict(tags)
         self.spot_action: dict[str, str] | None = None
+        self.rebalance_at: str | None = None  # set to a time to recommend a rebalance
         self._tokens: set[str] = set()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._thread = threading.Thread(
@@ -68,6 +69,10 @@ class MetadataServer:
             return "\n".join(sorted(self.tags))
         if path.startswith("tags/instance/"):
             return self.tags.get(path.removeprefix("tags/instance/"))
+        if path == "events/recommendations/rebalance":
+            return (
+                None if self.rebalance_at is None else json.dumps({"noticeTime": self.rebalance_at})
+            )
         if path == "spot/instance-action":
             return None if self.spot_action is None else json.dumps(self.spot_action)
         return None

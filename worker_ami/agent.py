@@ -89,6 +89,8 @@ class WorkerAgent:
         self._handed_back = 0
         # Set by a Spot interruption notice: stop claiming, stop apps, hand work back.
         self.interrupted = threading.Event()
+        # Set by a notice or a rebalance recommendation: claim no more transactions.
+        self.draining = threading.Event()
         self._done = threading.Event()
 
     # ---- the main loop --------------------------------------------------------------------
@@ -102,6 +104,7 @@ class WorkerAgent:
         watcher = threading.Thread(
             target=self._watch_for_interruption, name="spot-watch", daemon=True
         )
+        self._read_notices()  # before the first claim, not after it
         watcher.start()
         try:
             if mission_id is None:
@@ -128,17 +131,33 @@ class WorkerAgent:
         )
 
     def _watch_for_interruption(self) -> None:
-        """Poll `spot/instance-action` (EC2 gives two minutes' notice) until the work is done."""
-        while not self._done.wait(self._settings.spot_poll_seconds):
-            try:
-                notice = self._metadata.spot_action()
-            except OSError as e:  # metadata hiccup: try again next poll
-                logger.warning("could not read spot/instance-action", extra={"error": repr(e)})
-                continue
-            if notice is not None:
-                logger.warning("Spot interruption notice: handing work back", extra=notice)
-                self.interrupted.set()
-                return
+        """Poll `spot/instance-action` (EC2 gives two minutes' notice) and the rebalance
+        recommendation until the work is done.
+
+        A notice: stop claiming, stop the apps, hand their transactions back. A rebalance
+        recommendation (elevated risk, no deadline yet): stop claiming new transactions and
+        let the running ones finish; the sweeper relaunches capacity if work is stranded.
+        """
+        while not self._read_notices() and not self._done.wait(self._settings.spot_poll_seconds):
+            pass
+
+    def _read_notices(self) -> bool:
+        """One look at the metadata; True once interrupted (nothing more to watch for)."""
+        try:
+            notice = self._metadata.spot_action()
+            rebalance = self._metadata.rebalance_recommended()
+        except OSError as e:  # metadata hiccup: try again next poll
+            logger.warning("could not read instance metadata", extra={"error": repr(e)})
+            return False
+        if notice is not None:
+            logger.warning("Spot interruption notice: handing work back", extra=notice)
+            self.draining.set()
+            self.interrupted.set()
+            return True
+        if rebalance and not self.draining.is_set():
+            logger.warning("rebalance recommended: finishing running work, claiming no more")
+            self.draining.set()
+        return False
 
     def _work_on(self, instance_id: str, mission_id: str) -> None:
         mission = self._wait_until_planned(mission_id)
@@ -181,7 +200,7 @@ class WorkerAgent:
     def _slot_loop(self, owner: str, mission: Any, config: MissionConfig, lease: int) -> None:
         bind_mission(mission.mission_id)
         plan = Plan.for_split(config.split, mission.n_lines)
-        while not self.interrupted.is_set():
+        while not self.draining.is_set():
             txn = self._store.claim_next(
                 mission.mission_id, owner, self._clock(), lease, plan.slice
             )

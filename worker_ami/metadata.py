@@ -31,6 +31,10 @@ class MetadataSource(Protocol):
         """The pending Spot interruption (`{"action": ..., "time": ...}`), or None."""
         ...
 
+    def rebalance_recommended(self) -> bool:
+        """EC2's rebalance recommendation: this Spot instance is at elevated risk."""
+        ...
+
 
 @dataclass
 class StaticMetadata:
@@ -38,12 +42,16 @@ class StaticMetadata:
 
     instance: InstanceIdentity
     interruption: dict[str, str] | None = None
+    rebalance: bool = False
 
     def identity(self) -> InstanceIdentity:
         return self.instance
 
     def spot_action(self) -> dict[str, str] | None:
         return self.interruption
+
+    def rebalance_recommended(self) -> bool:
+        return self.rebalance
 
 
 class Imdsv2Metadata:
@@ -104,3 +112,6 @@ class Imdsv2Metadata:
     def spot_action(self) -> dict[str, str] | None:
         raw = self._get("spot/instance-action")
         return json.loads(raw) if raw else None
+
+    def rebalance_recommended(self) -> bool:
+        return self._get("events/recommendations/rebalance") is not None

@@ -239,3 +239,27 @@ def test_a_launch_that_came_short_is_topped_up(cluster: InProcessCluster):
     cluster.run_workers(mission_id)
     cluster.deliver_result_events()
     assert_succeeded(cluster, mission_id, mission(cluster, mission_id), "short")
+
+
+def test_a_rebalance_recommendation_stops_claims(cluster: InProcessCluster):
+    from worker_ami.agent import WorkerAgent
+    from worker_ami.metadata import InstanceIdentity, StaticMetadata
+
+    mission_id = start(cluster, kmer_config("rebalance", "rb.fa", count=4))
+    instance_id = sorted(cluster.instance_states(mission_id))[0]
+    tags = {"lighthpc:mission": mission_id}
+    metadata = StaticMetadata(InstanceIdentity(instance_id, tags), rebalance=True)
+    report = WorkerAgent(
+        settings=get_context().settings,
+        store=get_context().store,
+        s3=aws.s3(),
+        ec2=aws.ec2(),
+        metadata=metadata,
+        workdir=cluster.workdir,
+    ).run()
+    assert (report.succeeded, report.handed_back) == (0, 0)  # claimed nothing
+    assert [t["status"] for t in rows(cluster, mission_id)] == ["PENDING"] * 4
+    assert cluster.instance_states(mission_id)[instance_id] == "terminated"
+    cluster.run_workers(mission_id)  # the others (no recommendation) do the work
+    cluster.deliver_result_events()
+    assert mission(cluster, mission_id)["status"] == "SUCCEEDED"
