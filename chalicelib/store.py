@@ -392,14 +392,6 @@ class Store:
         except PynamoDBException as e:
             raise StoreError(f"could not read transactions of {mission_id}: {e}") from e
 
-    def get_transaction(self, mission_id: str, index: int) -> TransactionModel:
-        try:
-            return TransactionModel.get(mission_id, index, consistent_read=True)
-        except DoesNotExist as e:
-            raise NotFound(f"no transaction {index} in mission {mission_id}") from e
-        except PynamoDBException as e:
-            raise StoreError(f"could not read transaction: {e}") from e
-
     def claim_next(
         self,
         mission_id: str,

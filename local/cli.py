@@ -29,6 +29,7 @@ from local.chaos import ChaosOptions
 from local.runtime import DEFAULT_HOME, LocalRuntime, RuntimeInfo, read_info
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
+STOP_TIMEOUT_SECONDS = 40
 
 
 class CliError(Exception):
@@ -119,7 +120,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         ),
     )
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Explicit handlers: a process started in the background may inherit SIGINT as ignored,
+    # and then Python would never raise KeyboardInterrupt.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     info = runtime.start()
     print("lighthpc is up (Ctrl-C to stop)\n" + info.describe(), flush=True)
     print(f"stack details: {args.home.resolve() / 'stack.json'}", flush=True)
@@ -129,7 +133,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     print("\nstopping...", flush=True)
-    runtime.stop()
+    stopper = threading.Thread(target=runtime.stop, name="stop", daemon=True)
+    stopper.start()
+    stopper.join(timeout=STOP_TIMEOUT_SECONDS)
+    if stopper.is_alive():
+        print(
+            f"not stopped after {STOP_TIMEOUT_SECONDS} s: exiting anyway",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(1)  # a thread that will not end must not keep the stack's ports forever
     print("stopped", flush=True)
     return 0
 

@@ -81,20 +81,6 @@ class LocalFleet:
             for worker in list(self.running.values()):
                 self._end(worker, kill=True)
 
-    # ---- what chaos and the CLI use -------------------------------------------------------
-
-    def worker(self, instance_id: str) -> LocalWorker | None:
-        with self._lock:
-            return self.running.get(instance_id)
-
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            return {
-                "running": len(self.running),
-                "waiting": len(self._waiting),
-                "finished": len(self.finished),
-            }
-
     # ---- the loop -----------------------------------------------------------------------
 
     def _loop(self) -> None:
