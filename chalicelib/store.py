@@ -635,6 +635,15 @@ class Store:
             raise StoreError(f"could not take back transaction {txn.index}: {e}") from e
         return True
 
+    def oldest_retry_rank(self, mission_id: str) -> int | None:
+        """When (epoch ms) the longest-waiting retry was queued, or None if none waits."""
+        try:
+            for item in TransactionModel.retry_index.query(mission_id, limit=1):
+                return int(item.retry_rank)
+        except PynamoDBException as e:
+            raise StoreError(f"could not look for retries in {mission_id}: {e}") from e
+        return None
+
     def has_work_left(self, mission: MissionModel) -> bool:
         """Transactions never claimed, or waiting for a retry."""
         if int(mission.next_index or 0) < int(mission.n_total or 0):

@@ -83,9 +83,13 @@ def _care_for_running(ctx: Context, mission: MissionModel, report: SweepReport) 
     if ctx.store.has_work_left(mission):
         alive = mission_instances(aws.ec2(), mission.mission_id, ["pending", "running"])
         # No live worker: the work is stranded. A launch that came short (partial fulfilment,
-        # InsufficientInstanceCapacity) is topped up too.
-        if not alive or mission.launch_errors:
-            _relaunch(ctx, mission, config, len(alive), report)
+        # InsufficientInstanceCapacity) is topped up too. And a retry nobody has claimed for two
+        # lease periods means the live instances are not working (hung, or draining): relaunch
+        # as if there were none.
+        oldest = ctx.store.oldest_retry_rank(mission.mission_id)
+        stranded = oldest is not None and now * 1000 - oldest > 2000 * ctx.settings.lease_seconds
+        if not alive or mission.launch_errors or stranded:
+            _relaunch(ctx, mission, config, 0 if stranded else len(alive), report)
 
 
 def _take_back(

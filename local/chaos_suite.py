@@ -122,7 +122,30 @@ def _wait_for_all(info: Any, missions: list[str], timeout: float) -> dict[str, d
     finals: dict[str, dict] = {}
     while len(finals) < len(missions):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(missions) - len(finals)} missions unfinished at timeout")
+            stuck = []
+            for mission_id in set(missions) - set(finals):
+                _, mission = api(info, "GET", f"/missions/{mission_id}")
+                _, page = api(info, "GET", f"/missions/{mission_id}/transactions")
+                unfinished = [
+                    {k: t[k] for k in ("index", "status", "attempts", "lease_owner", "error")}
+                    for t in page.get("transactions", [])
+                    if t["status"] != "SUCCEEDED"
+                ]
+                stuck.append(
+                    {
+                        k: mission.get(k)
+                        for k in (
+                            "mission_id",
+                            "status",
+                            "error",
+                            "transactions",
+                            "instances",
+                            "notified_at",
+                        )
+                    }
+                    | {"unfinished": unfinished}
+                )
+            raise TimeoutError(f"missions unfinished at timeout: {json.dumps(stuck)}")
         for mission_id in missions:
             if mission_id in finals:
                 continue

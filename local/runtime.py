@@ -136,6 +136,7 @@ class LocalRuntime:
         session = boto3.Session()
         stack = provision(session, stage=self._stage)
         os.environ.update(stack.environment())
+        os.environ.update(self._worker_env)  # the handlers share the workers' lease settings
         reset_process_state()
 
         api_url = self._start_api()

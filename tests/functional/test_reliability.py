@@ -263,3 +263,13 @@ def test_a_rebalance_recommendation_stops_claims(cluster: InProcessCluster):
     cluster.run_workers(mission_id)  # the others (no recommendation) do the work
     cluster.deliver_result_events()
     assert mission(cluster, mission_id)["status"] == "SUCCEEDED"
+
+
+def test_a_retry_nobody_claims_brings_new_capacity(cluster: InProcessCluster):
+    """Live instances that do not work (hung, draining) must not strand the work."""
+    mission_id = start(cluster, kmer_config("stranded", "st.fa", count=4))
+    txn = claim(mission_id, "i-hung/0", time.time(), 300)
+    get_context().store.requeue(txn, "i-hung/0", 1, "failed once", time.time())
+    assert sweep(get_context()).relaunched == {}  # 3 live instances, retry not yet old...
+    later = dataclasses.replace(get_context(), clock=lambda: time.time() + 600)
+    assert sweep(later).relaunched == {mission_id: 2}  # ...now it is: capacity for the rest
