@@ -635,6 +635,46 @@ class Store:
             raise StoreError(f"could not take back transaction {txn.index}: {e}") from e
         return True
 
+    def requeue_lost_claims(
+        self, mission: MissionModel, slice_of: Callable[[int], Slice], now: float
+    ) -> list[int]:
+        """Indexes the cursor handed out whose claim never landed (the worker died between the
+        cursor's ADD and the item's creation): create them as retries. Only called when no
+        transaction is leased, so no live claim can be half-way."""
+        handed_out = int(mission.next_index or 0)
+        try:
+            present = {
+                int(t.index)
+                for t in TransactionModel.query(
+                    mission.mission_id,
+                    consistent_read=True,
+                    attributes_to_get=["mission_id", "index"],
+                )
+            }
+        except PynamoDBException as e:
+            raise StoreError(f"could not list transactions of {mission.mission_id}: {e}") from e
+        requeued = []
+        for index in sorted(set(range(handed_out)) - present):
+            s = slice_of(index)
+            txn = TransactionModel(
+                mission.mission_id,
+                index,
+                status=TransactionStatus.PENDING.value,
+                start=s.start,
+                end=s.end,
+                attempts=0,
+                retry_rank=int(now * 1000),
+                error="claim lost: its worker ended before the claim was written",
+            )
+            try:
+                txn.save(condition=TransactionModel.index.does_not_exist())
+            except PynamoDBException as e:
+                if _condition_failed(e):
+                    continue
+                raise StoreError(f"could not requeue transaction {index}: {e}") from e
+            requeued.append(index)
+        return requeued
+
     def oldest_retry_rank(self, mission_id: str) -> int | None:
         """When (epoch ms) the longest-waiting retry was queued, or None if none waits."""
         try:

@@ -26,6 +26,7 @@ from chalicelib.events import start_request_body
 from chalicelib.layout import failure_key
 from chalicelib.models import MissionModel, TransactionModel
 from chalicelib.observability import bind_mission, logger
+from chalicelib.planning import Plan
 from chalicelib.results import settle
 from chalicelib.states import (
     TERMINAL_MISSION,
@@ -78,8 +79,15 @@ def _care_for_running(ctx: Context, mission: MissionModel, report: SweepReport) 
             logger.warning("mission timed out", extra={"reason": reason})
         settle(ctx, mission.mission_id)
         return
-    for txn in ctx.store.leased_transactions(mission.mission_id, expiring_before=now):
-        _take_back(ctx, mission, config, txn, now, report)
+    leased = ctx.store.leased_transactions(mission.mission_id)
+    for txn in leased:
+        if txn.lease_expires_at is not None and txn.lease_expires_at < now:
+            _take_back(ctx, mission, config, txn, now, report)
+    done = int(mission.n_succeeded) + int(mission.n_failed)
+    if not leased and done < int(mission.n_total) and not ctx.store.has_work_left(mission):
+        plan = Plan.for_split(config.split, mission.n_lines)
+        lost = ctx.store.requeue_lost_claims(mission, plan.slice, now)
+        report.requeued += len(lost)
     if ctx.store.has_work_left(mission):
         alive = mission_instances(aws.ec2(), mission.mission_id, ["pending", "running"])
         # No live worker: the work is stranded. A launch that came short (partial fulfilment,

@@ -273,3 +273,19 @@ def test_a_retry_nobody_claims_brings_new_capacity(cluster: InProcessCluster):
     assert sweep(get_context()).relaunched == {}  # 3 live instances, retry not yet old...
     later = dataclasses.replace(get_context(), clock=lambda: time.time() + 600)
     assert sweep(later).relaunched == {mission_id: 2}  # ...now it is: capacity for the rest
+
+
+def test_a_claim_lost_between_cursor_and_item_is_requeued(cluster: InProcessCluster):
+    """A worker dies after the cursor handed it an index but before its claim was written."""
+    mission_id = start(cluster, kmer_config("lost claim", "lc.fa", count=6))
+    lost = get_context().store._advance_cursor(mission_id)  # the dead worker's half-claim
+    cluster.run_workers(mission_id)
+    cluster.deliver_result_events()
+    assert mission(cluster, mission_id)["status"] == "RUNNING"
+    report = sweep(get_context())
+    assert report.requeued == 1 and report.relaunched == {mission_id: 1}
+    assert rows(cluster, mission_id)[lost]["status"] == "PENDING"
+    cluster.run_workers(mission_id)
+    cluster.deliver_result_events()
+    assert mission(cluster, mission_id)["status"] == "SUCCEEDED"
+    assert len(cluster.emails()) == 1
