@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,8 @@ class Stack:
     stage: str
     region: str
     outputs: dict[str, str]
+    # logical id -> physical id, as CloudFormation reports them (tests resolve policies with it)
+    resources: dict[str, str] = field(default_factory=dict)
 
     def environment(self) -> dict[str, str]:
         """The variables `chalicelib.settings` reads, pointing at this stack."""
@@ -151,7 +153,7 @@ def provision(session: Any, stage: str = "local", region: str = "us-east-1") -> 
         if "LogicalResourceId" in r  # moto lists a condition-skipped resource as empty
     }
     _apply_notifications(session, region, physical)
-    return Stack(stage=stage, region=region, outputs=outputs)
+    return Stack(stage=stage, region=region, outputs=outputs, resources=physical)
 
 
 def _apply_notifications(session: Any, region: str, physical: dict[str, str]) -> None:

@@ -1,0 +1,311 @@
+"""The IAM policies against the code: every AWS call each function (and the worker) makes in
+real missions on moto must be allowed by that principal's policy, and every action a policy
+grants must be one the code uses (or one AWS itself uses on the function's behalf).
+
+moto does not enforce IAM, so this test is the enforcement: calls are recorded through a
+botocore hook, attributed to the principal whose code is running (the scenarios run one
+principal at a time), turned into IAM actions and resource ARNs, and matched against the
+policies' Allow statements (conditions are not evaluated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import botocore.session
+import pytest
+from moto import mock_aws
+
+from chalicelib import aws
+from chalicelib.context import get_context, reset_process_state
+from chalicelib.models import MissionModel
+from chalicelib.sweeper import sweep
+from local import inprocess
+from local.inprocess import InProcessCluster
+from tests.deploy.policies import (
+    FUNCTION_POLICY_FILES,
+    SERVICE_SID_PREFIX,
+    function_statements,
+    resolved,
+    worker_statements,
+)
+from tests.functional.test_mission import kmer_config, submit
+from tests.functional.test_reliability import SAMPLE, lose_a_worker, mission
+
+ACCOUNT, REGION = "123456789012", "us-east-1"
+
+# Operations whose IAM action is not "<service>:<OperationName>".
+_ACTION_OF = {
+    ("s3", "HeadObject"): ["s3:GetObject"],
+    ("s3", "ListObjectsV2"): ["s3:ListBucket"],
+    ("s3", "CreateMultipartUpload"): ["s3:PutObject"],
+    ("s3", "UploadPart"): ["s3:PutObject"],
+    ("s3", "CompleteMultipartUpload"): ["s3:PutObject"],
+    ("dynamodb", "TransactGetItems"): ["dynamodb:GetItem"],
+    # EC2 Fleet launches the instances as the caller: it needs these too.
+    ("ec2", "CreateFleet"): [
+        "ec2:CreateFleet",
+        "ec2:RunInstances",
+        "ec2:CreateTags",
+        "iam:PassRole",
+    ],
+}
+_TRANSACT_ACTIONS = {
+    "Put": "dynamodb:PutItem",
+    "Update": "dynamodb:UpdateItem",
+    "Delete": "dynamodb:DeleteItem",
+    "ConditionCheck": "dynamodb:ConditionCheckItem",
+}
+
+
+def _table_arn(name: str, index: str | None = None) -> str:
+    arn = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}"
+    return f"{arn}/index/{index}" if index else arn
+
+
+def requested(service: str, operation: str, params: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (action, resource ARN) pairs IAM evaluates for one API call."""
+    if service == "dynamodb" and operation == "TransactWriteItems":
+        pairs = []
+        for item in params["TransactItems"]:
+            ((kind, body),) = item.items()
+            pairs.append((_TRANSACT_ACTIONS[kind], _table_arn(body["TableName"])))
+        return pairs
+    if service == "dynamodb" and operation == "TransactGetItems":
+        return [
+            ("dynamodb:GetItem", _table_arn(i["Get"]["TableName"])) for i in params["TransactItems"]
+        ]
+    actions = _ACTION_OF.get((service, operation), [f"{service}:{operation}"])
+    if service == "dynamodb":
+        resource = _table_arn(params["TableName"], params.get("IndexName"))
+    elif service == "s3":
+        key = params.get("Key")
+        resource = f"arn:aws:s3:::{params['Bucket']}" + (f"/{key}" if key else "")
+    elif service == "sqs":
+        name = params.get("QueueUrl", params.get("QueueName", "")).rsplit("/", 1)[-1]
+        resource = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"
+    elif service == "sns":
+        resource = params["TopicArn"]
+    elif service == "ec2" and operation == "TerminateInstances":
+        return [
+            ("ec2:TerminateInstances", f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/{i}")
+            for i in params["InstanceIds"]
+        ]
+    else:
+        resource = "*"  # resolved by the policy check: these actions take no resource
+    return [(action, resource) for action in actions]
+
+
+class Recorder:
+    """Attributes each AWS call to the principal whose code runs now."""
+
+    def __init__(self) -> None:
+        self.principal: str | None = None
+        self.calls: dict[str, set[tuple[str, str]]] = {}
+
+    def __call__(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        if self.principal is None:
+            return  # the test itself (uploads, Lambda's own queue polling, inspection)
+        pairs = requested(model.service_model.service_name, model.name, params)
+        self.calls.setdefault(self.principal, set()).update(pairs)
+
+    @contextmanager
+    def acting_as(self, principal: str | None) -> Iterator[None]:
+        previous, self.principal = self.principal, principal
+        try:
+            yield
+        finally:
+            self.principal = previous
+
+
+@pytest.fixture
+def recorded(tmp_path) -> Iterator[tuple[InProcessCluster, Recorder]]:
+    recorder = Recorder()
+    original = botocore.session.Session.create_client
+
+    def create_client(session: Any, *args: Any, **kwargs: Any) -> Any:
+        client = original(session, *args, **kwargs)
+        client.meta.events.register("provide-client-params.*.*", recorder)
+        return client
+
+    import os
+
+    saved = dict(os.environ)
+    listing = inprocess.mission_instances
+    botocore.session.Session.create_client = create_client  # type: ignore[method-assign]
+    try:
+        with mock_aws():
+            cluster = InProcessCluster.start(workdir=tmp_path)
+            _attribute(cluster, recorder)
+            yield cluster, recorder
+    finally:
+        botocore.session.Session.create_client = original  # type: ignore[method-assign]
+        inprocess.mission_instances = listing
+        os.environ.clear()
+        os.environ.update(saved)
+        reset_process_state()
+
+
+def _attribute(cluster: InProcessCluster, recorder: Recorder) -> None:
+    """Route every way the scenarios run code through `acting_as` its principal."""
+    http_request = cluster.api.http.request
+    invoke = cluster.api.lambda_.invoke
+    run_workers = cluster.run_workers
+
+    # Each function is a process of its own in Lambda: nothing it looked up is cached for the
+    # next one (the queue URL is the one lookup chalicelib caches).
+    def request(*args: Any, **kwargs: Any) -> Any:
+        aws.queue_url.cache_clear()
+        with recorder.acting_as("api_handler"):
+            return http_request(*args, **kwargs)
+
+    def lambda_invoke(function: str, *args: Any, **kwargs: Any) -> Any:
+        aws.queue_url.cache_clear()
+        with recorder.acting_as(function):
+            return invoke(function, *args, **kwargs)
+
+    def workers(*args: Any, **kwargs: Any) -> Any:
+        with recorder.acting_as("worker"):
+            return run_workers(*args, **kwargs)
+
+    def harness_listing(*args: Any, **kwargs: Any) -> Any:
+        with recorder.acting_as(None):
+            return listing(*args, **kwargs)
+
+    listing = inprocess.mission_instances
+    inprocess.mission_instances = harness_listing  # restored by the fixture
+    cluster.api.http.request = request  # type: ignore[method-assign]
+    cluster.api.lambda_.invoke = lambda_invoke  # type: ignore[method-assign]
+    cluster.run_workers = workers  # type: ignore[method-assign]
+
+
+def _scheduled(cluster: InProcessCluster) -> Any:
+    return cluster.api.events.generate_cw_event(
+        source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]
+    )
+
+
+def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> None:
+    """One of everything: missions that succeed and fail, Spot warnings, sweeps, a cancel."""
+    # A mission that succeeds, with every read route.
+    done = submit(cluster, kmer_config("ok", "ok.fa", count=4))
+    cluster.upload("ok.fa", SAMPLE)
+    cluster.deliver_source_events()
+    cluster.run_workers(done)
+    cluster.deliver_result_events()
+    assert mission(cluster, done)["status"] == "SUCCEEDED"
+    cluster.get("/missions")
+    cluster.get(f"/missions/{done}/transactions?limit=2")
+
+    # A mission whose app always fails: failure markers, a FAILED email.
+    argv = ["{python}", "-c", "import sys; sys.exit('no licence')"]
+    bad = submit(cluster, kmer_config("bad", "bad.fa", count=2, app={"argv": argv}, max_attempts=1))
+    cluster.upload("bad.fa", SAMPLE)
+    cluster.deliver_source_events()
+    cluster.run_workers(bad)
+    cluster.deliver_result_events()
+    assert mission(cluster, bad)["status"] == "FAILED"
+
+    # A broken upload fails its mission at planning.
+    empty = submit(cluster, kmer_config("empty", "empty.fa"))
+    cluster.upload("empty.fa", b"")
+    cluster.deliver_source_events()
+    cluster.deliver_result_events()
+    assert mission(cluster, empty)["status"] == "FAILED"
+
+    # A Spot warning: the control side hands the work back and launches a replacement.
+    deadline = {"mission_seconds": 600}
+    spot = submit(cluster, kmer_config("spot", "spot.fa", timeouts=deadline))
+    cluster.upload("spot.fa", SAMPLE)
+    cluster.deliver_source_events()
+    instance_id = sorted(cluster.instance_states(spot))[0]
+    event = cluster.api.events.generate_cw_event(
+        source="aws.ec2",
+        detail_type="EC2 Spot Instance Interruption Warning",
+        detail={"instance-id": instance_id, "instance-action": "terminate"},
+        resources=[f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/{instance_id}"],
+    )
+    cluster.api.lambda_.invoke("spot_interruption", event)
+
+    # The sweeper: a lost worker out of attempts, a launch that came short (as scheduled).
+    sweepy = submit(cluster, kmer_config("sweepy", "sweepy.fa", max_attempts=1))
+    cluster.upload("sweepy.fa", SAMPLE)
+    cluster.deliver_source_events()
+    lose_a_worker(cluster, sweepy)
+    alive = [i for i, state in cluster.instance_states(sweepy).items() if state == "running"]
+    cluster.ec2.terminate_instances(InstanceIds=alive[:1])
+    MissionModel(sweepy).update(actions=[MissionModel.launch_errors.set("spot: no capacity")])
+    cluster.api.lambda_.invoke("sweeper", _scheduled(cluster))
+    cluster.run_workers(sweepy)
+    cluster.deliver_result_events()
+    assert mission(cluster, sweepy)["status"] == "FAILED"
+
+    # A cancel.
+    cancelled = submit(cluster, kmer_config("cancel", "cancel.fa"))
+    cluster.upload("cancel.fa", SAMPLE)
+    cluster.deliver_source_events()
+    assert cluster.api.http.delete(f"/missions/{cancelled}").status_code == 200
+
+    # An hour later: a deadline passed, an input that never came, a planner that died.
+    never = submit(cluster, kmer_config("never", "never.fa", timeouts=deadline))
+    stuck = submit(cluster, kmer_config("stuck", "stuck.fa"))
+    MissionModel(stuck).update(
+        actions=[
+            MissionModel.status.set("PLANNING"),
+            MissionModel.planning_lease_until.set(time.time() - 1),
+        ]
+    )
+    later = dataclasses.replace(get_context(), clock=lambda: time.time() + 7200)
+    aws.queue_url.cache_clear()
+    with recorder.acting_as("sweeper"):
+        report = sweep(later)
+    assert spot in report.timed_out and never in report.timed_out, report
+    assert report.replanned == [stuck], report
+    cluster.deliver_result_events()
+
+
+def _allows(statement: dict[str, Any], action: str, resource: str) -> bool:
+    if action not in statement["Action"]:
+        return False
+    # "*": an action that takes no resource ARN (Describe*), or one we do not model here.
+    return resource == "*" or any(fnmatch.fnmatchcase(resource, r) for r in statement["Resource"])
+
+
+def test_every_call_is_allowed_and_every_grant_is_used(recorded):
+    cluster, recorder = recorded
+    run_scenarios(cluster, recorder)
+    policies = {
+        name: resolved(function_statements(name), cluster.stack) for name in FUNCTION_POLICY_FILES
+    }
+    policies["worker"] = resolved(worker_statements(), cluster.stack)
+    assert set(recorder.calls) == set(policies), "a principal never ran: extend the scenarios"
+
+    denied = {
+        principal: sorted(
+            (action, resource)
+            for action, resource in calls
+            if not any(_allows(s, action, resource) for s in policies[principal])
+        )
+        for principal, calls in recorder.calls.items()
+    }
+    assert not any(denied.values()), "denied: " + json.dumps(denied, indent=1)
+
+    unused = {
+        principal: sorted(
+            {
+                action
+                for s in statements
+                if not s.get("Sid", "").startswith(SERVICE_SID_PREFIX)
+                for action in s["Action"]
+            }
+            - {action for action, _ in recorder.calls[principal]}
+        )
+        for principal, statements in policies.items()
+    }
+    assert not any(unused.values()), "granted, never used: " + json.dumps(unused, indent=1)
