@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test unit functional e2e chaos bench lint format clean
+.PHONY: setup demo test unit functional e2e deploy chaos bench lint format clean tools package ami ami-validate
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/lighthpc demo
 
-test: setup lint
+test: setup lint tools
 	$(BIN)/python -m pytest -q --durations=5
 
 unit: setup
@@ -32,12 +32,37 @@ e2e: setup
 bench: setup
 	$(BIN)/python -m bench.bench
 
+deploy: setup tools
+	$(BIN)/python -m pytest -q tests/deploy
+
 chaos: setup
 	$(BIN)/lighthpc chaos --json bench/results/chaos.json
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/bandit -q -r chalicelib worker_ami app.py --severity-level high
+
+# Packer (Debian's package) validates worker_ami/packer in tests/deploy. Best effort here: where
+# it cannot be installed the Packer tests skip, except in CI (LIGHTHPC_REQUIRE_DEPLOY_TOOLS=1).
+tools:
+	@command -v packer >/dev/null 2>&1 || apt-get install -y -qq packer >/dev/null 2>&1 \
+		|| (apt-get update -qq && apt-get install -y -qq packer) >/dev/null 2>&1 \
+		|| echo "note: packer not installed (apt-get install packer); its tests will skip"
+
+# The deployable template for one stage: build/$(STAGE)/sam.yaml + deployment.zip, linted.
+STAGE ?= dev
+package: setup
+	$(BIN)/python -m local.package --stage $(STAGE) --out build/$(STAGE)
+	$(BIN)/cfn-lint build/$(STAGE)/sam.yaml
+
+# Bake the worker AMI (needs AWS credentials; newer Packer: `packer plugins install
+# github.com/hashicorp/amazon` once).
+ami:
+	CHECKPOINT_DISABLE=1 packer build -var source_revision=$$(git rev-parse HEAD) worker_ami/packer
+
+ami-validate:
+	CHECKPOINT_DISABLE=1 packer validate -syntax-only worker_ami/packer
 
 format: setup
 	$(BIN)/ruff format .

@@ -140,7 +140,10 @@ def provision(session: Any, stage: str = "local", region: str = "us-east-1") -> 
     cfn.create_stack(
         StackName=name,
         TemplateBody=json.dumps(embedded_template()),
-        Parameters=[{"ParameterKey": "Stage", "ParameterValue": stage}],
+        Parameters=[
+            {"ParameterKey": "Stage", "ParameterValue": stage},
+            {"ParameterKey": "WorkerVpcId", "ParameterValue": _default_vpc(session, region)},
+        ],
     )
     cfn.get_waiter("stack_create_complete").wait(
         StackName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
@@ -154,6 +157,12 @@ def provision(session: Any, stage: str = "local", region: str = "us-east-1") -> 
     }
     _apply_notifications(session, region, physical)
     return Stack(stage=stage, region=region, outputs=outputs, resources=physical)
+
+
+def _default_vpc(session: Any, region: str) -> str:
+    ec2 = session.client("ec2", region_name=region)
+    vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    return vpcs[0]["VpcId"]
 
 
 def _apply_notifications(session: Any, region: str, physical: dict[str, str]) -> None:

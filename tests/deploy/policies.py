@@ -78,6 +78,7 @@ class Resolver:
                 "AWS::S3::Bucket": f"arn:aws:s3:::{physical}",
                 "AWS::SQS::Queue": f"arn:aws:sqs:{region}:{account}:{physical.rsplit('/', 1)[-1]}",
                 "AWS::IAM::Role": f"arn:aws:iam::{account}:role/{physical}",
+                "AWS::Logs::LogGroup": f"arn:aws:logs:{region}:{account}:log-group:{physical}:*",
             }[kind]
         if attribute == "GroupId":
             return physical

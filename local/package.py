@@ -1,0 +1,97 @@
+"""Build the deployable template: `python -m local.package --stage dev --out build/dev`.
+
+Runs `chalice package` with infra/resources.yaml merged in, then pins the template's Stage
+parameter to the stage it was packaged for: the functions' environment comes from that
+Chalice stage (.chalice/config.json), so deploying the package under another stage name would
+point one stage's policy at another stage's resources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+MERGE_TEMPLATE = ROOT / "infra" / "resources.yaml"
+
+
+def build(stage: str, out: Path) -> Path:
+    """Package the app for `stage` into `out`; returns the template (out/sam.yaml)."""
+    if out.exists():
+        shutil.rmtree(out)
+    env = dict(os.environ)
+    env["LIGHTHPC_STAGE"] = stage  # the queue names Chalice binds at import (settings.py)
+    env.setdefault("AWS_DEFAULT_REGION", "us-east-1")  # chalice wants one; the stack's wins
+    chalice = Path(sys.executable).with_name("chalice")
+    subprocess.run(  # noqa: S603 - fixed argv, no shell
+        [
+            str(chalice),
+            "package",
+            "--stage",
+            stage,
+            "--merge-template",
+            str(MERGE_TEMPLATE),
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
+    template = out / "sam.yaml"
+    document = yaml.safe_load(template.read_text())
+    pin_stage(document, stage)
+    bind_queues(document, stage)
+    template.write_text(yaml.safe_dump(document, sort_keys=False))
+    return template
+
+
+def pin_stage(document: dict[str, Any], stage: str) -> None:
+    parameter = document["Parameters"]["Stage"]
+    parameter["Default"] = stage
+    parameter["AllowedValues"] = [stage]
+    parameter.pop("AllowedPattern", None)
+    parameter["Description"] = f"Packaged for the {stage!r} stage of .chalice/config.json."
+
+
+def bind_queues(document: dict[str, Any], stage: str) -> None:
+    """Point each SQS event source at the queue resource instead of an ARN built from its name.
+
+    Chalice spells the queue's ARN out (`Fn::Sub`), so CloudFormation would not know that the
+    event source needs the queue created first; a merge template cannot replace that value
+    (Chalice merges dictionaries key by key), hence this step.
+    """
+    resources = document["Resources"]
+    queues = {
+        body["Properties"]["QueueName"]["Fn::Sub"].replace("${Stage}", stage): name
+        for name, body in resources.items()
+        if body.get("Type") == "AWS::SQS::Queue"
+    }
+    for body in resources.values():
+        if body.get("Type") != "AWS::Serverless::Function":
+            continue
+        for event in body["Properties"].get("Events", {}).values():
+            if event["Type"] != "SQS":
+                continue
+            queue_name = event["Properties"]["Queue"]["Fn::Sub"].rsplit(":", 1)[-1]
+            event["Properties"]["Queue"] = {"Fn::GetAtt": [queues[queue_name], "Arn"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local.package", description=__doc__)
+    parser.add_argument("--stage", required=True, help="a stage of .chalice/config.json")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (replaced)")
+    args = parser.parse_args(argv)
+    template = build(args.stage, args.out)
+    print(template)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
