@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from chalice import Chalice, Response
+from chalice import Chalice, IAMAuthorizer, Response
 from chalice.app import CloudWatchEvent, Rate, SQSEvent
 
-from chalicelib import missions
+from chalicelib import auth, missions
 from chalicelib.batch import process_sqs_batch
 from chalicelib.config import ConfigInvalid, FieldError
 from chalicelib.context import get_context
@@ -25,6 +25,9 @@ from chalicelib.store import Conflict, InputBusy, NotFound
 from chalicelib.sweeper import sweep
 
 app = Chalice(app_name="lighthpc")
+# Every route: API Gateway verifies SigV4 (execute-api:Invoke) before Lambda runs. Chalice's local
+# gateway admits such routes unchecked, so `_answer` checks the caller as well (chalicelib.auth).
+iam = IAMAuthorizer()
 
 SPOT_INTERRUPTION_PATTERN = {
     "source": ["aws.ec2"],
@@ -32,14 +35,27 @@ SPOT_INTERRUPTION_PATTERN = {
 }
 
 
-def _json(status: int, body: dict[str, Any]) -> Response:
-    return Response(body=body, status_code=status, headers={"Content-Type": "application/json"})
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    return Response(body=body, status_code=status, headers=headers)
+
+
+def _caller() -> str:
+    """The authenticated caller of the current request; raises auth.Unauthenticated."""
+    return auth.authenticate(app.current_request.context, get_context().settings.stage)
 
 
 def _answer(status: int, call: Callable[[], dict[str, Any]]) -> Response:
-    """Run one call into chalicelib; its errors become the HTTP answers the API documents."""
+    """Authenticate, then run one call into chalicelib; errors become the documented answers."""
     try:
+        _caller()
         return _json(status, call())
+    except auth.Unauthenticated as e:
+        # 401, not 403: the request carries no credentials at all (RFC 9110 section 15.5.2).
+        # A 401 from here, unlike API Gateway's own 403s, also tells the operator that a
+        # request reached Lambda without passing the route's IAM authorizer.
+        body = {"error": "authentication required", "reason": str(e), "stage": e.stage}
+        return _json(401, body, {"WWW-Authenticate": auth.SIGV4_SCHEME})
     except ConfigInvalid as e:
         fields = [{"field": err.field, "reason": err.reason} for err in e.errors]
         return _json(400, {"error": "invalid mission config", "fields": fields})
@@ -64,28 +80,28 @@ def _int_param(params: dict[str, str], name: str, default: int) -> int:
 # ---- REST API ("MissionCfg") -------------------------------------------------------------
 
 
-@app.route("/missions", methods=["POST"], content_types=["application/json"])
+@app.route("/missions", methods=["POST"], content_types=["application/json"], authorizer=iam)
 def create_mission() -> Response:
     body = app.current_request.raw_body
-    return _answer(201, lambda: missions.submit(get_context(), body))
+    return _answer(201, lambda: missions.submit(get_context(), body, submitted_by=_caller()))
 
 
-@app.route("/missions", methods=["GET"])
+@app.route("/missions", methods=["GET"], authorizer=iam)
 def list_missions() -> Response:
     return _answer(200, lambda: missions.list_missions(get_context()))
 
 
-@app.route("/missions/{mission_id}", methods=["GET"])
+@app.route("/missions/{mission_id}", methods=["GET"], authorizer=iam)
 def get_mission(mission_id: str) -> Response:
     return _answer(200, lambda: missions.describe(get_context(), mission_id))
 
 
-@app.route("/missions/{mission_id}", methods=["DELETE"])
+@app.route("/missions/{mission_id}", methods=["DELETE"], authorizer=iam)
 def cancel_mission(mission_id: str) -> Response:
     return _answer(200, lambda: missions.cancel(get_context(), mission_id))
 
 
-@app.route("/missions/{mission_id}/transactions", methods=["GET"])
+@app.route("/missions/{mission_id}/transactions", methods=["GET"], authorizer=iam)
 def get_transactions(mission_id: str) -> Response:
     params = app.current_request.query_params or {}
     return _answer(

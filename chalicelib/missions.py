@@ -28,9 +28,12 @@ def new_mission_id(now: float) -> str:
     return f"m-{utcnow(now):%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
 
 
-def submit(ctx: Context, body: bytes | str | None) -> dict[str, Any]:
+def submit(
+    ctx: Context, body: bytes | str | None, submitted_by: str | None = None
+) -> dict[str, Any]:
     """Validate and store a config; ask the scheduler to start it if the input is already in.
 
+    `submitted_by` is the authenticated caller (chalicelib.auth), recorded with the mission.
     Raises ConfigInvalid (nothing written) or InputBusy (another mission awaits that input).
     """
     config = parse_mission_config(body, ctx.settings)
@@ -42,6 +45,7 @@ def submit(ctx: Context, body: bytes | str | None) -> dict[str, Any]:
         config_json=config.model_dump_json(),
         input_key=config.input,
         notify=config.notify,
+        submitted_by=submitted_by,
         created_at=utcnow(now),
     )
     ctx.store.create_mission(mission)
@@ -93,6 +97,7 @@ def mission_summary(ctx: Context, mission: MissionModel) -> dict[str, Any]:
         "name": mission.name,
         "status": mission.status,
         "error": mission.error,
+        "submitted_by": mission.submitted_by,
         "created_at": _iso(mission.created_at),
         "started_at": _iso(mission.started_at),
         "running_at": _iso(mission.running_at),

@@ -32,6 +32,8 @@ class MissionModel(Model):
     input_etag = UnicodeAttribute(null=True)
     input_bytes = NumberAttribute(null=True)
     notify = UnicodeAttribute(null=True)
+    # The IAM principal (userArn) that submitted it, "local" without one; null on older items.
+    submitted_by = UnicodeAttribute(null=True)
     created_at = UTCDateTimeAttribute()
     started_at = UTCDateTimeAttribute(null=True)
     running_at = UTCDateTimeAttribute(null=True)

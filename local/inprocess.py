@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,6 +77,13 @@ class InProcessCluster:
     def __init__(self, stack: Stack, workdir: Path | None = None) -> None:
         self.stack = stack
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="lighthpc-inprocess-"))
+        # Chalice's local gateway admits IAMAuthorizer routes and warns on every request; here
+        # app.py checks the caller itself (chalicelib.auth), so the warning is noise.
+        warnings.filterwarnings(
+            "ignore",
+            message="IAMAuthorizer is not a supported in local mode",
+            module=r"chalice\.local",
+        )
         self.api = Client(_chalice_app(), stage_name=stack.stage, project_dir=str(APP_DIR))
         session = boto3.Session(region_name=stack.region)
         self.s3 = session.client("s3")

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import threading
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,13 @@ class LocalRuntime:
 
         config = CLIFactory(project_dir=str(APP_DIR)).create_config_obj(
             chalice_stage_name=self._stage
+        )
+        # Chalice's local gateway admits IAMAuthorizer routes and warns on every request; app.py
+        # checks the caller itself (chalicelib.auth), so the warning would only spam the output.
+        warnings.filterwarnings(
+            "ignore",
+            message="IAMAuthorizer is not a supported in local mode",
+            module=r"chalice\.local",
         )
         self._api = create_local_server(app_module.app, config, "127.0.0.1", self._api_port)
         thread = threading.Thread(target=self._api.serve_forever, name="api", daemon=True)
