@@ -17,6 +17,7 @@ from chalicelib import auth, missions
 from chalicelib.batch import process_sqs_batch
 from chalicelib.config import ConfigInvalid, FieldError
 from chalicelib.context import get_context
+from chalicelib.idempotency import HEADER as IDEMPOTENCY_HEADER
 from chalicelib.interruptions import on_spot_interruption
 from chalicelib.results import handle_result_object
 from chalicelib.scheduler import handle_source_event
@@ -82,8 +83,14 @@ def _int_param(params: dict[str, str], name: str, default: int) -> int:
 
 @app.route("/missions", methods=["POST"], content_types=["application/json"], authorizer=iam)
 def create_mission() -> Response:
-    body = app.current_request.raw_body
-    return _answer(201, lambda: missions.submit(get_context(), body, submitted_by=_caller()))
+    request = app.current_request
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    return _answer(
+        201,
+        lambda: missions.submit(
+            get_context(), request.raw_body, _caller(), key, app.lambda_context
+        ),
+    )
 
 
 @app.route("/missions", methods=["GET"], authorizer=iam)

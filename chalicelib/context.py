@@ -30,8 +30,9 @@ def reset_context() -> None:
 
 def reset_process_state() -> None:
     """Forget cached settings, clients and store (after the environment or the endpoint changed)."""
-    from chalicelib import aws
+    from chalicelib import aws, idempotency
 
     reset_settings()
     aws.reset_clients()
+    idempotency.reset()
     reset_context()

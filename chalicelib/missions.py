@@ -12,6 +12,7 @@ from chalicelib.capacity import terminate_mission_instances
 from chalicelib.config import MissionConfig, parse_mission_config
 from chalicelib.context import Context
 from chalicelib.events import start_request_body
+from chalicelib.idempotency import answer_once
 from chalicelib.models import MissionModel, TransactionModel
 from chalicelib.observability import bind_mission, logger
 from chalicelib.planning import Plan, Slice
@@ -29,13 +30,30 @@ def new_mission_id(now: float) -> str:
 
 
 def submit(
-    ctx: Context, body: bytes | str | None, submitted_by: str | None = None
+    ctx: Context,
+    body: bytes | str | None,
+    submitted_by: str | None = None,
+    idempotency_key: str | None = None,
+    lambda_context: Any = None,
 ) -> dict[str, Any]:
     """Validate and store a config; ask the scheduler to start it if the input is already in.
 
     `submitted_by` is the authenticated caller (chalicelib.auth), recorded with the mission.
-    Raises ConfigInvalid (nothing written) or InputBusy (another mission awaits that input).
+    With an `idempotency_key`, a retried request gets the first answer (chalicelib.idempotency).
+    Raises ConfigInvalid (nothing written), InputBusy (another mission awaits that input) or
+    Conflict (the key was used with another body, or its first request is still running).
     """
+    return answer_once(
+        ctx.settings.idempotency_table,
+        idempotency_key,
+        submitted_by or "",
+        body,
+        lambda: _register(ctx, body, submitted_by),
+        lambda_context,
+    )
+
+
+def _register(ctx: Context, body: bytes | str | None, submitted_by: str | None) -> dict[str, Any]:
     config = parse_mission_config(body, ctx.settings)
     now = ctx.clock()
     mission = MissionModel(

@@ -37,6 +37,7 @@ class Settings:
     mission_table: str
     transaction_table: str
     input_table: str
+    idempotency_table: str
     source_bucket: str
     result_bucket: str
     source_queue: str
@@ -71,6 +72,7 @@ class Settings:
             mission_table=e.get("MISSION_TABLE", f"{prefix}-missions"),
             transaction_table=e.get("TRANSACTION_TABLE", f"{prefix}-transactions"),
             input_table=e.get("INPUT_TABLE", f"{prefix}-inputs"),
+            idempotency_table=e.get("IDEMPOTENCY_TABLE", f"{prefix}-idempotency"),
             source_bucket=e.get("SOURCE_BUCKET", f"{prefix}-source"),
             result_bucket=e.get("RESULT_BUCKET", f"{prefix}-results"),
             source_queue=e.get("SOURCE_QUEUE", f"{prefix}-source-events"),

@@ -117,6 +117,7 @@ class Stack:
             "MISSION_TABLE": o["MissionTableName"],
             "TRANSACTION_TABLE": o["TransactionTableName"],
             "INPUT_TABLE": o["InputTableName"],
+            "IDEMPOTENCY_TABLE": o["IdempotencyTableName"],
             "SOURCE_BUCKET": o["SourceBucketName"],
             "RESULT_BUCKET": o["ResultBucketName"],
             "SOURCE_QUEUE": o["SourceEventsQueueUrl"].rsplit("/", 1)[-1],

@@ -193,8 +193,14 @@ def _scheduled(cluster: InProcessCluster) -> Any:
 
 def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> None:
     """One of everything: missions that succeed and fail, Spot warnings, sweeps, a cancel."""
-    # A mission that succeeds, with every read route.
-    done = submit(cluster, kmer_config("ok", "ok.fa", count=4))
+    # A mission that succeeds, submitted twice with an Idempotency-Key, with every read route.
+    headers = {"Content-Type": "application/json", "Idempotency-Key": "ok-1"}
+    body = json.dumps(kmer_config("ok", "ok.fa", count=4))
+    done = json.loads(cluster.api.http.post("/missions", headers=headers, body=body).body)
+    done = done["mission_id"]
+    cluster.api.http.post("/missions", headers=headers, body=body)  # the retry: same answer
+    broken = json.dumps(kmer_config("broken", "broken.fa", max_attempts=0))
+    cluster.api.http.post("/missions", headers={**headers, "Idempotency-Key": "b"}, body=broken)
     cluster.upload("ok.fa", SAMPLE)
     cluster.deliver_source_events()
     cluster.run_workers(done)
