@@ -8,7 +8,9 @@
     lighthpc cancel ID                cancel a mission
 
 Everything but `up` and `demo` talks to a running `lighthpc up` through HTTP and S3, found through
-`<home>/stack.json` (home: `--home`, `$LIGHTHPC_HOME` or `.lighthpc`).
+`<home>/stack.json` (home: `--home`, `$LIGHTHPC_HOME` or `.lighthpc`), or, with `--api URL`, to a
+deployed stage's API (its `EndpointURL`), signing every call with SigV4 from the default AWS
+credentials; the input then goes to the deployed source bucket.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from local.chaos import ChaosOptions
 from local.runtime import DEFAULT_HOME, LocalRuntime, RuntimeInfo, read_info
@@ -55,15 +60,76 @@ def require_stack(home: Path) -> RuntimeInfo:
     return info
 
 
-def api(info: RuntimeInfo, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+@dataclass(frozen=True)
+class DeployedApi:
+    """A deployed stage's API (IAM authorization): every call is signed with SigV4."""
+
+    api_url: str
+    region: str
+
+    @classmethod
+    def from_url(cls, url: str, region: str | None) -> DeployedApi:
+        host = urlparse(url).hostname or ""
+        # https://<id>.execute-api.<region>.amazonaws.com/api
+        parts = host.split(".")
+        from_host = parts[2] if len(parts) > 3 and parts[1] == "execute-api" else None
+        chosen = (
+            region
+            or from_host
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+        )
+        if not chosen:
+            raise CliError(f"cannot tell the region of {url}: pass --region")
+        return cls(api_url=url.rstrip("/"), region=chosen)
+
+    def sign(self, method: str, url: str, data: bytes | None, headers: dict[str, str]) -> dict:
+        import boto3
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        credentials = boto3.Session().get_credentials()
+        if credentials is None:
+            raise CliError(
+                f"no AWS credentials to sign requests to {self.api_url}"
+                " (aws configure, AWS_PROFILE or the AWS_* variables)"
+            )
+        request = AWSRequest(method=method, url=url, data=data, headers=headers)
+        SigV4Auth(credentials, "execute-api", self.region).add_auth(request)
+        return dict(request.headers.items())
+
+    def s3(self) -> Any:
+        import boto3
+
+        return boto3.session.Session().client("s3", region_name=self.region)
+
+
+Target = RuntimeInfo | DeployedApi
+
+
+def target(args: argparse.Namespace) -> Target:
+    """The deployed API named by --api, or the local stack of --home."""
+    if args.api:
+        return DeployedApi.from_url(args.api, args.region)
+    return require_stack(args.home)
+
+
+def api(
+    info: Target,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     data = (
         None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
     )
-    request = urllib.request.Request(  # noqa: S310 - the local stack's http URL
-        f"{info.api_url}{path}",
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json"},
+    url = f"{info.api_url}{path}"
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    if isinstance(info, DeployedApi):
+        sent = info.sign(method, url, data, sent)
+    request = urllib.request.Request(  # noqa: S310 - the local stack's or the deployed API's URL
+        url, data=data, method=method, headers=sent
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
@@ -85,7 +151,9 @@ def explain(status: int, body: Any) -> str:
     return f"HTTP {status}: {body}"
 
 
-def s3_client(info: RuntimeInfo) -> Any:
+def s3_client(info: Target) -> Any:
+    if isinstance(info, DeployedApi):
+        return info.s3()
     import boto3
 
     return boto3.session.Session().client(
@@ -148,7 +216,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    info = require_stack(args.home)
+    info = target(args)
     try:
         config = json.loads(Path(args.config).read_text())
     except (OSError, ValueError) as e:
@@ -160,15 +228,30 @@ def cmd_submit(args: argparse.Namespace) -> int:
     config.setdefault("input", f"inputs/{Path(args.file).name}")
     if not Path(args.file).is_file():
         raise CliError(f"input file {args.file} not found")
-    status, body = api(info, "POST", "/missions", config)
+    status, body = post_once(info, config)
     if status != 201:
         raise CliError(explain(status, body))
-    s3_client(info).upload_file(str(args.file), info.source_bucket, config["input"])
+    upload = body["upload"]
+    s3_client(info).upload_file(str(args.file), upload["bucket"], upload["key"])
     print(
         f"mission {body['mission_id']} submitted; uploaded {args.file} to {body['upload']['uri']}"
     )
     print(f"follow it with: lighthpc watch {body['mission_id']}")
     return 0
+
+
+def post_once(info: Target, config: dict[str, Any], attempts: int = 3) -> tuple[int, Any]:
+    """POST a config, retrying a lost connection with the same Idempotency-Key: the API answers
+    a retry with the first answer, so a mission never starts twice."""
+    headers = {"Idempotency-Key": f"cli-{uuid.uuid4().hex}"}
+    for attempt in range(1, attempts + 1):
+        try:
+            return api(info, "POST", "/missions", config, headers)
+        except (urllib.error.URLError, OSError) as e:
+            if isinstance(e, urllib.error.HTTPError) or attempt == attempts:
+                raise CliError(f"cannot reach {info.api_url}: {e}") from e
+            time.sleep(attempt)
+    raise AssertionError("unreachable")
 
 
 def progress_line(mission: dict[str, Any], width: int = 40) -> str:
@@ -184,7 +267,7 @@ def progress_line(mission: dict[str, Any], width: int = 40) -> str:
     )
 
 
-def watch(info: RuntimeInfo, mission_id: str, timeout: float, out: Any = sys.stdout) -> dict:
+def watch(info: Target, mission_id: str, timeout: float, out: Any = sys.stdout) -> dict:
     """Show progress until the mission is finished and its email sent; returns the mission."""
     deadline = time.monotonic() + timeout
     tty = out.isatty()
@@ -217,16 +300,17 @@ def find_email(info: RuntimeInfo, mission_id: str, wait: float = 10.0) -> Path |
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    info = require_stack(args.home)
+    info = target(args)
     mission = watch(info, args.mission_id, args.timeout)
-    email = find_email(info, args.mission_id)
+    # A deployed stage's email goes to its subscribers; the local stack keeps it in the outbox.
+    email = None if isinstance(info, DeployedApi) else find_email(info, args.mission_id)
     if email is not None:
         print(f"\n--- {email} ---\n{email.read_text()}")
     return 0 if mission["status"] == "SUCCEEDED" else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    info = require_stack(args.home)
+    info = target(args)
     if args.mission_id:
         status, body = api(info, "GET", f"/missions/{args.mission_id}")
         if status != 200:
@@ -243,7 +327,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    info = require_stack(args.home)
+    info = target(args)
     status, body = api(info, "DELETE", f"/missions/{args.mission_id}")
     if status != 200:
         raise CliError(explain(status, body))
@@ -289,6 +373,12 @@ def parser() -> argparse.ArgumentParser:
         default=default_home,
         help=f"local stack folder (default: $LIGHTHPC_HOME or {DEFAULT_HOME})",
     )
+    p.add_argument(
+        "--api",
+        default=os.environ.get("LIGHTHPC_API"),
+        help="a deployed stage's EndpointURL (default: $LIGHTHPC_API); calls are SigV4-signed",
+    )
+    p.add_argument("--region", default=None, help="the deployed API's region (default: its URL's)")
     commands = p.add_subparsers(dest="command", required=True)
 
     up = commands.add_parser("up", help="run the whole system locally until Ctrl-C")
