@@ -15,7 +15,7 @@ from chalice.app import CloudWatchEvent, Rate, SQSEvent
 
 from chalicelib import auth, missions
 from chalicelib.batch import process_sqs_batch
-from chalicelib.config import ConfigInvalid, FieldError
+from chalicelib.config import ConfigInvalid, FieldError, RequestInvalid
 from chalicelib.context import get_context
 from chalicelib.idempotency import HEADER as IDEMPOTENCY_HEADER
 from chalicelib.interruptions import on_spot_interruption
@@ -59,7 +59,7 @@ def _answer(status: int, call: Callable[[], dict[str, Any]]) -> Response:
         return _json(401, body, {"WWW-Authenticate": auth.SIGV4_SCHEME})
     except ConfigInvalid as e:
         fields = [{"field": err.field, "reason": err.reason} for err in e.errors]
-        return _json(400, {"error": "invalid mission config", "fields": fields})
+        return _json(400, {"error": e.summary, "fields": fields})
     except NotFound as e:
         return _json(404, {"error": str(e)})
     except InputBusy as e:
@@ -75,7 +75,7 @@ def _int_param(params: dict[str, str], name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError as e:
-        raise ConfigInvalid([FieldError(name, "must be an integer")]) from e
+        raise RequestInvalid([FieldError(name, "must be an integer")]) from e
 
 
 # ---- REST API ("MissionCfg") -------------------------------------------------------------

@@ -41,9 +41,19 @@ class FieldError:
 
 
 class ConfigInvalid(ValueError):
+    """A 400: each field with its reason; `summary` is the answer's `error`."""
+
+    summary = "invalid mission config"
+
     def __init__(self, errors: list[FieldError]) -> None:
         super().__init__("; ".join(f"{e.field}: {e.reason}" for e in errors))
         self.errors = errors
+
+
+class RequestInvalid(ConfigInvalid):
+    """A bad query parameter or header: the request, not the mission config, is wrong."""
+
+    summary = "invalid request"
 
 
 class _Strict(BaseModel):

@@ -27,7 +27,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 )
 
 from chalicelib import aws
-from chalicelib.config import ConfigInvalid, FieldError
+from chalicelib.config import FieldError, RequestInvalid
 from chalicelib.store import Conflict
 
 HEADER = "Idempotency-Key"
@@ -58,7 +58,7 @@ def answer_once(
         return answer()
     if not _KEY.fullmatch(key):
         reason = "1 to 128 characters: letters, digits, '.', '_', ':' or '-'"
-        raise ConfigInvalid([FieldError(HEADER, reason)])
+        raise RequestInvalid([FieldError(HEADER, reason)])
     raw = body.encode() if isinstance(body, str) else (body or b"")
     request = {"caller": caller, "key": key, "body_sha256": hashlib.sha256(raw).hexdigest()}
     config = IdempotencyConfig(

@@ -46,7 +46,7 @@ def test_errors_are_not_stored_so_a_corrected_request_may_reuse_its_key(cluster)
 
 def test_a_malformed_key_is_a_400_naming_the_header(cluster):
     status, body = post(cluster, kmer_config("bad key", "k.fa"), "has spaces")
-    assert status == 400
+    assert status == 400 and body["error"] == "invalid request"
     assert body["fields"][0]["field"] == "Idempotency-Key"
     assert json.loads(cluster.get("/missions").body)["missions"] == []
 
@@ -57,3 +57,16 @@ def test_without_a_key_nothing_is_kept(cluster):
     table = cluster.stack.outputs["IdempotencyTableName"]
     items = boto3.client("dynamodb", region_name=cluster.stack.region).scan(TableName=table)
     assert items["Count"] == 0
+
+
+def test_a_bad_query_parameter_is_an_invalid_request_not_an_invalid_config(cluster):
+    status, created = post(cluster, kmer_config("paged", "paged.fa"), None)
+    assert status == 201
+    mission_id = created["mission_id"]
+    response = cluster.get(f"/missions/{mission_id}/transactions?limit=many")
+    assert response.status_code == 400
+    body = json.loads(response.body)
+    assert body == {
+        "error": "invalid request",
+        "fields": [{"field": "limit", "reason": "must be an integer"}],
+    }
