@@ -31,6 +31,14 @@ def _template_key(template: str) -> str:
     return "LaunchTemplateId" if template.startswith("lt-") else "LaunchTemplateName"
 
 
+def overrides(types: list[str], subnets: tuple[str, ...]) -> list[dict[str, str]]:
+    """Every instance type in every subnet: the fleet picks the pools with capacity (and, for
+    Spot, the cheapest of the least likely to be interrupted) across all of them."""
+    if not subnets:
+        return [{"InstanceType": t} for t in types]
+    return [{"InstanceType": t, "SubnetId": subnet} for t in types for subnet in subnets]
+
+
 def fleet_request(
     settings: Settings,
     mission_id: str,
@@ -54,7 +62,7 @@ def fleet_request(
                     _template_key(settings.launch_template): settings.launch_template,
                     "Version": "$Latest",
                 },
-                "Overrides": [{"InstanceType": t} for t in instances.types],
+                "Overrides": overrides(instances.types, settings.worker_subnets),
             }
         ],
         "TargetCapacitySpecification": capacity,

@@ -43,6 +43,9 @@ class Settings:
     source_queue: str
     topic_arn: str
     launch_template: str
+    # Subnets the fleet may launch workers in (a VPC without default subnets needs them); empty:
+    # the default VPC's default subnets.
+    worker_subnets: tuple[str, ...]
     # Security policy for argv templates: the local stage runs anything, deployed stages only
     # programs on this allow list (plus the built-in apps).
     allow_inline_argv: bool
@@ -78,6 +81,7 @@ class Settings:
             source_queue=e.get("SOURCE_QUEUE", f"{prefix}-source-events"),
             topic_arn=e.get("TOPIC_ARN", ""),
             launch_template=e.get("WORKER_LAUNCH_TEMPLATE", f"{prefix}-worker"),
+            worker_subnets=_words(e.get("WORKER_SUBNETS")),
             allow_inline_argv=_flag(e.get("ALLOW_INLINE_ARGV"), default=stage == "local"),
             allowed_programs=_words(e.get("ALLOWED_PROGRAMS")),
             max_transactions=int(e.get("MAX_TRANSACTIONS", "100000")),

@@ -188,3 +188,20 @@ def test_the_api_requires_iam_authorization(template):
     scheme = api["DefinitionBody"]["securityDefinitions"]["sigv4"]
     assert scheme["x-amazon-apigateway-authtype"] == "awsSigv4"
     assert api["MethodSettings"][0]["ThrottlingRateLimit"] > 0
+
+
+def test_the_functions_find_every_resource_through_their_environment(template):
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert env == {
+        "MISSION_TABLE": {"Ref": "MissionTable"},
+        "TRANSACTION_TABLE": {"Ref": "TransactionTable"},
+        "INPUT_TABLE": {"Ref": "InputTable"},
+        "IDEMPOTENCY_TABLE": {"Ref": "IdempotencyTable"},
+        "SOURCE_BUCKET": {"Ref": "SourceBucket"},
+        "RESULT_BUCKET": {"Ref": "ResultBucket"},
+        "SOURCE_QUEUE": {"Fn::GetAtt": ["SourceEventsQueue", "QueueName"]},
+        "TOPIC_ARN": {"Ref": "CompletionTopic"},
+        "WORKER_LAUNCH_TEMPLATE": {"Ref": "WorkerLaunchTemplate"},
+        "WORKER_SUBNETS": {"Ref": "WorkerSubnetIds"},
+        "SQS_PARTIAL_BATCH_RESPONSES": "true",
+    }
