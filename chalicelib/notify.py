@@ -35,6 +35,7 @@ class MissionReport:
     error: str | None
     failures: list[FailedTransaction]
     notify: str | None = None
+    submitted_by: str | None = None
 
 
 def email_subject(report: MissionReport) -> str:
@@ -62,6 +63,8 @@ def email_body(report: MissionReport) -> str:
         " list prices, Spot at a typical discount)",
         f"Result:           {report.result_uri or '(none)'}",
     ]
+    if report.submitted_by:
+        lines.append(f"Submitted by:     {report.submitted_by}")
     if report.error:
         lines += ["", f"The mission failed: {report.error}"]
     if report.failures:

@@ -119,6 +119,7 @@ def build_report(ctx: Context, mission: MissionModel) -> MissionReport:
         error=mission.error,
         failures=failures,
         notify=mission.notify,
+        submitted_by=mission.submitted_by,
     )
 
 

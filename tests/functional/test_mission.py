@@ -71,6 +71,7 @@ def assert_succeeded(cluster: InProcessCluster, mission_id: str, mission: dict, 
     assert "12 in all, 12 succeeded, 0 failed" in email.body
     assert mission["result"] in email.body
     assert "Instance-seconds:" in email.body and "Duration:" in email.body
+    assert "Submitted by:     local" in email.body
     assert "Estimated cost:   $" in email.body
     assert mission["estimated_cost_usd"] > 0 and mission["instance_seconds"] > 0
     assert email.attributes["notify"] == "owner@example.org"

@@ -102,6 +102,12 @@ def test_body_of_a_success() -> None:
     assert "The mission failed" not in body
 
 
+def test_body_names_who_submitted_it_when_known() -> None:
+    assert "Submitted by" not in email_body(report())
+    caller = "arn:aws:sts::123456789012:assumed-role/Researcher/ana"
+    assert f"Submitted by:     {caller}" in email_body(report(submitted_by=caller))
+
+
 def test_body_without_duration_or_result() -> None:
     body = email_body(report(duration_seconds=None, result_uri=None))
     assert "Duration:         -" in body
