@@ -19,6 +19,35 @@ from pynamodb.models import Model
 from chalicelib.settings import Settings
 
 
+class CreatedIndex(GlobalSecondaryIndex["MissionModel"]):
+    """Every mission by creation time: the newest missions without a scan. One partition is
+    plenty for a team's missions; keys only, so the mission's counter updates never touch it."""
+
+    class Meta:
+        index_name = "created-index"
+        projection = KeysOnlyProjection()
+
+    listed = UnicodeAttribute(hash_key=True)
+    created_at = UTCDateTimeAttribute(range_key=True)
+
+
+class CareIndex(GlobalSecondaryIndex["MissionModel"]):
+    """Sparse: the missions the sweeper must look at, from creation until their email is sent
+    (only they carry `needs_care`). Keeps each sweep proportional to live missions, not to the
+    whole history."""
+
+    class Meta:
+        index_name = "care-index"
+        projection = KeysOnlyProjection()
+
+    needs_care = UnicodeAttribute(hash_key=True)
+    mission_id = UnicodeAttribute(range_key=True)
+
+
+LISTED = "all"
+NEEDS_CARE = "yes"
+
+
 class MissionModel(Model):
     class Meta:
         table_name = "lighthpc-missions"
@@ -56,6 +85,11 @@ class MissionModel(Model):
     error = UnicodeAttribute(null=True)  # why the mission failed as a whole (bad input, ...)
     notify_lease_until = NumberAttribute(null=True)
     notified_at = UTCDateTimeAttribute(null=True)
+    listed = UnicodeAttribute(default=LISTED)
+    needs_care = UnicodeAttribute(null=True)  # NEEDS_CARE until notified_at is set
+
+    by_creation = CreatedIndex()
+    needing_care = CareIndex()
 
 
 class RetryIndex(GlobalSecondaryIndex["TransactionModel"]):

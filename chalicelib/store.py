@@ -16,7 +16,14 @@ from pynamodb.exceptions import DoesNotExist, PynamoDBException, TransactWriteEr
 from pynamodb.expressions.condition import Condition
 from pynamodb.transactions import TransactWrite
 
-from chalicelib.models import InputModel, MissionModel, TransactionModel, bind_tables
+from chalicelib.models import (
+    LISTED,
+    NEEDS_CARE,
+    InputModel,
+    MissionModel,
+    TransactionModel,
+    bind_tables,
+)
 from chalicelib.planning import Plan, Slice
 from chalicelib.settings import Settings
 from chalicelib.states import (
@@ -76,6 +83,7 @@ class Store:
     def create_mission(self, mission: MissionModel) -> None:
         """Store a new mission and register it as the one awaiting its input, atomically."""
         binding = InputModel(mission.input_key, mission_id=mission.mission_id)
+        mission.needs_care = NEEDS_CARE
         try:
             with self._transaction() as tx:
                 tx.save(mission, condition=MissionModel.mission_id.does_not_exist())
@@ -94,12 +102,14 @@ class Store:
             raise StoreError(f"could not read mission {mission_id}: {e}") from e
 
     def list_missions(self, limit: int) -> list[MissionModel]:
+        """The newest `limit` missions, newest first: one index query and one batch read."""
         try:
-            missions = list(MissionModel.scan())
+            newest = MissionModel.by_creation.query(LISTED, scan_index_forward=False, limit=limit)
+            missions = list(MissionModel.batch_get([m.mission_id for m in newest]))
         except PynamoDBException as e:
             raise StoreError(f"could not list missions: {e}") from e
         missions.sort(key=lambda m: m.created_at, reverse=True)
-        return missions[:limit]
+        return missions
 
     def mission_awaiting(self, input_key: str) -> str | None:
         try:
@@ -283,7 +293,8 @@ class Store:
     def mark_notified(self, mission_id: str, now: float) -> None:
         self._update_mission(
             mission_id,
-            [MissionModel.notified_at.set(utcnow(now))],
+            # Off the care index: the sweeper has nothing left to do for it.
+            [MissionModel.notified_at.set(utcnow(now)), MissionModel.needs_care.remove()],
             condition=MissionModel.notified_at.does_not_exist(),
         )
 
@@ -333,21 +344,20 @@ class Store:
     def missions_needing_care(self) -> list[MissionModel]:
         """Missions the sweeper looks at: unfinished ones, and finished ones not yet mailed.
 
-        A scan with a filter: fine for the missions of a team; a sparse index would replace it
-        for a table of many thousands.
+        The sparse care index names them (every mission from creation until its email is sent);
+        the missions themselves are read consistently, as the sweeper acts on their state.
         """
-        unfinished = MissionModel.status.is_in(
-            MissionStatus.AWAITING_INPUT.value,
-            MissionStatus.PLANNING.value,
-            MissionStatus.RUNNING.value,
-        )
-        unmailed = MissionModel.notified_at.does_not_exist() & MissionModel.status.is_in(
-            *(s.value for s in TERMINAL_MISSION)
-        )
         try:
-            return list(MissionModel.scan(unfinished | unmailed, consistent_read=True))
+            keys = [m.mission_id for m in MissionModel.needing_care.query(NEEDS_CARE)]
+            missions = list(MissionModel.batch_get(keys, consistent_read=True))
         except PynamoDBException as e:
-            raise StoreError(f"could not scan missions: {e}") from e
+            raise StoreError(f"could not read the missions needing care: {e}") from e
+        missions.sort(key=lambda m: m.mission_id)
+        return [
+            m
+            for m in missions
+            if MissionStatus(m.status) not in TERMINAL_MISSION or m.notified_at is None
+        ]
 
     def _transition_mission(
         self,

@@ -77,6 +77,8 @@ def requested(service: str, operation: str, params: dict[str, Any]) -> list[tupl
             ((kind, body),) = item.items()
             pairs.append((_TRANSACT_ACTIONS[kind], _table_arn(body["TableName"])))
         return pairs
+    if service == "dynamodb" and operation in ("BatchGetItem", "BatchWriteItem"):
+        return [(f"dynamodb:{operation}", _table_arn(t)) for t in params["RequestItems"]]
     if service == "dynamodb" and operation == "TransactGetItems":
         return [
             ("dynamodb:GetItem", _table_arn(i["Get"]["TableName"])) for i in params["TransactItems"]

@@ -251,3 +251,19 @@ def test_api_calls_per_transaction(cluster: InProcessCluster, api_calls: ApiCall
     assert json.loads(cluster.get(f"/missions/{mission_id}").body)["status"] == "SUCCEEDED"
     # A guard against regressions into per-item chatter, far above today's figure.
     assert per < 20
+
+
+def test_the_list_is_newest_first_and_the_sweeper_forgets_mailed_missions(cluster):
+    from chalicelib.context import get_context
+
+    first = submit(cluster, kmer_config("first", "first.fa", count=4))
+    second = submit(cluster, kmer_config("second", "second.fa", count=4))
+    listed = json.loads(cluster.get("/missions").body)["missions"]
+    assert [m["mission_id"] for m in listed] == [second, first]
+    store = get_context().store
+    assert {m.mission_id for m in store.missions_needing_care()} == {first, second}
+    cluster.upload("first.fa", SAMPLE)
+    cluster.deliver_source_events()
+    assert run_to_completion(cluster, first)["status"] == "SUCCEEDED"
+    assert [m.mission_id for m in store.missions_needing_care()] == [second]  # mailed: off
+    assert len(json.loads(cluster.get("/missions").body)["missions"]) == 2  # still listed
