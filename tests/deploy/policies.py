@@ -59,12 +59,9 @@ class Resolver:
             return self.pseudo[name]
         if name == "Stage":
             return self.stack.stage
-        physical = self.stack.resources.get(name)
-        if physical is None:
-            return f"<{name}>"  # a resource the embedded stack has not (a function's log group)
-        if self.types.get(name) == "AWS::SQS::Queue":
-            return physical  # a queue's Ref is its URL
-        return physical
+        # A resource's Ref is its physical id (a queue's is its URL); a resource the embedded
+        # stack does not have stays a visible placeholder.
+        return self.stack.resources.get(name, f"<{name}>")
 
     def get_att(self, name: str, attribute: str) -> str:
         physical = self.stack.resources.get(name)
