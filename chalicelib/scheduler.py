@@ -25,9 +25,10 @@ from chalicelib.results import settle
 from chalicelib.states import MissionStatus
 from chalicelib.store import NotFound
 
-# Longer than one scheduler invocation (its Lambda timeout), shorter than the queue's visibility
-# timeout, so a redelivered event can take over from a planner that died.
-PLANNING_LEASE_SECONDS = 120
+# Longer than one scheduler invocation (its Lambda timeout, 300 s: counting the lines of a large
+# input takes a while), shorter than the source queue's visibility timeout, so a redelivered
+# event can take over from a planner that died. tests/deploy checks both against the package.
+PLANNING_LEASE_SECONDS = 360
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 SNIFF_BYTES = 64 * 1024  # how much of the input is read to tell text from binary
 

@@ -78,7 +78,6 @@ def test_queues_have_dead_letters_encryption_and_s3_may_send(template):
         p = queues[name]["Properties"]
         dlq = p["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
         assert dlq in queues and dlq != name
-        assert p["VisibilityTimeout"] >= 6 * 60  # six times the functions' timeout
     assert all(q["Properties"]["SqsManagedSseEnabled"] is True for q in queues.values())
     policies = of_type(template, "AWS::SQS::QueuePolicy")
     granted = {}
@@ -205,3 +204,21 @@ def test_the_functions_find_every_resource_through_their_environment(template):
         "WORKER_SUBNETS": {"Ref": "WorkerSubnetIds"},
         "SQS_PARTIAL_BATCH_RESPONSES": "true",
     }
+
+
+def test_queues_outlast_their_functions_and_the_planning_lease_fits_between(template):
+    from chalicelib.scheduler import PLANNING_LEASE_SECONDS
+
+    functions = of_type(template, "AWS::Serverless::Function")
+    queues = of_type(template, "AWS::SQS::Queue")
+    visibility = {}
+    for name, function in functions.items():
+        for event in function["Properties"].get("Events", {}).values():
+            if event["Type"] == "SQS":
+                queue = event["Properties"]["Queue"]["Fn::GetAtt"][0]
+                visibility[name] = queues[queue]["Properties"]["VisibilityTimeout"]
+                # Lambda's advice: six times the function's timeout.
+                assert visibility[name] >= 6 * function["Properties"]["Timeout"], name
+    scheduler_timeout = functions["LightScheduler"]["Properties"]["Timeout"]
+    assert scheduler_timeout >= 300  # time to count the lines of a large input
+    assert scheduler_timeout < PLANNING_LEASE_SECONDS < visibility["LightScheduler"]
