@@ -242,16 +242,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def post_once(info: Target, config: dict[str, Any], attempts: int = 3) -> tuple[int, Any]:
     """POST a config, retrying a lost connection with the same Idempotency-Key: the API answers
-    a retry with the first answer, so a mission never starts twice."""
+    a retry with the first answer, so a mission never starts twice. (HTTP errors are answers,
+    returned by `api`, and are not retried.)"""
     headers = {"Idempotency-Key": f"cli-{uuid.uuid4().hex}"}
-    for attempt in range(1, attempts + 1):
+    error: OSError | None = None
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(attempt)
         try:
             return api(info, "POST", "/missions", config, headers)
-        except (urllib.error.URLError, OSError) as e:
-            if isinstance(e, urllib.error.HTTPError) or attempt == attempts:
-                raise CliError(f"cannot reach {info.api_url}: {e}") from e
-            time.sleep(attempt)
-    raise AssertionError("unreachable")
+        except OSError as e:  # urllib's URLError included
+            error = e
+    raise CliError(f"cannot reach {info.api_url}: {error}") from error
 
 
 def progress_line(mission: dict[str, Any], width: int = 40) -> str:

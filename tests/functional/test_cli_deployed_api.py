@@ -131,3 +131,30 @@ def test_no_credentials_is_a_clear_error(deployed, monkeypatch, capsys, tmp_path
     assert main(["--api", deployed, "--region", "eu-west-1", "status"]) == 1
     assert "no AWS credentials" in capsys.readouterr().err
     assert FakeApi.seen == []
+
+
+def test_a_lost_connection_is_retried_with_the_same_key(monkeypatch):
+    import urllib.error
+
+    from local import cli
+
+    sent: list[str] = []
+
+    def flaky(info, method, path, body=None, headers=None):
+        sent.append(headers["Idempotency-Key"])
+        if len(sent) < 3:
+            raise urllib.error.URLError("connection reset")
+        return 201, {"mission_id": "m-1"}
+
+    monkeypatch.setattr(cli, "api", flaky)
+    monkeypatch.setattr(cli.time, "sleep", lambda seconds: None)
+    target = DeployedApi("https://x.execute-api.eu-west-1.amazonaws.com/api", "eu-west-1")
+    assert cli.post_once(target, {"name": "x"}) == (201, {"mission_id": "m-1"})
+    assert len(sent) == 3 and len(set(sent)) == 1
+
+    def down(*args, **kwargs):
+        raise OSError("network down")
+
+    monkeypatch.setattr(cli, "api", down)
+    with pytest.raises(cli.CliError, match="cannot reach"):
+        cli.post_once(target, {"name": "x"})
