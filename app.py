@@ -1,39 +1,67 @@
 """lighthpc: the wiring table. Each handler turns its event into a typed call into chalicelib.
 
 Importing this module needs no environment, no network and no AWS: clients, settings and the
-store are built on first use (`chalicelib.context.get_context`).
+store are built on first use (`chalicelib.context.get_context`). Cross-cutting work rides on
+Chalice's middleware: Lambda context in every log line, metrics flushed after every invocation,
+the caller authenticated once per request; errors carry their own HTTP answer
+(`chalicelib.errors.ApiError`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from chalice import Chalice, IAMAuthorizer, Response
-from chalice.app import CloudWatchEvent, Rate, SQSEvent
+from chalice import Chalice, ConvertToMiddleware, IAMAuthorizer, Response
+from chalice.app import CloudWatchEvent, Rate, Request, SQSEvent
 
 from chalicelib import auth, missions
 from chalicelib.batch import process_sqs_batch
-from chalicelib.config import ConfigInvalid, FieldError, RequestInvalid
+from chalicelib.config import FieldError, RequestInvalid
 from chalicelib.context import get_context
+from chalicelib.errors import ApiError
 from chalicelib.idempotency import HEADER as IDEMPOTENCY_HEADER
 from chalicelib.interruptions import on_spot_interruption
+from chalicelib.observability import flush_metrics, logger
 from chalicelib.results import handle_result_object
 from chalicelib.scheduler import handle_source_event
 from chalicelib.settings import RESULT_QUEUE_NAME, SOURCE_QUEUE_NAME
-from chalicelib.store import Conflict, InputBusy, NotFound
 from chalicelib.sweeper import sweep
 
 app = Chalice(app_name="lighthpc")
 # Every route: API Gateway verifies SigV4 (execute-api:Invoke) before Lambda runs. Chalice's local
-# gateway admits such routes unchecked, so `_answer` checks the caller as well (chalicelib.auth).
+# gateway admits such routes unchecked, so the app checks the caller as well (chalicelib.auth).
 iam = IAMAuthorizer()
 
 SPOT_INTERRUPTION_PATTERN = {
     "source": ["aws.ec2"],
     "detail-type": ["EC2 Spot Instance Interruption Warning"],
 }
+CALLER = "lighthpc:caller"  # where the authenticated caller waits in the request context
+
+app.register_middleware(ConvertToMiddleware(logger.inject_lambda_context))
+
+
+@app.middleware("all")
+def publish_metrics(event: Any, get_response: Callable[[Any], Any]) -> Any:
+    try:
+        return get_response(event)
+    finally:
+        flush_metrics()
+
+
+@app.middleware("http")
+def authenticate(request: Request, get_response: Callable[[Request], Response]) -> Response:
+    """Once per request, before any route runs."""
+    if request is None:  # not a REST event Chalice recognises: it answers that itself
+        return get_response(request)
+    try:
+        request.context[CALLER] = auth.authenticate(request.context, get_context().settings.stage)
+    except auth.Unauthenticated as e:
+        return _error(e)
+    return get_response(request)
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -41,35 +69,28 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     return Response(body=body, status_code=status, headers=headers)
 
 
-def _caller() -> str:
-    """The authenticated caller of the current request; raises auth.Unauthenticated."""
-    return auth.authenticate(app.current_request.context, get_context().settings.stage)
+def _error(e: ApiError) -> Response:
+    return _json(e.STATUS_CODE, e.body(), e.headers())
 
 
-def _answer(status: int, call: Callable[[], dict[str, Any]]) -> Response:
-    """Authenticate, then run one call into chalicelib; errors become the documented answers."""
-    try:
-        _caller()
-        return _json(status, call())
-    except auth.Unauthenticated as e:
-        # 401, not 403: the request carries no credentials at all (RFC 9110 section 15.5.2).
-        # A 401 from here, unlike API Gateway's own 403s, also tells the operator that a
-        # request reached Lambda without passing the route's IAM authorizer.
-        body = {"error": "authentication required", "reason": str(e), "stage": e.stage}
-        return _json(401, body, {"WWW-Authenticate": auth.SIGV4_SCHEME})
-    except ConfigInvalid as e:
-        fields = [{"field": err.field, "reason": err.reason} for err in e.errors]
-        return _json(400, {"error": e.summary, "fields": fields})
-    except NotFound as e:
-        return _json(404, {"error": str(e)})
-    except InputBusy as e:
-        return _json(409, {"error": str(e), "mission_id": e.mission_id})
-    except Conflict as e:
-        return _json(409, {"error": str(e)})
+def answers(status: int) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., Response]]:
+    """A route's answer: its dict as JSON with `status`, or an ApiError's own answer."""
+
+    def decorate(view: Callable[..., dict[str, Any]]) -> Callable[..., Response]:
+        @functools.wraps(view)
+        def answer(*args: Any, **kwargs: Any) -> Response:
+            try:
+                return _json(status, view(*args, **kwargs))
+            except ApiError as e:
+                return _error(e)
+
+        return answer
+
+    return decorate
 
 
-def _int_param(params: dict[str, str], name: str, default: int) -> int:
-    value = params.get(name)
+def _int_param(name: str, default: int) -> int:
+    value = (app.current_request.query_params or {}).get(name)
     if value is None:
         return default
     try:
@@ -82,44 +103,38 @@ def _int_param(params: dict[str, str], name: str, default: int) -> int:
 
 
 @app.route("/missions", methods=["POST"], content_types=["application/json"], authorizer=iam)
-def create_mission() -> Response:
+@answers(201)
+def create_mission() -> dict[str, Any]:
     request = app.current_request
     key = request.headers.get(IDEMPOTENCY_HEADER)
-    return _answer(
-        201,
-        lambda: missions.submit(
-            get_context(), request.raw_body, _caller(), key, app.lambda_context
-        ),
-    )
+    caller = request.context[CALLER]
+    return missions.submit(get_context(), request.raw_body, caller, key, app.lambda_context)
 
 
 @app.route("/missions", methods=["GET"], authorizer=iam)
-def list_missions() -> Response:
-    return _answer(200, lambda: missions.list_missions(get_context()))
+@answers(200)
+def list_missions() -> dict[str, Any]:
+    return missions.list_missions(get_context())
 
 
 @app.route("/missions/{mission_id}", methods=["GET"], authorizer=iam)
-def get_mission(mission_id: str) -> Response:
-    return _answer(200, lambda: missions.describe(get_context(), mission_id))
+@answers(200)
+def get_mission(mission_id: str) -> dict[str, Any]:
+    return missions.describe(get_context(), mission_id)
 
 
 @app.route("/missions/{mission_id}", methods=["DELETE"], authorizer=iam)
-def cancel_mission(mission_id: str) -> Response:
-    return _answer(200, lambda: missions.cancel(get_context(), mission_id))
+@answers(200)
+def cancel_mission(mission_id: str) -> dict[str, Any]:
+    return missions.cancel(get_context(), mission_id)
 
 
 @app.route("/missions/{mission_id}/transactions", methods=["GET"], authorizer=iam)
-def get_transactions(mission_id: str) -> Response:
-    params = app.current_request.query_params or {}
-    return _answer(
-        200,
-        lambda: missions.transactions(
-            get_context(),
-            mission_id,
-            after=_int_param(params, "after", -1),
-            limit=min(_int_param(params, "limit", missions.PAGE_LIMIT), missions.PAGE_LIMIT),
-        ),
-    )
+@answers(200)
+def get_transactions(mission_id: str) -> dict[str, Any]:
+    after = _int_param("after", -1)
+    limit = min(_int_param("limit", missions.PAGE_LIMIT), missions.PAGE_LIMIT)
+    return missions.transactions(get_context(), mission_id, after=after, limit=limit)
 
 
 # ---- Events ------------------------------------------------------------------------------

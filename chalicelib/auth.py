@@ -14,14 +14,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from chalicelib.errors import ApiError
+
 LOCAL_STAGE = "local"
 LOCAL_CALLER = "local"  # `submitted_by` of missions submitted without an IAM identity, locally
 # The scheme a client must use, sent in WWW-Authenticate with the 401 (RFC 9110 section 11.6.1).
 SIGV4_SCHEME = "AWS4-HMAC-SHA256"
 
 
-class Unauthenticated(Exception):
-    """The request carries no authenticated IAM caller, and this stage requires one."""
+class Unauthenticated(ApiError):
+    """The request carries no authenticated IAM caller, and this stage requires one.
+
+    A 401, not a 403: the request carries no credentials at all (RFC 9110 section 15.5.2). A 401
+    from the app, unlike API Gateway's own 403s, also tells the operator that a request reached
+    Lambda without passing the route's IAM authorizer.
+    """
+
+    STATUS_CODE = 401
 
     def __init__(self, stage: str) -> None:
         super().__init__(
@@ -29,6 +38,12 @@ class Unauthenticated(Exception):
             " IAM principal allowed to call execute-api:Invoke on this API"
         )
         self.stage = stage
+
+    def body(self) -> dict[str, Any]:
+        return {"error": "authentication required", "reason": str(self), "stage": self.stage}
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": SIGV4_SCHEME}
 
 
 def iam_principal(request_context: Mapping[str, Any] | None) -> str | None:

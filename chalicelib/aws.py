@@ -2,11 +2,15 @@
 
 boto3 reads `AWS_ENDPOINT_URL` by itself, which is how the embedded AWS (moto) is reached with no
 code change. Throttling is absorbed by botocore's adaptive retry mode, not by loops of our own.
+Domain code reaches the clients through `Context.aws` (an `AwsClients`), so a test can hand it
+others.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -28,28 +32,40 @@ def client(service: str) -> Any:
         )
 
 
-def s3() -> Any:
-    return client("s3")
-
-
-def ec2() -> Any:
-    return client("ec2")
-
-
-def sns() -> Any:
-    return client("sns")
-
-
-def sqs() -> Any:
-    return client("sqs")
-
-
-@cache
-def queue_url(name: str) -> str:
-    return sqs().get_queue_url(QueueName=name)["QueueUrl"]
-
-
 def reset_clients() -> None:
     """Drop cached clients, e.g. after a test switched the endpoint or started a new moto."""
     client.cache_clear()
-    queue_url.cache_clear()
+
+
+@dataclass(frozen=True)
+class AwsClients:
+    """The clients domain code uses, each built on first use by `factory`."""
+
+    factory: Callable[[str], Any] = client
+    # Queue name -> URL, looked up once per process (each Lambda function's own).
+    queue_urls: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def s3(self) -> Any:
+        return self.factory("s3")
+
+    @property
+    def ec2(self) -> Any:
+        return self.factory("ec2")
+
+    @property
+    def sns(self) -> Any:
+        return self.factory("sns")
+
+    @property
+    def sqs(self) -> Any:
+        return self.factory("sqs")
+
+    @property
+    def dynamodb(self) -> Any:
+        return self.factory("dynamodb")
+
+    def queue_url(self, name: str) -> str:
+        if name not in self.queue_urls:
+            self.queue_urls[name] = self.sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        return self.queue_urls[name]

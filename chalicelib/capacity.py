@@ -1,4 +1,8 @@
-"""Asking EC2 for workers: one EC2 Fleet `instant` call, tagged, with a client token."""
+"""Asking EC2 for workers: one EC2 Fleet `instant` call, tagged, with a client token.
+
+`launch_for` is how every caller launches (the scheduler's first fleet, the sweeper's top-ups, a
+Spot replacement); `launch_and_record` adds the record of a relaunch on the mission.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib.config import Instances
+from chalicelib.context import Context
+from chalicelib.domain import Mission
+from chalicelib.layout import MISSION_TAG, STAGE_TAG
+from chalicelib.planning import instances_needed
 from chalicelib.settings import Settings
-
-MISSION_TAG = "lighthpc:mission"
-STAGE_TAG = "lighthpc:stage"
 
 
 @dataclass(frozen=True)
 class LaunchResult:
     instance_ids: list[str]
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def error_text(self) -> str | None:
+        """The errors in one line, as the mission records them (None: none)."""
+        return "; ".join(self.errors) or None
 
 
 def worker_tags(settings: Settings, mission_id: str) -> list[dict[str, str]]:
@@ -106,6 +116,31 @@ def launch_workers(
         for err in response.get("Errors", []):
             errors.append(f"{market}: {err.get('ErrorCode')}: {err.get('ErrorMessage')}")
     return LaunchResult(instance_ids=ids, errors=errors)
+
+
+def instances_wanted(ctx: Context, mission: Mission, transactions: int) -> int:
+    """Instances to run `transactions` at once, within the mission's and the stage's caps."""
+    cap = min(mission.config.instances.max_instances, ctx.settings.max_instances)
+    return instances_needed(transactions, mission.slots, cap)
+
+
+def launch_for(ctx: Context, mission: Mission, count: int, token_suffix: str = "") -> LaunchResult:
+    """Launch `count` workers for the mission (its instance types and market, the stage's
+    launch template and subnets)."""
+    return launch_workers(
+        ctx.aws.ec2, ctx.settings, mission.mission_id, mission.config.instances, count, token_suffix
+    )
+
+
+def launch_and_record(ctx: Context, mission: Mission, count: int, token_suffix: str) -> int:
+    """A relaunch (top-up, stranded work, Spot replacement), recorded on the mission; returns
+    how many instances came. `token_suffix` names the round, so a retried call launches none
+    twice."""
+    launch = launch_for(ctx, mission, count, token_suffix)
+    ctx.store.missions.record_relaunch(
+        mission.mission_id, len(launch.instance_ids), launch.error_text
+    )
+    return len(launch.instance_ids)
 
 
 def mission_instances(ec2: Any, mission_id: str, states: list[str]) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from chalicelib.apps import BUILTIN_APPS, PLACEHOLDERS, placeholders_in
+from chalicelib.errors import ApiError
 from chalicelib.layout import MAX_TRANSACTIONS_EVER
 from chalicelib.pricing import vcpus
 from chalicelib.settings import Settings
@@ -40,14 +41,19 @@ class FieldError:
     reason: str
 
 
-class ConfigInvalid(ValueError):
+class ConfigInvalid(ApiError, ValueError):
     """A 400: each field with its reason; `summary` is the answer's `error`."""
 
+    STATUS_CODE = 400
     summary = "invalid mission config"
 
     def __init__(self, errors: list[FieldError]) -> None:
         super().__init__("; ".join(f"{e.field}: {e.reason}" for e in errors))
         self.errors = errors
+
+    def body(self) -> dict[str, Any]:
+        fields = [{"field": e.field, "reason": e.reason} for e in self.errors]
+        return {"error": self.summary, "fields": fields}
 
 
 class RequestInvalid(ConfigInvalid):

@@ -1,4 +1,6 @@
-"""What every handler works with: settings, the store and a clock, built lazily once per process."""
+"""What every handler works with: settings, the store, the AWS clients and a clock, built lazily
+once per process. Domain code takes a Context and nothing global, so a test swaps any part
+(`dataclasses.replace(ctx, clock=...)`, `aws=AwsClients(factory=...)`)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from chalicelib.aws import AwsClients
 from chalicelib.settings import Settings, get_settings, reset_settings
 from chalicelib.store import Store
 
@@ -15,6 +18,7 @@ from chalicelib.store import Store
 class Context:
     settings: Settings
     store: Store
+    aws: AwsClients = field(default_factory=AwsClients)
     clock: Callable[[], float] = field(default=time.time)
 
 

@@ -1,4 +1,4 @@
-"""Turn SQS records into typed values: S3 object notifications and start requests.
+"""The scheduler's inbox: S3 object notifications and start requests, sent and read here.
 
 S3 notifications arrive through SQS (see ARCHITECTURE.md, "Why S3 -> SQS"). Powertools' `S3Event`
 data class reads them (its Parser model rejects moto's records, which lack some fields).
@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.data_classes import S3Event
+
+if TYPE_CHECKING:
+    from chalicelib.context import Context
 
 START_REQUEST = "lighthpc:start"
 
@@ -36,6 +39,15 @@ SourceEvent = ObjectCreated | StartRequest
 
 def start_request_body(mission_id: str) -> str:
     return json.dumps({"type": START_REQUEST, "mission_id": mission_id})
+
+
+def send_start_request(ctx: Context, mission_id: str) -> None:
+    """Ask light_scheduler to start the mission if its input is in (and to take over from a
+    planner that died): all planning happens there, whoever asks."""
+    ctx.aws.sqs.send_message(
+        QueueUrl=ctx.aws.queue_url(ctx.settings.source_queue),
+        MessageBody=start_request_body(mission_id),
+    )
 
 
 def parse_queue_body(body: str) -> list[SourceEvent]:

@@ -26,7 +26,6 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyValidationError,
 )
 
-from chalicelib import aws
 from chalicelib.config import FieldError, RequestInvalid
 from chalicelib.store import Conflict
 
@@ -36,9 +35,9 @@ _KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 @cache
-def _persistence(table: str) -> DynamoDBPersistenceLayer:
-    # Built on first use with the project's client factory (endpoint, retries), one per table.
-    return DynamoDBPersistenceLayer(table_name=table, boto3_client=aws.client("dynamodb"))
+def _persistence(table: str, dynamodb: Any) -> DynamoDBPersistenceLayer:
+    # Built on first use with the project's client (endpoint, retries), one per table.
+    return DynamoDBPersistenceLayer(table_name=table, boto3_client=dynamodb)
 
 
 def reset() -> None:
@@ -47,6 +46,7 @@ def reset() -> None:
 
 def answer_once(
     table: str,
+    dynamodb: Any,
     key: str | None,
     caller: str,
     body: bytes | str | None,
@@ -73,7 +73,7 @@ def answer_once(
 
     @idempotent_function(
         data_keyword_argument="request",
-        persistence_store=_persistence(table),
+        persistence_store=_persistence(table, dynamodb),
         config=config,
     )
     def submit_once(request: dict[str, str]) -> dict[str, Any]:

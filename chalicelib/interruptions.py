@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from botocore.exceptions import ClientError
 
-from chalicelib import aws
-from chalicelib.capacity import MISSION_TAG, launch_workers
-from chalicelib.config import MissionConfig
+from chalicelib.capacity import launch_and_record
 from chalicelib.context import Context
+from chalicelib.layout import MISSION_TAG
 from chalicelib.observability import bind_mission, logger
 from chalicelib.states import MissionStatus
 from chalicelib.store import Conflict, NotFound
@@ -20,52 +19,41 @@ from chalicelib.store import Conflict, NotFound
 
 def on_spot_interruption(ctx: Context, instance_id: str) -> int:
     """Hand back the instance's transactions and request a replacement; returns how many."""
-    mission_id = _mission_of(instance_id)
+    mission_id = _mission_of(ctx, instance_id)
     if mission_id is None:
         return 0  # not one of ours
     bind_mission(mission_id)
     try:
-        mission = ctx.store.get_mission(mission_id)
+        mission = ctx.store.missions.get(mission_id)
     except NotFound:
         return 0
-    if mission.status != MissionStatus.RUNNING.value:
+    if mission.status is not MissionStatus.RUNNING:
         return 0
     handed = 0
-    for txn in ctx.store.leased_transactions(mission_id):
+    for txn in ctx.store.transactions.leased(mission_id):
         owner = txn.lease_owner or ""
         if owner.split("/", 1)[0] != instance_id:
             continue
         try:
-            ctx.store.hand_back(
+            ctx.store.transactions.hand_back(
                 txn, owner, ctx.clock(), f"handed back: Spot interruption of {instance_id}"
             )
             handed += 1
         except Conflict:
             pass  # the worker handed it back itself, or finished it
-    work_left = ctx.store.has_work_left(ctx.store.get_mission(mission_id))
-    if work_left and ctx.store.claim_replacement(mission_id, instance_id):
-        config = MissionConfig.model_validate_json(mission.config_json)
+    work_left = ctx.store.transactions.has_work_left(ctx.store.missions.get(mission_id))
+    if work_left and ctx.store.missions.claim_replacement(mission_id, instance_id):
         # One replacement per interrupted instance; the token makes a redelivered warning a no-op.
-        launch = launch_workers(
-            aws.ec2(),
-            ctx.settings,
-            mission_id,
-            config.instances,
-            1,
-            token_suffix=f"-{instance_id}",
-        )
-        ctx.store.record_relaunch(
-            mission_id, len(launch.instance_ids), "; ".join(launch.errors) or None
-        )
+        launch_and_record(ctx, mission, 1, token_suffix=f"-{instance_id}")
     logger.warning(
         "Spot interruption handled", extra={"instance_id": instance_id, "handed_back": handed}
     )
     return handed
 
 
-def _mission_of(instance_id: str) -> str | None:
+def _mission_of(ctx: Context, instance_id: str) -> str | None:
     try:
-        reservations = aws.ec2().describe_instances(InstanceIds=[instance_id])["Reservations"]
+        reservations = ctx.aws.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
     except ClientError as e:
         if e.response.get("Error", {}).get("Code") == "InvalidInstanceID.NotFound":
             return None

@@ -1,9 +1,18 @@
-"""Where things live in the result bucket. Parts sort by index, so a listing is the merge order."""
+"""The protocol between the control side and the workers, written once.
+
+- object keys in the result bucket (parts sort by index, so a listing is the merge order);
+- the failure marker: what a transaction out of attempts reports, through the same event path
+  as a part (written by the worker and the sweeper, read by result_processor);
+- the tags that tie an EC2 instance to its stage and mission.
+
+Pure: no AWS here, so the worker imports it without the control side's launch code.
+"""
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 PARTS_PREFIX = "parts/"
 INDEX_DIGITS = 8  # zero-padded, so keys sort in index order
@@ -13,13 +22,15 @@ _OUTCOME = re.compile(
 )
 RESULTS_PREFIX = "results/"
 
+MISSION_TAG = "lighthpc:mission"
+STAGE_TAG = "lighthpc:stage"
+
 
 def part_key(mission_id: str, index: int) -> str:
     return f"{PARTS_PREFIX}{mission_id}/{index:0{INDEX_DIGITS}d}.out"
 
 
 def failure_key(mission_id: str, index: int) -> str:
-    """A failure marker: a transaction out of attempts reports through the same event path."""
     return f"{PARTS_PREFIX}{mission_id}/{index:0{INDEX_DIGITS}d}.failed"
 
 
@@ -40,3 +51,34 @@ def parse_outcome_key(key: str) -> Outcome | None:
     if m is None:
         return None
     return Outcome(m["mission"], int(m["index"]), m["kind"] == "out")
+
+
+@dataclass(frozen=True)
+class FailureMarker:
+    """The body of a `.failed` object: why a transaction failed for good."""
+
+    error: str | None
+    exit_code: int | None = None
+    attempts: int = 0
+    timed_out: bool = False
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> FailureMarker:
+        """Tolerant: a marker that cannot be read still fails its transaction, with a reason."""
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return cls(error="failure marker was not JSON")
+        if not isinstance(data, dict):
+            return cls(error="failure marker was not a JSON object")
+        exit_code = data.get("exit_code")
+        error = data.get("error")
+        return cls(
+            error=error if isinstance(error, str) else None,
+            exit_code=exit_code if isinstance(exit_code, int) else None,
+            attempts=data["attempts"] if isinstance(data.get("attempts"), int) else 0,
+            timed_out=data.get("timed_out") is True,
+        )

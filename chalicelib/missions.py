@@ -1,24 +1,22 @@
-"""The mission API ("MissionCfg"): submit, describe and list; plain functions returning dicts."""
+"""The mission API ("MissionCfg"): submit, describe, list and cancel; plain functions returning
+dicts (the JSON bodies), raising `chalicelib.errors.ApiError`s for the answers that are not 2xx."""
 
 from __future__ import annotations
 
 import secrets
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from chalicelib import aws
 from chalicelib.capacity import terminate_mission_instances
-from chalicelib.config import MissionConfig, parse_mission_config
+from chalicelib.config import parse_mission_config
 from chalicelib.context import Context
-from chalicelib.events import start_request_body
+from chalicelib.domain import Mission, Transaction
+from chalicelib.events import send_start_request
 from chalicelib.idempotency import answer_once
-from chalicelib.models import MissionModel, TransactionModel
 from chalicelib.observability import bind_mission, logger
-from chalicelib.planning import Plan, Slice
 from chalicelib.results import settle
 from chalicelib.states import MissionStatus, TransactionStatus
-from chalicelib.store import utcnow
 
 LIST_LIMIT = 100
 PAGE_LIMIT = 1000
@@ -26,7 +24,7 @@ PAGE_LIMIT = 1000
 
 def new_mission_id(now: float) -> str:
     """Sortable by creation time, unguessable enough to be a handle."""
-    return f"m-{utcnow(now):%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
+    return f"m-{datetime.fromtimestamp(now, tz=UTC):%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
 
 
 def submit(
@@ -45,6 +43,7 @@ def submit(
     """
     return answer_once(
         ctx.settings.idempotency_table,
+        ctx.aws.dynamodb,
         idempotency_key,
         submitted_by or "",
         body,
@@ -56,24 +55,20 @@ def submit(
 def _register(ctx: Context, body: bytes | str | None, submitted_by: str | None) -> dict[str, Any]:
     config = parse_mission_config(body, ctx.settings)
     now = ctx.clock()
-    mission = MissionModel(
-        new_mission_id(now),
+    mission = Mission(
+        mission_id=new_mission_id(now),
         name=config.name,
-        status=MissionStatus.AWAITING_INPUT.value,
-        config_json=config.model_dump_json(),
+        status=MissionStatus.AWAITING_INPUT,
+        config=config,
         input_key=config.input,
-        notify=config.notify,
+        created_at=datetime.fromtimestamp(now, tz=UTC),
         submitted_by=submitted_by,
-        created_at=utcnow(now),
     )
-    ctx.store.create_mission(mission)
+    ctx.store.missions.create(mission)
     bind_mission(mission.mission_id)
     # The scheduler checks whether the input is already there; if not, the upload's event
-    # starts the mission. Going through the queue keeps all planning in light_scheduler.
-    aws.sqs().send_message(
-        QueueUrl=aws.queue_url(ctx.settings.source_queue),
-        MessageBody=start_request_body(mission.mission_id),
-    )
+    # starts the mission.
+    send_start_request(ctx, mission.mission_id)
     logger.info("mission registered", extra={"input_key": config.input})
     return {
         **mission_summary(ctx, mission),
@@ -86,34 +81,33 @@ def _register(ctx: Context, body: bytes | str | None, submitted_by: str | None) 
 
 
 def describe(ctx: Context, mission_id: str) -> dict[str, Any]:
-    mission = ctx.store.get_mission(mission_id)
-    counts = Counter(t.status for t in ctx.store.transactions(mission_id))
+    mission = ctx.store.missions.get(mission_id)
+    counts = Counter(t.status for t in ctx.store.transactions.of(mission_id))
     # Never-claimed transactions have no item yet: they are PENDING by construction.
-    counts[TransactionStatus.PENDING.value] += int(mission.n_total) - sum(counts.values())
-    config = MissionConfig.model_validate_json(mission.config_json)
+    counts[TransactionStatus.PENDING] += mission.total - sum(counts.values())
     return {
         **mission_summary(ctx, mission),
-        "transactions": {s.value: counts.get(s.value, 0) for s in TransactionStatus}
-        | {"total": int(mission.n_total)},
-        "instances": int(mission.n_instances or 0),
-        "instance_seconds": round(float(mission.instance_seconds or 0), 3),
-        "estimated_cost_usd": round(float(mission.estimated_cost or 0), 6),
+        "transactions": {s.value: counts.get(s, 0) for s in TransactionStatus}
+        | {"total": mission.total},
+        "instances": mission.instances,
+        "instance_seconds": round(mission.instance_seconds, 3),
+        "estimated_cost_usd": round(mission.estimated_cost, 6),
         "launch_errors": mission.launch_errors,
         "input": {
             "key": mission.input_key,
             "etag": mission.input_etag,
             "bytes": mission.input_bytes,
         },
-        "config": config.model_dump(mode="json"),
+        "config": mission.config.model_dump(mode="json"),
     }
 
 
-def mission_summary(ctx: Context, mission: MissionModel) -> dict[str, Any]:
+def mission_summary(ctx: Context, mission: Mission) -> dict[str, Any]:
     result = mission.result_key
     return {
         "mission_id": mission.mission_id,
         "name": mission.name,
-        "status": mission.status,
+        "status": mission.status.value,
         "error": mission.error,
         "submitted_by": mission.submitted_by,
         "created_at": _iso(mission.created_at),
@@ -130,20 +124,20 @@ def cancel(ctx: Context, mission_id: str) -> dict[str, Any]:
 
     Raises NotFound, or Conflict if the mission already finished.
     """
-    mission = ctx.store.get_mission(mission_id)
+    mission = ctx.store.missions.get(mission_id)
     bind_mission(mission_id)
-    ctx.store.cancel_mission(mission, ctx.clock())
-    terminated = terminate_mission_instances(aws.ec2(), mission_id)
+    ctx.store.missions.cancel(mission, ctx.clock())
+    terminated = terminate_mission_instances(ctx.aws.ec2, mission_id)
     logger.info("mission cancelled", extra={"instances_terminated": len(terminated)})
     settle(ctx, mission_id)  # sends the CANCELLED email
     return {
-        **mission_summary(ctx, ctx.store.get_mission(mission_id)),
+        **mission_summary(ctx, ctx.store.missions.get(mission_id)),
         "instances_terminated": len(terminated),
     }
 
 
 def list_missions(ctx: Context) -> dict[str, Any]:
-    missions = ctx.store.list_missions(LIST_LIMIT)
+    missions = ctx.store.missions.newest(LIST_LIMIT)
     return {"missions": [mission_summary(ctx, m) for m in missions]}
 
 
@@ -154,51 +148,34 @@ def transactions(
 
     Raises NotFound for an unknown mission (rather than an empty list).
     """
-    mission = ctx.store.get_mission(mission_id)
-    total = int(mission.n_total)
-    first, last = after + 1, min(after + limit, total - 1)
-    if total == 0 or first > last:
+    mission = ctx.store.missions.get(mission_id)
+    first, last = after + 1, min(after + limit, mission.total - 1)
+    if mission.total == 0 or first > last:
         return {"transactions": [], "next_after": None}
-    claimed = {int(t.index): t for t in ctx.store.transactions(mission_id, first, last)}
-    plan = Plan.for_split(
-        MissionConfig.model_validate_json(mission.config_json).split, mission.n_lines
-    )
+    claimed = {t.index: t for t in ctx.store.transactions.of(mission_id, first, last)}
     page = [
-        transaction_view(claimed[i]) if i in claimed else pending_view(plan.slice(i))
+        claimed.get(i) or Transaction.pending(mission_id, mission.plan.slice(i))
         for i in range(first, last + 1)
     ]
-    return {"transactions": page, "next_after": last if last < total - 1 else None}
-
-
-def pending_view(s: Slice) -> dict[str, Any]:
     return {
-        "index": s.index,
-        "status": TransactionStatus.PENDING.value,
-        "start": s.start,
-        "end": s.end,
-        "attempts": 0,
-        "lease_owner": None,
-        "exit_code": None,
-        "error": None,
-        "started_at": None,
-        "finished_at": None,
-        "run_seconds": None,
+        "transactions": [transaction_view(t) for t in page],
+        "next_after": last if last < mission.total - 1 else None,
     }
 
 
-def transaction_view(t: TransactionModel) -> dict[str, Any]:
+def transaction_view(t: Transaction) -> dict[str, Any]:
     return {
-        "index": int(t.index),
-        "status": t.status,
-        "start": int(t.start),
-        "end": int(t.end),
-        "attempts": int(t.attempts or 0),
+        "index": t.index,
+        "status": t.status.value,
+        "start": t.start,
+        "end": t.end,
+        "attempts": t.attempts,
         "lease_owner": t.lease_owner,
-        "exit_code": None if t.exit_code is None else int(t.exit_code),
+        "exit_code": t.exit_code,
         "error": t.error,
         "started_at": _iso(t.started_at),
         "finished_at": _iso(t.finished_at),
-        "run_seconds": None if t.run_seconds is None else float(t.run_seconds),
+        "run_seconds": t.run_seconds,
     }
 
 

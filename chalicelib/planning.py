@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+
+from chalicelib.config import CountSplit, LinesSplit
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,11 @@ class Plan:
         return cls(count, lines_per_transaction=lines_per_transaction, total_lines=total_lines)
 
     @classmethod
-    def for_split(cls, split: Any, total_lines: int | None) -> Plan:
+    def for_split(cls, split: CountSplit | LinesSplit, total_lines: int | None) -> Plan:
         """The plan of a config's `split` (count mode, or lines mode given the line count)."""
-        if split.mode == "count":
+        if isinstance(split, CountSplit):
             return cls.by_count(split.interval.start, split.interval.end, split.count)
-        return cls.by_lines(int(total_lines or 0), split.lines_per_transaction)
+        return cls.by_lines(total_lines or 0, split.lines_per_transaction)
 
     def slice(self, index: int) -> Slice:
         if not 0 <= index < self.count:
@@ -64,16 +65,6 @@ class Plan:
 
     def slices(self) -> Iterator[Slice]:
         return (self.slice(i) for i in range(self.count))
-
-
-def split_interval(start: int, end: int, count: int) -> Iterator[Slice]:
-    """`count` contiguous slices of [start, end) whose sizes differ by at most one."""
-    return Plan.by_count(start, end, count).slices()
-
-
-def split_lines(total_lines: int, lines_per_transaction: int) -> Iterator[Slice]:
-    """Slices of line numbers [start, end), `lines_per_transaction` each (the last may be short)."""
-    return Plan.by_lines(total_lines, lines_per_transaction).slices()
 
 
 def transaction_count_for_lines(total_lines: int, lines_per_transaction: int) -> int:

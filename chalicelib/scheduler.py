@@ -12,15 +12,14 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from chalicelib import aws
-from chalicelib.capacity import launch_workers
-from chalicelib.config import ArgvApp, CountSplit, LinesSplit, MissionConfig, slots_per_instance
+from chalicelib.capacity import instances_wanted, launch_for
+from chalicelib.config import ArgvApp, CountSplit, LinesSplit, MissionConfig
 from chalicelib.context import Context
+from chalicelib.domain import Mission
 from chalicelib.events import ObjectCreated, SourceEvent, StartRequest
 from chalicelib.layout import MAX_TRANSACTIONS_EVER
-from chalicelib.models import MissionModel
-from chalicelib.observability import bind_mission, logger
-from chalicelib.planning import Plan, instances_needed, transaction_count_for_lines
+from chalicelib.observability import bind_mission, count, logger
+from chalicelib.planning import Plan, transaction_count_for_lines
 from chalicelib.results import settle
 from chalicelib.states import MissionStatus
 from chalicelib.store import NotFound
@@ -48,7 +47,7 @@ def on_upload(ctx: Context, obj: ObjectCreated) -> None:
     if obj.bucket != ctx.settings.source_bucket:
         logger.warning("event for another bucket ignored", extra={"bucket": obj.bucket})
         return
-    mission_id = ctx.store.mission_awaiting(obj.key)
+    mission_id = ctx.store.missions.awaiting(obj.key)
     if mission_id is None:
         logger.info("no mission awaits this input yet", extra={"key": obj.key})
         return
@@ -57,47 +56,54 @@ def on_upload(ctx: Context, obj: ObjectCreated) -> None:
 
 def on_start_request(ctx: Context, request: StartRequest) -> None:
     try:
-        mission = ctx.store.get_mission(request.mission_id)
+        mission = ctx.store.missions.get(request.mission_id)
     except NotFound:
         logger.warning(
             "start requested for an unknown mission", extra={"mission_id": request.mission_id}
         )
         return
-    startable = {MissionStatus.AWAITING_INPUT.value, MissionStatus.PLANNING.value}
+    startable = {MissionStatus.AWAITING_INPUT, MissionStatus.PLANNING}
     if mission.status in startable and _input_head(ctx, mission.input_key) is not None:
         start_mission(ctx, mission.mission_id)
 
 
 def start_mission(ctx: Context, mission_id: str) -> None:
-    mission = ctx.store.begin_planning(mission_id, ctx.clock(), PLANNING_LEASE_SECONDS)
+    mission = ctx.store.missions.begin_planning(mission_id, ctx.clock(), PLANNING_LEASE_SECONDS)
     if mission is None:
         logger.info("mission already started elsewhere", extra={"mission_id": mission_id})
         return
     bind_mission(mission_id)
-    config = MissionConfig.model_validate_json(mission.config_json)
     try:
-        mission_plan = plan(ctx, mission, config)
+        mission_plan = plan(ctx, mission)
     except PlanningError as e:
         logger.warning("mission cannot start", extra={"reason": str(e)})
-        ctx.store.fail_planning(mission, str(e), ctx.clock())
+        ctx.store.missions.fail_planning(mission, str(e), ctx.clock())
         settle(ctx, mission_id)  # sends the email that says why
         return
-    total = mission_plan.count
-    cap = min(config.instances.max_instances, ctx.settings.max_instances)
-    wanted = instances_needed(total, slots_per_instance(config.instances), cap)
     # One token per mission: a planner that takes over from a dead one reuses it, so EC2
     # returns the fleet already launched instead of launching a second.
-    launch = launch_workers(aws.ec2(), ctx.settings, mission_id, config.instances, wanted)
-    errors = "; ".join(launch.errors) or None
-    ctx.store.mark_running(mission, mission_plan, len(launch.instance_ids), errors, ctx.clock())
+    launch = launch_for(ctx, mission, instances_wanted(ctx, mission, mission_plan.count))
+    ctx.store.missions.mark_running(
+        mission,
+        mission_plan,
+        instances=len(launch.instance_ids),
+        launch_errors=launch.error_text,
+        now=ctx.clock(),
+    )
+    count("InstancesLaunched", len(launch.instance_ids))
     logger.info(
         "mission running",
-        extra={"transactions": total, "instances": len(launch.instance_ids), "errors": errors},
+        extra={
+            "transactions": mission_plan.count,
+            "instances": len(launch.instance_ids),
+            "errors": launch.error_text,
+        },
     )
 
 
-def plan(ctx: Context, mission: MissionModel, config: MissionConfig) -> Plan:
+def plan(ctx: Context, mission: Mission) -> Plan:
     """The mission's plan (a formula: nothing per transaction); PlanningError for bad input."""
+    config = mission.config
     head = _input_head(ctx, mission.input_key)
     where = f"s3://{ctx.settings.source_bucket}/{mission.input_key}"
     if head is None:
@@ -109,7 +115,7 @@ def plan(ctx: Context, mission: MissionModel, config: MissionConfig) -> Plan:
         raise PlanningError(
             f"the input is {size} bytes; this stage accepts at most {ctx.settings.max_input_bytes}"
         )
-    ctx.store.record_input(mission.mission_id, str(head.get("ETag", "")).strip('"'), size)
+    ctx.store.missions.record_input(mission.mission_id, str(head.get("ETag", "")).strip('"'), size)
     if needs_text_input(config) and looks_binary(_input_start(ctx, mission.input_key)):
         reason = (
             "it is split by lines"
@@ -149,7 +155,7 @@ def looks_binary(start: bytes) -> bool:
 
 
 def _input_start(ctx: Context, key: str) -> bytes:
-    response = aws.s3().get_object(
+    response = ctx.aws.s3.get_object(
         Bucket=ctx.settings.source_bucket, Key=key, Range=f"bytes=0-{SNIFF_BYTES - 1}"
     )
     return response["Body"].read()
@@ -157,7 +163,7 @@ def _input_start(ctx: Context, key: str) -> bytes:
 
 def count_lines(ctx: Context, key: str) -> int:
     """Lines of the input, streamed (a last line without a newline counts)."""
-    body = aws.s3().get_object(Bucket=ctx.settings.source_bucket, Key=key)["Body"]
+    body = ctx.aws.s3.get_object(Bucket=ctx.settings.source_bucket, Key=key)["Body"]
     lines = 0
     last = b""
     for chunk in body.iter_chunks(chunk_size=1024 * 1024):
@@ -168,7 +174,7 @@ def count_lines(ctx: Context, key: str) -> int:
 
 def _input_head(ctx: Context, key: str) -> dict[str, Any] | None:
     try:
-        return aws.s3().head_object(Bucket=ctx.settings.source_bucket, Key=key)
+        return ctx.aws.s3.head_object(Bucket=ctx.settings.source_bucket, Key=key)
     except ClientError as e:
         if e.response.get("Error", {}).get("Code") in _MISSING:
             return None

@@ -1,9 +1,15 @@
-"""Statuses shared by the Lambdas and the worker, and the transitions allowed between them."""
+"""Statuses shared by the Lambdas and the worker, and the transitions allowed between them.
+
+The tables are the state machine, and they are enforced: every conditional write that changes a
+status takes its allowed sources from `mission_sources` / `transaction_sources`, which refuse
+(IllegalTransition) a narrowing the table does not allow. So a write path can only ever be
+narrower than the table, never wider.
+"""
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
 
 
@@ -26,7 +32,6 @@ class TransactionStatus(StrEnum):
 TERMINAL_MISSION = frozenset(
     {MissionStatus.SUCCEEDED, MissionStatus.FAILED, MissionStatus.CANCELLED}
 )
-TERMINAL_TRANSACTION = frozenset({TransactionStatus.SUCCEEDED, TransactionStatus.FAILED})
 
 MISSION_TRANSITIONS: dict[MissionStatus, frozenset[MissionStatus]] = {
     # AWAITING_INPUT -> FAILED: the input never arrived within the mission's deadline.
@@ -50,6 +55,8 @@ MISSION_TRANSITIONS: dict[MissionStatus, frozenset[MissionStatus]] = {
     MissionStatus.CANCELLED: frozenset(),
 }
 
+# A transaction without an item is PENDING (never claimed): creating its item is a move from
+# PENDING.
 TRANSACTION_TRANSITIONS: dict[TransactionStatus, frozenset[TransactionStatus]] = {
     TransactionStatus.PENDING: frozenset({TransactionStatus.RUNNING}),
     # RUNNING -> PENDING: a failed attempt with attempts left goes back to the queue.
@@ -62,17 +69,47 @@ TRANSACTION_TRANSITIONS: dict[TransactionStatus, frozenset[TransactionStatus]] =
 
 
 class IllegalTransition(ValueError):
-    pass
+    """A write asked for a move the state table does not allow: a programming error."""
 
 
-def check_mission_transition(current: MissionStatus, target: MissionStatus) -> None:
-    if target not in MISSION_TRANSITIONS[current]:
-        raise IllegalTransition(f"mission cannot go from {current.value} to {target.value}")
+def mission_sources(
+    target: MissionStatus, only_from: Iterable[MissionStatus] | None = None
+) -> list[str]:
+    """The statuses a conditional write that moves a mission to `target` may find it in.
+
+    `only_from` narrows the table's sources for one write path (a timeout fails only RUNNING
+    missions); a source the table does not allow raises IllegalTransition.
+    """
+    return _sources(MISSION_TRANSITIONS, target, only_from, "mission")
 
 
-def check_transaction_transition(current: TransactionStatus, target: TransactionStatus) -> None:
-    if target not in TRANSACTION_TRANSITIONS[current]:
-        raise IllegalTransition(f"transaction cannot go from {current.value} to {target.value}")
+def transaction_sources(
+    target: TransactionStatus,
+    only_from: Iterable[TransactionStatus] | None = None,
+    *,
+    or_already: bool = False,
+) -> list[str]:
+    """As `mission_sources`, for transactions. `or_already`: the write also applies when the
+    transaction already has `target` (two writers record one outcome: the worker and
+    result_processor; whichever comes second adds its details without changing the status)."""
+    sources = _sources(TRANSACTION_TRANSITIONS, target, only_from, "transaction")
+    return [*sources, target.value] if or_already else sources
+
+
+def _sources(
+    table: dict,
+    target: StrEnum,
+    only_from: Iterable[StrEnum] | None,
+    kind: str,
+) -> list[str]:
+    allowed = [s for s, targets in table.items() if target in targets]
+    if only_from is None:
+        return [s.value for s in allowed]
+    chosen = list(only_from)
+    for source in chosen:
+        if source not in allowed:
+            raise IllegalTransition(f"{kind} cannot go from {source.value} to {target.value}")
+    return [s.value for s in chosen]
 
 
 def after_failed_attempt(
@@ -100,12 +137,3 @@ def mission_outcome(succeeded: int, failed: int, total: int) -> MissionStatus | 
     if succeeded + failed < total:
         return None
     return MissionStatus.SUCCEEDED if failed == 0 else MissionStatus.FAILED
-
-
-def mission_sources(target: MissionStatus) -> list[str]:
-    """Statuses a mission may be in for a conditional write that moves it to `target`."""
-    return [s.value for s, targets in MISSION_TRANSITIONS.items() if target in targets]
-
-
-def transaction_sources(target: TransactionStatus) -> list[str]:
-    return [s.value for s, targets in TRANSACTION_TRANSITIONS.items() if target in targets]

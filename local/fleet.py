@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chalicelib.capacity import STAGE_TAG
+from chalicelib.layout import STAGE_TAG
 from chalicelib.observability import logger
 from local.chaos import Chaos
 from local.imds import MetadataServer

@@ -22,7 +22,6 @@ import boto3
 import botocore.session
 from chalice.test import Client
 
-from chalicelib import aws
 from chalicelib.capacity import mission_instances
 from chalicelib.context import get_context, reset_process_state
 from chalicelib.settings import get_settings
@@ -183,8 +182,8 @@ class InProcessCluster:
             agent = WorkerAgent(
                 settings=get_settings(),
                 store=get_context().store,
-                s3=aws.s3(),
-                ec2=aws.ec2(),
+                s3=get_context().aws.s3,
+                ec2=get_context().aws.ec2,
                 metadata=metadata,
                 workdir=workdir,
                 **extra,

@@ -12,25 +12,24 @@ attempts left goes back to the queue for any worker.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from chalicelib.apps import BUILTIN_APPS, builtin_argv, render_argv
-from chalicelib.capacity import MISSION_TAG
-from chalicelib.config import ArgvApp, LinesSplit, MissionConfig, exit_rules
-from chalicelib.layout import failure_key, part_key
-from chalicelib.models import TransactionModel
-from chalicelib.observability import bind_mission, logger
-from chalicelib.planning import Plan
+from chalicelib.config import ArgvApp, LinesSplit
+from chalicelib.domain import Mission, Transaction
+from chalicelib.layout import MISSION_TAG, FailureMarker, failure_key, part_key
+from chalicelib.observability import bind_mission, count, flush_metrics, logger
 from chalicelib.pricing import estimated_cost
 from chalicelib.settings import Settings
 from chalicelib.states import MissionStatus, TransactionStatus, after_failed_attempt
@@ -40,6 +39,35 @@ from worker_ami.runner import AppResult, run_app
 
 # How long a worker waits for a mission still being planned (workers can boot that fast locally).
 PLANNING_WAIT_SECONDS = 300.0
+
+
+class Verdict(Enum):
+    """What one attempt's result means for its transaction."""
+
+    HAND_BACK = "hand back"  # not the app's fault (interrupted, lease lost): no attempt spent
+    SUCCEEDED = "succeeded"
+    RETRY = "retry"  # failed, attempts left: back to the queue for any worker
+    FAILED = "failed"  # failed for good: a failure marker reports it
+
+
+def verdict_of(result: AppResult, attempt: int, mission: Mission, interrupted: bool) -> Verdict:
+    """Pure: the verdict on an attempt, from its result, the mission's rules and the notice."""
+    if result.aborted or (interrupted and result.exit_code != 0):
+        return Verdict.HAND_BACK
+    if result.exit_code == 0:
+        return Verdict.SUCCEEDED
+    after = after_failed_attempt(
+        attempt, mission.config.max_attempts, result.exit_code, mission.exit_rules
+    )
+    return Verdict.RETRY if after is TransactionStatus.PENDING else Verdict.FAILED
+
+
+_LOG_OF = {
+    Verdict.HAND_BACK: ("transaction handed back", "warning"),
+    Verdict.SUCCEEDED: ("transaction succeeded", "info"),
+    Verdict.RETRY: ("attempt failed; transaction requeued", "warning"),
+    Verdict.FAILED: ("transaction failed for good", "error"),
+}
 
 
 @dataclass(frozen=True)
@@ -84,9 +112,7 @@ class WorkerAgent:
         self._input_path: Path | None = None
         self._line_offsets: list[int] | None = None
         self._counts_lock = threading.Lock()
-        self._succeeded = 0
-        self._failed_attempts = 0
-        self._handed_back = 0
+        self._verdicts: Counter[Verdict] = Counter()
         # Set by a Spot interruption notice: stop claiming, stop apps, hand work back.
         self.interrupted = threading.Event()
         # Set by a notice or a rebalance recommendation: claim no more transactions.
@@ -116,16 +142,17 @@ class WorkerAgent:
             seconds = self._clock() - began
             if mission_id is not None:
                 cost = estimated_cost(identity.instance_type, identity.market, seconds)
-                self._store.add_instance_usage(mission_id, seconds, cost)
+                self._store.missions.add_instance_usage(mission_id, seconds, cost)
+            flush_metrics()
             if self._terminate_when_done:
                 logger.info("no work left: terminating this instance")
                 self._ec2.terminate_instances(InstanceIds=[identity.instance_id])
         return AgentReport(
             identity.instance_id,
             mission_id,
-            self._succeeded,
-            self._failed_attempts,
-            self._handed_back,
+            self._verdicts[Verdict.SUCCEEDED],
+            self._verdicts[Verdict.RETRY] + self._verdicts[Verdict.FAILED],
+            self._verdicts[Verdict.HAND_BACK],
             self.interrupted.is_set(),
             seconds,
         )
@@ -163,15 +190,11 @@ class WorkerAgent:
         mission = self._wait_until_planned(mission_id)
         if mission is None:
             return
-        config = MissionConfig.model_validate_json(mission.config_json)
         # Default: one slot per vCPU of this machine.
-        slots = self._slots_override or config.instances.slots or os.cpu_count() or 1
-        lease = self._settings.lease_seconds
+        slots = self._slots_override or mission.config.instances.slots or os.cpu_count() or 1
         threads = [
             threading.Thread(
-                target=self._slot_loop,
-                args=(f"{instance_id}/{slot}", mission, config, lease),
-                name=f"slot-{slot}",
+                target=self._slot_loop, args=(f"{instance_id}/{slot}", mission), name=f"slot-{slot}"
             )
             for slot in range(slots)
         ]
@@ -180,165 +203,166 @@ class WorkerAgent:
         for t in threads:
             t.join()
 
-    def _wait_until_planned(self, mission_id: str) -> Any:
+    def _wait_until_planned(self, mission_id: str) -> Mission | None:
         deadline = self._clock() + PLANNING_WAIT_SECONDS
         delay = 0.2
         while True:
-            mission = self._store.get_mission(mission_id)
-            if mission.status != MissionStatus.PLANNING.value:
+            mission = self._store.missions.get(mission_id)
+            if mission.status is not MissionStatus.PLANNING:
                 break
             if self._clock() > deadline:
                 logger.error("mission still planning after the wait; giving up")
                 return None
             self._sleep(delay)
             delay = min(delay * 2, 5.0)
-        if mission.status != MissionStatus.RUNNING.value:
-            logger.info("mission is not running", extra={"status": mission.status})
+        if mission.status is not MissionStatus.RUNNING:
+            logger.info("mission is not running", extra={"status": mission.status.value})
             return None
         return mission
 
-    def _slot_loop(self, owner: str, mission: Any, config: MissionConfig, lease: int) -> None:
+    def _slot_loop(self, owner: str, mission: Mission) -> None:
         bind_mission(mission.mission_id)
-        plan = Plan.for_split(config.split, mission.n_lines)
+        lease = self._settings.lease_seconds
         while not self.draining.is_set():
-            txn = self._store.claim_next(
-                mission.mission_id, owner, self._clock(), lease, plan.slice
-            )
+            txn = self._store.transactions.claim_next(mission, owner, self._clock(), lease)
             if txn is None:
                 return
-            self._run_transaction(owner, mission, config, txn, lease)
+            self._run_transaction(owner, mission, txn)
 
     # ---- one transaction ------------------------------------------------------------------
 
-    def _run_transaction(
-        self, owner: str, mission: Any, config: MissionConfig, txn: TransactionModel, lease: int
-    ) -> None:
-        index, attempt = int(txn.index), int(txn.attempts)
-        scratch = Path(tempfile.mkdtemp(prefix=f"t{index:08d}-", dir=self._workdir))
+    def _run_transaction(self, owner: str, mission: Mission, txn: Transaction) -> None:
+        scratch = Path(tempfile.mkdtemp(prefix=f"t{txn.index:08d}-", dir=self._workdir))
         try:
             output = scratch / "part.out"
-            values = {
-                "input": str(self._input_for(mission, config, txn, scratch)),
-                "output": str(output),
-                "index": index,
-                "count": int(mission.n_total),
-                "start": int(txn.start),
-                "end": int(txn.end),
-                "attempt": attempt,
-                "python": self._python,
-            }
-            try:
-                argv = render_argv(self._argv_template(config), values)
-            except (KeyError, ValueError, IndexError) as e:
-                # Validation refuses such templates; a config stored before a rule changed
-                # must still fail as an attempt, not crash the worker.
-                argv = []
-                result = AppResult(126, f"cannot render the argv template: {e!r}", 0.0)
-            if argv:
-                heartbeat = _Heartbeat(self._store, txn, owner, lease, self._clock)
-                result = run_app(
-                    argv,
-                    config.timeouts.transaction_seconds,
-                    scratch,
-                    scratch / "stderr.log",
-                    keep_going=lambda: not self.interrupted.is_set() and heartbeat.beat(),
-                )
+            result = self._attempt(owner, mission, txn, scratch, output)
             if result.exit_code == 0 and not output.exists():
                 result = AppResult(
                     1, f"the app exited 0 but wrote no output to {output}", result.seconds
                 )
-            self._report(owner, mission, config, txn, result, output)
+            verdict = verdict_of(result, txn.attempts, mission, self.interrupted.is_set())
+            self._apply(verdict, owner, mission, txn, result, output)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _report(
+    def _attempt(
+        self, owner: str, mission: Mission, txn: Transaction, scratch: Path, output: Path
+    ) -> AppResult:
+        """Run the app once on the transaction's slice, heartbeating its lease."""
+        values = {
+            "input": str(self._input_for(mission, txn, scratch)),
+            "output": str(output),
+            "index": txn.index,
+            "count": mission.total,
+            "start": txn.start,
+            "end": txn.end,
+            "attempt": txn.attempts,
+            "python": self._python,
+        }
+        try:
+            argv = render_argv(self._argv_template(mission), values)
+        except (KeyError, ValueError, IndexError) as e:
+            # Validation refuses such templates; a config stored before a rule changed must
+            # still fail as an attempt, not crash the worker.
+            return AppResult(126, f"cannot render the argv template: {e!r}", 0.0)
+        heartbeat = _Heartbeat(self._store, txn, owner, self._settings.lease_seconds, self._clock)
+        return run_app(
+            argv,
+            mission.config.timeouts.transaction_seconds,
+            scratch,
+            scratch / "stderr.log",
+            keep_going=lambda: not self.interrupted.is_set() and heartbeat.beat(),
+        )
+
+    def _apply(
         self,
+        verdict: Verdict,
         owner: str,
-        mission: Any,
-        config: MissionConfig,
-        txn: TransactionModel,
+        mission: Mission,
+        txn: Transaction,
         result: AppResult,
         output: Path,
     ) -> None:
-        index, attempt = int(txn.index), int(txn.attempts)
-        log = {"index": index, "attempt": attempt, "seconds": round(result.seconds, 3)}
+        """Carry the verdict out: the part or the marker to S3, the record to the store."""
+        log = {"index": txn.index, "attempt": txn.attempts, "seconds": round(result.seconds, 3)}
+        failed = verdict in (Verdict.RETRY, Verdict.FAILED)
+        if failed:  # the app failed on this worker, whoever holds the lease now
+            log |= {"exit_code": result.exit_code, "stderr": result.stderr_tail[-300:]}
+            self._tally(verdict)
+        transactions = self._store.transactions
         bucket = self._settings.result_bucket
         try:
-            if result.aborted or (self.interrupted.is_set() and result.exit_code != 0):
-                # Not the app's fault: give the transaction back without spending the attempt.
-                self._store.hand_back(txn, owner, self._clock(), "handed back: Spot interruption")
-                with self._counts_lock:
-                    self._handed_back += 1
-                logger.warning("transaction handed back", extra=log)
-                return
-            if result.exit_code == 0:
-                key = part_key(mission.mission_id, index)
-                self._s3.upload_file(str(output), bucket, key)
-                self._store.finish_transaction(
-                    txn,
-                    owner,
-                    TransactionStatus.SUCCEEDED,
-                    0,
-                    None,
-                    result.seconds,
-                    key,
-                    self._clock(),
+            if verdict is Verdict.HAND_BACK:
+                transactions.hand_back(txn, owner, self._clock(), "handed back: Spot interruption")
+            elif verdict is Verdict.RETRY:
+                transactions.requeue(
+                    txn, owner, result.exit_code, result.stderr_tail, self._clock()
                 )
-                with self._counts_lock:
-                    self._succeeded += 1
-                logger.info("transaction succeeded", extra=log)
-                return
-            with self._counts_lock:
-                self._failed_attempts += 1
-            log |= {"exit_code": result.exit_code, "stderr": result.stderr_tail[-300:]}
-            verdict = after_failed_attempt(
-                attempt, config.max_attempts, result.exit_code, exit_rules(config)
-            )
-            if verdict is TransactionStatus.PENDING:
-                self._store.requeue(txn, owner, result.exit_code, result.stderr_tail, self._clock())
-                logger.warning("attempt failed; transaction requeued", extra=log)
-                return
-            marker = {
-                "exit_code": result.exit_code,
-                "error": result.stderr_tail or f"exit code {result.exit_code}",
-                "attempts": attempt,
-                "timed_out": result.timed_out,
-            }
-            key = failure_key(mission.mission_id, index)
-            self._s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(marker).encode())
-            self._store.finish_transaction(
-                txn,
-                owner,
-                TransactionStatus.FAILED,
-                result.exit_code,
-                marker["error"],
-                result.seconds,
-                None,
-                self._clock(),
-            )
-            logger.error("transaction failed for good", extra=log)
+                count("TransactionsRetried")
+            elif verdict is Verdict.SUCCEEDED:
+                key = part_key(mission.mission_id, txn.index)
+                self._s3.upload_file(str(output), bucket, key)
+                self._finish(txn, owner, TransactionStatus.SUCCEEDED, result, None, key)
+            else:
+                marker = FailureMarker(
+                    error=result.stderr_tail or f"exit code {result.exit_code}",
+                    exit_code=result.exit_code,
+                    attempts=txn.attempts,
+                    timed_out=result.timed_out,
+                )
+                key = failure_key(mission.mission_id, txn.index)
+                self._s3.put_object(Bucket=bucket, Key=key, Body=marker.to_bytes())
+                self._finish(txn, owner, TransactionStatus.FAILED, result, marker.error, None)
         except Conflict:
             # The lease was taken from us (it expired and the transaction was requeued): the
             # other holder's outcome counts; ours is dropped.
             logger.warning("lost the lease; outcome dropped", extra=log)
+            return
+        if not failed:
+            self._tally(verdict)
+        message, level = _LOG_OF[verdict]
+        getattr(logger, level)(message, extra=log)
 
-    def _argv_template(self, config: MissionConfig) -> list[str]:
-        if isinstance(config.app, ArgvApp):
-            return list(config.app.argv)
-        app = BUILTIN_APPS[config.app.builtin]
-        return builtin_argv(app, config.app.params.model_dump())
+    def _tally(self, verdict: Verdict) -> None:
+        with self._counts_lock:
+            self._verdicts[verdict] += 1
+
+    def _finish(
+        self,
+        txn: Transaction,
+        owner: str,
+        status: TransactionStatus,
+        result: AppResult,
+        error: str | None,
+        part: str | None,
+    ) -> None:
+        self._store.transactions.finish(
+            txn,
+            owner=owner,
+            status=status,
+            exit_code=result.exit_code,
+            error=error,
+            run_seconds=result.seconds,
+            part_key=part,
+            now=self._clock(),
+        )
+
+    def _argv_template(self, mission: Mission) -> list[str]:
+        app = mission.config.app
+        if isinstance(app, ArgvApp):
+            return list(app.argv)
+        return builtin_argv(BUILTIN_APPS[app.builtin], app.params.model_dump())
 
     # ---- input ----------------------------------------------------------------------------
 
-    def _input_for(
-        self, mission: Any, config: MissionConfig, txn: TransactionModel, scratch: Path
-    ) -> Path:
+    def _input_for(self, mission: Mission, txn: Transaction, scratch: Path) -> Path:
         """The whole input (downloaded once per worker), or in `lines` mode this slice of it."""
         whole = self._download_input(mission)
-        if not isinstance(config.split, LinesSplit):
+        split = mission.config.split
+        if not isinstance(split, LinesSplit):
             return whole
-        offsets = self._offsets(whole, config.split.lines_per_transaction)
-        index = int(txn.index)
+        offsets = self._offsets(whole, split.lines_per_transaction)
+        index = txn.index
         begin = offsets[index]
         end = offsets[index + 1] if index + 1 < len(offsets) else whole.stat().st_size
         sliced = scratch / "slice.in"
@@ -353,7 +377,7 @@ class WorkerAgent:
                 remaining -= len(chunk)
         return sliced
 
-    def _download_input(self, mission: Any) -> Path:
+    def _download_input(self, mission: Mission) -> Path:
         with self._input_lock:
             if self._input_path is None:
                 path = self._workdir / "input"
@@ -384,7 +408,7 @@ class _Heartbeat:
     def __init__(
         self,
         store: Store,
-        txn: TransactionModel,
+        txn: Transaction,
         owner: str,
         lease: int,
         clock: Callable[[], float],
@@ -404,14 +428,14 @@ class _Heartbeat:
         if now - self._last < self._lease / 3:
             return True
         self._last = now
-        alive = self._store.extend_lease(self._txn, self._owner, now, self._lease)
+        alive = self._store.transactions.extend_lease(self._txn, self._owner, now, self._lease)
         if not alive:
-            logger.warning("lease lost: stopping the app", extra={"index": int(self._txn.index)})
+            logger.warning("lease lost: stopping the app", extra={"index": self._txn.index})
         return alive
 
 
 def main(argv: list[str] | None = None) -> int:
-    from chalicelib import aws
+    from chalicelib.aws import AwsClients
     from chalicelib.settings import get_settings
     from worker_ami.metadata import Imdsv2Metadata
 
@@ -437,11 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lighthpc-worker-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    clients = AwsClients()
     agent = WorkerAgent(
         settings=settings,
         store=Store(settings),
-        s3=aws.s3(),
-        ec2=aws.ec2(),
+        s3=clients.s3,
+        ec2=clients.ec2,
         metadata=Imdsv2Metadata(settings.imds_url),
         workdir=workdir,
         slots=args.slots,

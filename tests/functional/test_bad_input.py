@@ -186,7 +186,7 @@ def test_bad_input_file(shared, case: str, changes: dict, data: bytes, reason: s
     shared.deliver_source_events()
     failed_with(shared, mission_id, reason)
     # The key is free again for a corrected upload and config.
-    assert get_context().store.mission_awaiting(key) is None
+    assert get_context().store.missions.awaiting(key) is None
 
 
 def test_input_deleted_before_planning(shared: InProcessCluster):

@@ -22,9 +22,8 @@ import botocore.session
 import pytest
 from moto import mock_aws
 
-from chalicelib import aws
 from chalicelib.context import get_context, reset_process_state
-from chalicelib.models import MissionModel
+from chalicelib.store.models import MissionModel
 from chalicelib.sweeper import sweep
 from local import inprocess
 from local.inprocess import InProcessCluster
@@ -163,12 +162,12 @@ def _attribute(cluster: InProcessCluster, recorder: Recorder) -> None:
     # Each function is a process of its own in Lambda: nothing it looked up is cached for the
     # next one (the queue URL is the one lookup chalicelib caches).
     def request(*args: Any, **kwargs: Any) -> Any:
-        aws.queue_url.cache_clear()
+        get_context().aws.queue_urls.clear()
         with recorder.acting_as("api_handler"):
             return http_request(*args, **kwargs)
 
     def lambda_invoke(function: str, *args: Any, **kwargs: Any) -> Any:
-        aws.queue_url.cache_clear()
+        get_context().aws.queue_urls.clear()
         with recorder.acting_as(function):
             return invoke(function, *args, **kwargs)
 
@@ -270,7 +269,7 @@ def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> None:
         ]
     )
     later = dataclasses.replace(get_context(), clock=lambda: time.time() + 7200)
-    aws.queue_url.cache_clear()
+    get_context().aws.queue_urls.clear()
     with recorder.acting_as("sweeper"):
         report = sweep(later)
     assert spot in report.timed_out and never in report.timed_out, report

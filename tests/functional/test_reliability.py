@@ -9,10 +9,7 @@ import time
 
 import pytest
 
-from chalicelib import aws
-from chalicelib.config import MissionConfig
 from chalicelib.context import get_context
-from chalicelib.planning import Plan
 from chalicelib.sweeper import sweep
 from local.inprocess import InProcessCluster
 from tests.functional.test_mission import SAMPLE, assert_succeeded, kmer_config, submit
@@ -36,12 +33,9 @@ def rows(cluster: InProcessCluster, mission_id: str) -> list[dict]:
 
 
 def claim(mission_id: str, owner: str, now: float, lease: int):
-    """Claim as a worker would (the plan comes from the mission's config)."""
+    """Claim as a worker would."""
     store = get_context().store
-    stored = store.get_mission(mission_id)
-    config = MissionConfig.model_validate_json(stored.config_json)
-    plan = Plan.for_split(config.split, stored.n_lines)
-    return store.claim_next(mission_id, owner, now, lease, plan.slice)
+    return store.transactions.claim_next(store.missions.get(mission_id), owner, now, lease)
 
 
 def lose_a_worker(cluster: InProcessCluster, mission_id: str) -> tuple[str, int]:
@@ -49,7 +43,7 @@ def lose_a_worker(cluster: InProcessCluster, mission_id: str) -> tuple[str, int]
     instance_id = sorted(cluster.instance_states(mission_id))[0]
     txn = claim(mission_id, f"{instance_id}/0", time.time() - 600, 1)
     cluster.ec2.terminate_instances(InstanceIds=[instance_id])
-    return instance_id, int(txn.index)
+    return instance_id, txn.index
 
 
 def test_a_lost_worker_is_swept_and_replaced(cluster: InProcessCluster):
@@ -117,8 +111,8 @@ def test_spot_warning_hands_work_back_from_the_control_side(cluster: InProcessCl
         cluster.api.lambda_.invoke("spot_interruption", event)
     after = rows(cluster, mission_id)
     for txn in held:
-        assert after[int(txn.index)]["status"] == "PENDING"
-        assert after[int(txn.index)]["attempts"] == 0  # an interruption spends no attempt
+        assert after[txn.index]["status"] == "PENDING"
+        assert after[txn.index]["attempts"] == 0  # an interruption spends no attempt
     assert len(cluster.instance_states(mission_id)) == before + 1  # one replacement, not two
     cluster.ec2.terminate_instances(InstanceIds=[instance_id])  # EC2 reclaims it
     cluster.run_workers(mission_id)
@@ -206,8 +200,9 @@ def test_late_and_duplicate_result_events_change_nothing(cluster: InProcessClust
     assert done["status"] == "SUCCEEDED"
     # S3 delivers the same part event again, much later.
     part = f"parts/{mission_id}/00000002.out"
-    body = aws.s3().get_object(Bucket=get_context().settings.result_bucket, Key=part)["Body"]
-    aws.s3().put_object(Bucket=get_context().settings.result_bucket, Key=part, Body=body.read())
+    s3, bucket = get_context().aws.s3, get_context().settings.result_bucket
+    body = s3.get_object(Bucket=bucket, Key=part)["Body"]
+    s3.put_object(Bucket=bucket, Key=part, Body=body.read())
     cluster.deliver_result_events(times=3)
     assert mission(cluster, mission_id) == done
     assert len(cluster.emails()) == 1
@@ -226,7 +221,7 @@ def test_a_result_processor_crash_midway_is_retried(cluster: InProcessCluster, c
 
 
 def test_a_launch_that_came_short_is_topped_up(cluster: InProcessCluster):
-    from chalicelib.models import MissionModel
+    from chalicelib.store.models import MissionModel
 
     mission_id = start(cluster, kmer_config("short", "short.fa"))  # wants 3 instances
     ids = sorted(cluster.instance_states(mission_id))
@@ -252,8 +247,8 @@ def test_a_rebalance_recommendation_stops_claims(cluster: InProcessCluster):
     report = WorkerAgent(
         settings=get_context().settings,
         store=get_context().store,
-        s3=aws.s3(),
-        ec2=aws.ec2(),
+        s3=get_context().aws.s3,
+        ec2=get_context().aws.ec2,
         metadata=metadata,
         workdir=cluster.workdir,
     ).run()
@@ -269,7 +264,7 @@ def test_a_retry_nobody_claims_brings_new_capacity(cluster: InProcessCluster):
     """Live instances that do not work (hung, draining) must not strand the work."""
     mission_id = start(cluster, kmer_config("stranded", "st.fa", count=4))
     txn = claim(mission_id, "i-hung/0", time.time(), 300)
-    get_context().store.requeue(txn, "i-hung/0", 1, "failed once", time.time())
+    get_context().store.transactions.requeue(txn, "i-hung/0", 1, "failed once", time.time())
     assert sweep(get_context()).relaunched == {}  # 3 live instances, retry not yet old...
     later = dataclasses.replace(get_context(), clock=lambda: time.time() + 600)
     assert sweep(later).relaunched == {mission_id: 2}  # ...now it is: capacity for the rest
@@ -278,7 +273,7 @@ def test_a_retry_nobody_claims_brings_new_capacity(cluster: InProcessCluster):
 def test_a_claim_lost_between_cursor_and_item_is_requeued(cluster: InProcessCluster):
     """A worker dies after the cursor handed it an index but before its claim was written."""
     mission_id = start(cluster, kmer_config("lost claim", "lc.fa", count=6))
-    lost = get_context().store._advance_cursor(mission_id)  # the dead worker's half-claim
+    lost = get_context().store.transactions._advance_cursor(mission_id)  # a dead half-claim
     cluster.run_workers(mission_id)
     cluster.deliver_result_events()
     assert mission(cluster, mission_id)["status"] == "RUNNING"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.planning import split_interval, split_lines
+from chalicelib.planning import Plan
 from worker_ami.apps import kmer_match, seq_stats
 
 K, SEED, REF_LENGTH = 8, 11, 200
@@ -112,7 +112,7 @@ def test_match_output_is_in_reference_order(sample: set[str]) -> None:
 def test_split_match_concatenates_to_the_whole_run(sample: set[str], count: int) -> None:
     whole = run_match(sample, 0, N_REFS)
     assert whole  # the property is only interesting with hits
-    parts = [run_match(sample, s.start, s.end) for s in split_interval(0, N_REFS, count)]
+    parts = [run_match(sample, s.start, s.end) for s in Plan.by_count(0, N_REFS, count).slices()]
     assert [line for part in parts for line in part] == whole
 
 
@@ -144,7 +144,7 @@ def test_kmer_main_parts_equal_whole(tmp_path: Path, sample: set[str]) -> None:
     src.write_text(kmer_match.demo_sample(SEED, [3, 17, 41], REF_LENGTH, fragment=80))
     assert kmer_match.main(_kmer_args(tmp_path, src, 0, N_REFS, "whole.out")) == 0
     parts = []
-    for s in split_interval(0, N_REFS, 4):
+    for s in Plan.by_count(0, N_REFS, 4).slices():
         name = f"part{s.index}.out"
         assert kmer_match.main(_kmer_args(tmp_path, src, s.start, s.end, name)) == 0
         parts.append((tmp_path / name).read_text())
@@ -207,7 +207,7 @@ def test_stats_over_line_slices_equals_whole(per: int) -> None:
     whole = list(seq_stats.stats(LINES, 0))
     parts = [
         line
-        for s in split_lines(len(LINES), per)
+        for s in Plan.by_lines(len(LINES), per).slices()
         for line in seq_stats.stats(LINES[s.start : s.end], s.start)
     ]
     assert parts == whole
@@ -219,7 +219,7 @@ def test_seq_stats_main_parts_equal_whole(tmp_path: Path) -> None:
     args = ["--input", str(whole_in), "--output", str(tmp_path / "whole.out")]
     assert seq_stats.main([*args, "--start", "0", "--end", str(len(LINES))]) == 0
     merged = ""
-    for s in split_lines(len(LINES), 4):
+    for s in Plan.by_lines(len(LINES), 4).slices():
         part_in = tmp_path / f"in{s.index}"
         part_in.write_bytes(b"".join(LINES[s.start : s.end]))
         out = tmp_path / f"out{s.index}"

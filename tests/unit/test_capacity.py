@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from chalicelib.capacity import MISSION_TAG, fleet_request
+from chalicelib.capacity import fleet_request
 from chalicelib.config import Instances
+from chalicelib.layout import MISSION_TAG
 from chalicelib.settings import Settings
 
 

@@ -6,14 +6,16 @@ import itertools
 
 import pytest
 
-from chalicelib.planning import (
-    Plan,
-    Slice,
-    instances_needed,
-    split_interval,
-    split_lines,
-    transaction_count_for_lines,
-)
+from chalicelib.planning import Plan, Slice, instances_needed, transaction_count_for_lines
+
+
+def split_interval(start: int, end: int, count: int):
+    return Plan.by_count(start, end, count).slices()
+
+
+def split_lines(total: int, per: int):
+    return Plan.by_lines(total, per).slices()
+
 
 INTERVAL_CASES = [
     (0, 10, 1),

@@ -1,0 +1,110 @@
+"""What the store hands out: a mission and a transaction as typed, frozen values.
+
+The store builds them from its items in one place each (`chalicelib.store`), so domain code never
+sees pynamodb, parses no config and casts no numbers: the config is parsed once, counts are ints,
+times are datetimes (or epoch seconds for leases, which conditions compare with the clock).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+
+from chalicelib.config import MissionConfig, exit_rules, slots_per_instance
+from chalicelib.planning import Plan, Slice
+from chalicelib.states import TERMINAL_MISSION, MissionStatus, TransactionStatus
+
+
+@dataclass(frozen=True)
+class Mission:
+    mission_id: str
+    name: str
+    status: MissionStatus
+    config: MissionConfig
+    input_key: str
+    created_at: datetime
+    submitted_by: str | None = None
+    input_etag: str | None = None
+    input_bytes: int | None = None
+    started_at: datetime | None = None  # planning began
+    running_at: datetime | None = None
+    finished_at: datetime | None = None
+    notified_at: datetime | None = None
+    planning_lease_until: float | None = None  # epoch seconds
+    notify_lease_until: float | None = None  # epoch seconds
+    total: int = 0  # transactions in the plan (0 until planned)
+    input_lines: int | None = None  # lines mode: the input's line count, for the plan
+    handed_out: int = 0  # the claim cursor: indexes below it were handed to a worker
+    succeeded: int = 0
+    failed: int = 0
+    instances: int = 0
+    relaunches: int = 0
+    launch_errors: str | None = None
+    instance_seconds: float = 0.0
+    estimated_cost: float = 0.0  # USD
+    result_key: str | None = None
+    error: str | None = None  # why the mission failed as a whole
+
+    @cached_property
+    def plan(self) -> Plan:
+        """The formula for slice `i` (a lines-mode plan is empty until the lines are counted)."""
+        return Plan.for_split(self.config.split, self.input_lines)
+
+    @property
+    def notify(self) -> str | None:
+        return self.config.notify
+
+    @property
+    def counted(self) -> int:
+        return self.succeeded + self.failed
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.counted
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_MISSION
+
+    @property
+    def slots(self) -> int:
+        return slots_per_instance(self.config.instances)
+
+    @property
+    def exit_rules(self) -> list[tuple[str, str]]:
+        return exit_rules(self.config)
+
+
+@dataclass(frozen=True)
+class Transaction:
+    mission_id: str
+    index: int
+    status: TransactionStatus
+    start: int
+    end: int
+    attempts: int = 0
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None  # epoch seconds
+    exit_code: int | None = None
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    run_seconds: float | None = None
+    part_key: str | None = None
+
+    @classmethod
+    def pending(cls, mission_id: str, s: Slice) -> Transaction:
+        """A transaction never claimed: it has no item, only its slice of the plan."""
+        return cls(mission_id, s.index, TransactionStatus.PENDING, s.start, s.end)
+
+    def lease_expired(self, now: float) -> bool:
+        return self.lease_expires_at is not None and self.lease_expires_at < now
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a mission's instances cost: instance-seconds and an estimate in USD."""
+
+    instance_seconds: float
+    estimated_cost: float

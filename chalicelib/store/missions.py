@@ -1,0 +1,373 @@
+"""The mission table (and the input bindings, the rendezvous of a config and its upload).
+
+Every status change is a conditional write whose sources come from `chalicelib.states`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
+from pynamodb.transactions import TransactWrite
+
+from chalicelib.config import MissionConfig
+from chalicelib.domain import Mission, Usage
+from chalicelib.planning import Plan
+from chalicelib.states import MissionStatus, mission_sources
+from chalicelib.store.errors import InputBusy, NotFound, conditional, translated
+from chalicelib.store.models import LISTED, NEEDS_CARE, InputModel, MissionModel
+
+M = MissionStatus
+
+
+def utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=UTC)
+
+
+def mission_of(item: MissionModel) -> Mission:
+    """The one place a mission item becomes a `Mission`."""
+    return Mission(
+        mission_id=item.mission_id,
+        name=item.name,
+        status=MissionStatus(item.status),
+        config=MissionConfig.model_validate_json(item.config_json),
+        input_key=item.input_key,
+        created_at=item.created_at,
+        submitted_by=item.submitted_by,
+        input_etag=item.input_etag,
+        input_bytes=_int(item.input_bytes),
+        started_at=item.started_at,
+        running_at=item.running_at,
+        finished_at=item.finished_at,
+        notified_at=item.notified_at,
+        planning_lease_until=_float(item.planning_lease_until),
+        notify_lease_until=_float(item.notify_lease_until),
+        total=int(item.n_total or 0),
+        input_lines=_int(item.n_lines),
+        handed_out=int(item.next_index or 0),
+        succeeded=int(item.n_succeeded or 0),
+        failed=int(item.n_failed or 0),
+        instances=int(item.n_instances or 0),
+        relaunches=int(item.relaunches or 0),
+        launch_errors=item.launch_errors,
+        instance_seconds=float(item.instance_seconds or 0),
+        estimated_cost=float(item.estimated_cost or 0),
+        result_key=item.result_key,
+        error=item.error,
+    )
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+class MissionStore:
+    def __init__(self, atomic: Callable[[], TransactWrite]) -> None:
+        # A DynamoDB TransactWriteItems: several items written all or nothing.
+        self._atomic = atomic
+
+    # ---- reads ------------------------------------------------------------------------------
+
+    def get(self, mission_id: str) -> Mission:
+        with translated(f"read mission {mission_id}", missing=f"no mission {mission_id!r}"):
+            return mission_of(MissionModel.get(mission_id, consistent_read=True))
+
+    def newest(self, limit: int) -> list[Mission]:
+        """The newest `limit` missions, newest first: one index query and one batch read."""
+        with translated("list missions"):
+            newest = MissionModel.by_creation.query(LISTED, scan_index_forward=False, limit=limit)
+            items = list(MissionModel.batch_get([m.mission_id for m in newest]))
+        missions = [mission_of(item) for item in items]
+        missions.sort(key=lambda m: m.created_at, reverse=True)
+        return missions
+
+    def awaiting(self, input_key: str) -> str | None:
+        """The mission waiting for this input key, if any."""
+        try:
+            with translated("read input binding"):
+                return InputModel.get(input_key, consistent_read=True).mission_id
+        except NotFound:
+            return None
+
+    def needing_care(self) -> list[Mission]:
+        """Missions the sweeper looks at: unfinished ones, and finished ones not yet mailed.
+
+        The sparse care index names them (every mission from creation until its email is sent);
+        the missions themselves are read consistently, as the sweeper acts on their state.
+        """
+        with translated("read the missions needing care"):
+            keys = [m.mission_id for m in MissionModel.needing_care.query(NEEDS_CARE)]
+            items = list(MissionModel.batch_get(keys, consistent_read=True))
+        missions = sorted((mission_of(item) for item in items), key=lambda m: m.mission_id)
+        return [m for m in missions if not m.terminal or m.notified_at is None]
+
+    # ---- the life of a mission --------------------------------------------------------------
+
+    def create(self, mission: Mission) -> None:
+        """Store a new mission and register it as the one awaiting its input, atomically."""
+        item = MissionModel(
+            mission.mission_id,
+            name=mission.name,
+            status=mission.status.value,
+            config_json=mission.config.model_dump_json(),
+            input_key=mission.input_key,
+            notify=mission.notify,
+            submitted_by=mission.submitted_by,
+            created_at=mission.created_at,
+            needs_care=NEEDS_CARE,
+        )
+        binding = InputModel(mission.input_key, mission_id=mission.mission_id)
+        with conditional(f"store mission {mission.mission_id}") as write, self._atomic() as tx:
+            tx.save(item, condition=MissionModel.mission_id.does_not_exist())
+            tx.save(binding, condition=InputModel.input_key.does_not_exist())
+        if not write.applied:
+            raise InputBusy(mission.input_key, self.awaiting(mission.input_key))
+
+    def begin_planning(self, mission_id: str, now: float, lease_seconds: int) -> Mission | None:
+        """Take the right to plan: exactly one caller wins, however many events arrive.
+
+        A mission awaiting its input moves to PLANNING. A planner that died mid-way left PLANNING
+        with a lease; once that lease has expired a redelivered event takes over (the input
+        binding is kept until planning ends, so a redelivered S3 event still finds the mission).
+        Returns None if the mission is not startable or someone else holds the lease.
+        """
+        unleased = MissionModel.planning_lease_until.does_not_exist() | (
+            MissionModel.planning_lease_until < now
+        )
+        with conditional(f"begin planning {mission_id}") as write:
+            item = self._move(
+                mission_id,
+                M.PLANNING,
+                [
+                    MissionModel.planning_lease_until.set(now + lease_seconds),
+                    MissionModel.started_at.set(utc(now)),
+                ],
+                also=unleased,
+            )
+        return mission_of(item) if write.applied else None
+
+    def record_input(self, mission_id: str, etag: str, size: int) -> None:
+        self._update(
+            mission_id,
+            [MissionModel.input_etag.set(etag), MissionModel.input_bytes.set(size)],
+        )
+
+    def mark_running(
+        self,
+        mission: Mission,
+        plan: Plan,
+        *,
+        instances: int,
+        launch_errors: str | None,
+        now: float,
+    ) -> None:
+        """PLANNING -> RUNNING with the plan: no item per transaction is written (see claims)."""
+        lines = [] if plan.total_lines is None else [MissionModel.n_lines.set(plan.total_lines)]
+        self._move_and_release(
+            mission,
+            M.RUNNING,
+            [
+                *lines,
+                MissionModel.n_total.set(plan.count),
+                MissionModel.n_instances.set(instances),
+                _set_or_remove(MissionModel.launch_errors, launch_errors),
+                MissionModel.running_at.set(utc(now)),
+                MissionModel.planning_lease_until.remove(),
+            ],
+            only_from=[M.PLANNING],
+        )
+
+    def fail_planning(self, mission: Mission, reason: str, now: float) -> None:
+        """Fail a mission whose input cannot be planned (empty, missing, too large...)."""
+        self._move_and_release(
+            mission,
+            M.FAILED,
+            [
+                MissionModel.error.set(reason),
+                MissionModel.finished_at.set(utc(now)),
+                MissionModel.planning_lease_until.remove(),
+            ],
+            only_from=[M.PLANNING],
+        )
+
+    def cancel(self, mission: Mission, now: float) -> None:
+        """Cancel a mission that has not finished; Conflict if it already has."""
+        self._move_and_release(
+            mission,
+            M.CANCELLED,
+            [
+                MissionModel.error.set("cancelled by request"),
+                MissionModel.finished_at.set(utc(now)),
+                MissionModel.planning_lease_until.remove(),
+            ],
+        )
+
+    def expire_awaiting(self, mission: Mission, reason: str, now: float) -> bool:
+        """Fail a mission whose input never came; False if it started or ended meanwhile."""
+        with conditional(f"expire mission {mission.mission_id}") as write:
+            self._move_and_release(
+                mission,
+                M.FAILED,
+                [MissionModel.error.set(reason), MissionModel.finished_at.set(utc(now))],
+                only_from=[M.AWAITING_INPUT],
+            )
+        return write.applied
+
+    def finish(
+        self,
+        mission_id: str,
+        status: MissionStatus,
+        result_key: str | None,
+        usage: Usage,
+        now: float,
+    ) -> bool:
+        """RUNNING -> SUCCEEDED/FAILED, once. False if another event already finished it."""
+        with conditional(f"finish mission {mission_id}") as write:
+            self._move(
+                mission_id,
+                status,
+                [
+                    _set_or_remove(MissionModel.result_key, result_key),
+                    MissionModel.finished_at.set(utc(now)),
+                    MissionModel.instance_seconds.set(usage.instance_seconds),
+                    MissionModel.estimated_cost.set(usage.estimated_cost),
+                ],
+                only_from=[M.RUNNING],
+            )
+        return write.applied
+
+    def time_out(self, mission_id: str, reason: str, now: float) -> bool:
+        """RUNNING -> FAILED for the mission as a whole; False if it already finished."""
+        with conditional(f"time out mission {mission_id}") as write:
+            self._move(
+                mission_id,
+                M.FAILED,
+                [MissionModel.error.set(reason), MissionModel.finished_at.set(utc(now))],
+                only_from=[M.RUNNING],
+            )
+        return write.applied
+
+    # ---- the email --------------------------------------------------------------------------
+
+    def claim_notification(self, mission_id: str, now: float, lease_seconds: int) -> bool:
+        """The right to send the completion email: one holder at a time, until it is sent.
+
+        If the holder fails to publish, its lease runs out and a redelivered event sends it.
+        """
+        free = MissionModel.notify_lease_until.does_not_exist() | (
+            MissionModel.notify_lease_until < now
+        )
+        with conditional(f"claim the email of {mission_id}") as write:
+            self._update(
+                mission_id,
+                [MissionModel.notify_lease_until.set(now + lease_seconds)],
+                condition=MissionModel.notified_at.does_not_exist() & free,
+            )
+        return write.applied
+
+    def mark_notified(self, mission_id: str, now: float) -> None:
+        self._update(
+            mission_id,
+            # Off the care index: the sweeper has nothing left to do for it.
+            [MissionModel.notified_at.set(utc(now)), MissionModel.needs_care.remove()],
+            condition=MissionModel.notified_at.does_not_exist(),
+        )
+
+    # ---- capacity ---------------------------------------------------------------------------
+
+    def add_instance_usage(self, mission_id: str, seconds: float, cost: float) -> None:
+        """A worker's life, reported when it ends."""
+        self._update(
+            mission_id,
+            [MissionModel.instance_seconds.add(seconds), MissionModel.estimated_cost.add(cost)],
+        )
+
+    def record_relaunch(self, mission_id: str, instances: int, launch_errors: str | None) -> None:
+        self._update(
+            mission_id,
+            [
+                MissionModel.n_instances.add(instances),
+                MissionModel.relaunches.add(1),
+                _set_or_remove(MissionModel.launch_errors, launch_errors),
+            ],
+        )
+
+    def claim_replacement(self, mission_id: str, instance_id: str) -> bool:
+        """The right to replace an interrupted instance, once (EC2 client tokens do that on AWS,
+        but not in moto, and a conditional write is cheaper than trusting either)."""
+        with conditional(f"claim the replacement of {instance_id}") as write:
+            self._update(
+                mission_id,
+                [MissionModel.replaced_instances.add({instance_id})],
+                condition=~MissionModel.replaced_instances.contains(instance_id),
+            )
+        return write.applied
+
+    # ---- the writes -------------------------------------------------------------------------
+
+    def _move(
+        self,
+        mission_id: str,
+        target: MissionStatus,
+        actions: list[Action],
+        only_from: list[MissionStatus] | None = None,
+        also: Condition | None = None,
+    ) -> MissionModel:
+        """A status change: the condition is the state table's sources (narrowed by
+        `only_from`), and `also` if given."""
+        condition = MissionModel.status.is_in(*mission_sources(target, only_from))
+        return self._update(
+            mission_id,
+            [MissionModel.status.set(target.value), *actions],
+            condition if also is None else condition & also,
+        )
+
+    def _move_and_release(
+        self,
+        mission: Mission,
+        target: MissionStatus,
+        actions: list[Action],
+        only_from: list[MissionStatus] | None = None,
+    ) -> None:
+        """A status change that also releases the input key for later configs, atomically."""
+        with (
+            translated(
+                f"update mission {mission.mission_id}",
+                refused=f"mission {mission.mission_id} cannot become {target.value} from its state",
+            ),
+            self._atomic() as tx,
+        ):
+            tx.update(
+                MissionModel(mission.mission_id),
+                actions=[MissionModel.status.set(target.value), *actions],
+                condition=MissionModel.status.is_in(*mission_sources(target, only_from)),
+            )
+            tx.delete(
+                InputModel(mission.input_key),
+                condition=InputModel.input_key.does_not_exist()
+                | (InputModel.mission_id == mission.mission_id),
+            )
+
+    def _update(
+        self, mission_id: str, actions: list[Action], condition: Condition | None = None
+    ) -> MissionModel:
+        item = MissionModel(mission_id)
+        exists = MissionModel.mission_id.exists()
+        with translated(
+            f"update mission {mission_id}",
+            refused=f"mission {mission_id} is not in the expected state",
+        ):
+            item.update(
+                actions=actions, condition=exists if condition is None else exists & condition
+            )
+        return item
+
+
+def _set_or_remove(attribute: object, value: object) -> Action:
+    return attribute.set(value) if value else attribute.remove()  # type: ignore[attr-defined]

@@ -1,0 +1,372 @@
+"""The transaction table: claims, leases, attempts and the counting of outcomes.
+
+A transaction has no item until a worker claims it (it is PENDING by construction, its slice
+computed from the plan); every status change is a conditional write whose sources come from
+`chalicelib.states`, and every write by a worker also requires that the worker holds the lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
+from pynamodb.transactions import TransactWrite
+
+from chalicelib.domain import Mission, Transaction
+from chalicelib.layout import FailureMarker, Outcome
+from chalicelib.planning import Slice
+from chalicelib.states import MissionStatus, TransactionStatus, transaction_sources
+from chalicelib.store.errors import NotFound, conditional, translated
+from chalicelib.store.models import MissionModel, TransactionModel
+
+T = TransactionStatus
+RETRY_LOOKAHEAD = 10  # retries read per claim when the cursor is exhausted
+
+
+def utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=UTC)
+
+
+def transaction_of(item: TransactionModel) -> Transaction:
+    """The one place a transaction item becomes a `Transaction`."""
+    return Transaction(
+        mission_id=item.mission_id,
+        index=int(item.index),
+        status=TransactionStatus(item.status),
+        start=int(item.start),
+        end=int(item.end),
+        attempts=int(item.attempts or 0),
+        lease_owner=item.lease_owner,
+        lease_expires_at=None if item.lease_expires_at is None else float(item.lease_expires_at),
+        exit_code=None if item.exit_code is None else int(item.exit_code),
+        error=item.error,
+        started_at=item.started_at,
+        finished_at=item.finished_at,
+        run_seconds=None if item.run_seconds is None else float(item.run_seconds),
+        part_key=item.part_key,
+    )
+
+
+def _retry_rank(now: float) -> int:
+    """Position in the retry index: oldest first (epoch milliseconds)."""
+    return int(now * 1000)
+
+
+def _held_by(owner: str) -> Condition:
+    """The item is leased (RUNNING) to `owner`."""
+    return (TransactionModel.status == T.RUNNING.value) & (TransactionModel.lease_owner == owner)
+
+
+class TransactionStore:
+    def __init__(self, atomic: Callable[[], TransactWrite]) -> None:
+        # A DynamoDB TransactWriteItems: several items written all or nothing.
+        self._atomic = atomic
+
+    # ---- reads ------------------------------------------------------------------------------
+
+    def of(
+        self, mission_id: str, first: int | None = None, last: int | None = None
+    ) -> Iterator[Transaction]:
+        """The claimed transactions of a mission (all, or indexes first..last), in index order."""
+        condition = None
+        if first is not None and last is not None:
+            condition = TransactionModel.index.between(first, last)
+        with translated(f"read transactions of {mission_id}"):
+            for item in TransactionModel.query(mission_id, condition, consistent_read=True):
+                yield transaction_of(item)
+
+    def leased(self, mission_id: str) -> list[Transaction]:
+        """The running transactions of a mission, read fresh (the lease index lags)."""
+        with translated(f"read leases of {mission_id}"):
+            keys = [int(k.index) for k in TransactionModel.lease_index.query(mission_id)]
+            fresh = [self._get(mission_id, index) for index in keys]
+        return [t for t in fresh if t is not None and t.status is T.RUNNING]
+
+    def oldest_retry_rank(self, mission_id: str) -> int | None:
+        """When (epoch ms) the longest-waiting retry was queued, or None if none waits."""
+        with translated(f"look for retries in {mission_id}"):
+            for item in TransactionModel.retry_index.query(mission_id, limit=1):
+                return int(item.retry_rank)
+        return None
+
+    def has_work_left(self, mission: Mission) -> bool:
+        """Transactions never claimed, or waiting for a retry."""
+        return (
+            mission.handed_out < mission.total
+            or self.oldest_retry_rank(mission.mission_id) is not None
+        )
+
+    def _get(self, mission_id: str, index: int) -> Transaction | None:
+        try:
+            with translated(f"read transaction {index} of {mission_id}"):
+                return transaction_of(TransactionModel.get(mission_id, index, consistent_read=True))
+        except NotFound:
+            return None
+
+    # ---- claims (the worker) ----------------------------------------------------------------
+
+    def claim_next(
+        self, mission: Mission, owner: str, now: float, lease_seconds: int
+    ) -> Transaction | None:
+        """Claim a transaction in O(1) calls: never-claimed ones via the cursor, then retries.
+
+        The cursor (an atomic ADD on the mission) hands each worker a distinct index; the
+        transaction's item is created right then from the plan, so planning writes nothing per
+        transaction and no query grows with the mission. Transactions sent back for another
+        attempt are found through the sparse retry index.
+        """
+        while (index := self._advance_cursor(mission.mission_id)) is not None:
+            claimed = self._claim(
+                mission.mission_id,
+                index,
+                owner,
+                now,
+                lease_seconds,
+                first=mission.plan.slice(index),
+            )
+            if claimed is not None:
+                return claimed
+        with translated(f"look for retries in {mission.mission_id}"):
+            waiting = [
+                int(item.index)
+                for item in TransactionModel.retry_index.query(
+                    mission.mission_id, limit=RETRY_LOOKAHEAD
+                )
+            ]
+        for index in waiting:
+            claimed = self._claim(mission.mission_id, index, owner, now, lease_seconds)
+            if claimed is not None:
+                return claimed
+        return None
+
+    def _advance_cursor(self, mission_id: str) -> int | None:
+        """The next never-claimed index, or None once all are handed out (or the mission is no
+        longer RUNNING: a cancelled mission hands out nothing)."""
+        item = MissionModel(mission_id)
+        with conditional(f"advance the claim cursor of {mission_id}") as write:
+            item.update(
+                actions=[MissionModel.next_index.add(1)],
+                condition=(MissionModel.status == MissionStatus.RUNNING.value)
+                & (MissionModel.next_index < MissionModel.n_total),
+            )
+        return int(item.next_index) - 1 if write.applied else None
+
+    def _claim(
+        self,
+        mission_id: str,
+        index: int,
+        owner: str,
+        now: float,
+        lease_seconds: int,
+        first: Slice | None = None,
+    ) -> Transaction | None:
+        """PENDING -> RUNNING; with `first`, create the never-claimed transaction's item."""
+        item = TransactionModel(mission_id, index)
+        actions = [
+            TransactionModel.status.set(T.RUNNING.value),
+            TransactionModel.lease_owner.set(owner),
+            TransactionModel.lease_expires_at.set(now + lease_seconds),
+            TransactionModel.started_at.set(utc(now)),
+            TransactionModel.attempts.add(1),
+            TransactionModel.retry_rank.remove(),
+        ]
+        if first is not None:
+            actions += [
+                TransactionModel.start.set(first.start),
+                TransactionModel.end.set(first.end),
+            ]
+            condition = TransactionModel.index.does_not_exist()  # no item: PENDING
+        else:
+            condition = TransactionModel.status.is_in(*transaction_sources(T.RUNNING))
+        with conditional(f"claim transaction {index} of {mission_id}") as write:
+            item.update(actions=actions, condition=condition)
+        return transaction_of(item) if write.applied else None
+
+    # ---- attempts (the worker) --------------------------------------------------------------
+
+    def extend_lease(self, txn: Transaction, owner: str, now: float, lease_seconds: int) -> bool:
+        """The heartbeat. False if the lease is no longer ours (expired and taken back)."""
+        with conditional(f"extend the lease of {txn.index}") as write:
+            TransactionModel(txn.mission_id, txn.index).update(
+                actions=[TransactionModel.lease_expires_at.set(now + lease_seconds)],
+                condition=_held_by(owner),
+            )
+        return write.applied
+
+    def requeue(
+        self, txn: Transaction, owner: str, exit_code: int | None, error: str, now: float
+    ) -> None:
+        """Hand a failed attempt back for another try (by any worker); Conflict if not ours."""
+        self._release(
+            txn,
+            owner,
+            [TransactionModel.exit_code.set(exit_code), TransactionModel.error.set(error)],
+            now,
+        )
+
+    def hand_back(self, txn: Transaction, owner: str, now: float, reason: str) -> None:
+        """Give a transaction back without spending an attempt (Spot interruption, shutdown)."""
+        self._release(
+            txn,
+            owner,
+            [TransactionModel.attempts.add(-1), TransactionModel.error.set(reason)],
+            now,
+        )
+
+    def finish(
+        self,
+        txn: Transaction,
+        *,
+        owner: str,
+        status: TransactionStatus,
+        exit_code: int | None,
+        error: str | None,
+        run_seconds: float,
+        part_key: str | None,
+        now: float,
+    ) -> None:
+        """Record the worker's view of a terminal attempt (exit code, timings).
+
+        result_processor may already have counted it (same status, lease owner kept): the
+        timings are still recorded. A worker whose lease was taken records nothing.
+        """
+        condition = TransactionModel.status.is_in(
+            *transaction_sources(status, [T.RUNNING], or_already=True)
+        ) & (TransactionModel.lease_owner == owner)
+        with conditional(f"finish transaction {txn.index}"):
+            TransactionModel(txn.mission_id, txn.index).update(
+                actions=[
+                    TransactionModel.status.set(status.value),
+                    TransactionModel.exit_code.set(exit_code),
+                    TransactionModel.error.set(error),
+                    TransactionModel.run_seconds.set(run_seconds),
+                    TransactionModel.part_key.set(part_key),
+                    TransactionModel.finished_at.set(utc(now)),
+                    TransactionModel.lease_expires_at.remove(),
+                ],
+                condition=condition,
+            )
+
+    def _release(self, txn: Transaction, owner: str, actions: list[Action], now: float) -> None:
+        """RUNNING -> PENDING by the lease holder, onto the retry index."""
+        condition = TransactionModel.status.is_in(*transaction_sources(T.PENDING)) & (
+            TransactionModel.lease_owner == owner
+        )
+        with translated(
+            f"release transaction {txn.index}",
+            refused=f"transaction {txn.index} is no longer held by {owner}",
+        ):
+            TransactionModel(txn.mission_id, txn.index).update(
+                actions=[
+                    TransactionModel.status.set(T.PENDING.value),
+                    *actions,
+                    TransactionModel.retry_rank.set(_retry_rank(now)),
+                    TransactionModel.lease_owner.remove(),
+                    TransactionModel.lease_expires_at.remove(),
+                ],
+                condition=condition,
+            )
+
+    # ---- repairs (the sweeper) --------------------------------------------------------------
+
+    def take_back_expired(self, txn: Transaction, now: float, reason: str, requeue: bool) -> bool:
+        """Take an expired lease back: requeue the transaction, or just drop the lease when it
+        is out of attempts (its failure marker then reports it). False if the worker came back
+        or someone else got there first."""
+        actions = [
+            TransactionModel.lease_owner.remove(),
+            TransactionModel.lease_expires_at.remove(),
+            TransactionModel.error.set(reason),
+        ]
+        expired = TransactionModel.lease_expires_at < now
+        if requeue:
+            actions += [
+                TransactionModel.status.set(T.PENDING.value),
+                TransactionModel.retry_rank.set(_retry_rank(now)),
+            ]
+            condition = (
+                TransactionModel.status.is_in(*transaction_sources(T.PENDING))
+                & (TransactionModel.lease_owner == txn.lease_owner)
+                & expired
+            )
+        else:
+            condition = _held_by(txn.lease_owner or "") & expired
+        with conditional(f"take back transaction {txn.index}") as write:
+            TransactionModel(txn.mission_id, txn.index).update(actions=actions, condition=condition)
+        return write.applied
+
+    def requeue_lost_claims(self, mission: Mission, now: float) -> list[int]:
+        """Indexes the cursor handed out whose claim never landed (the worker died between the
+        cursor's ADD and the item's creation): create them as retries. Only called when no
+        transaction is leased, so no live claim can be half-way."""
+        with translated(f"list transactions of {mission.mission_id}"):
+            present = {
+                int(t.index)
+                for t in TransactionModel.query(
+                    mission.mission_id,
+                    consistent_read=True,
+                    attributes_to_get=["mission_id", "index"],
+                )
+            }
+        requeued = []
+        for index in sorted(set(range(mission.handed_out)) - present):
+            s = mission.plan.slice(index)
+            item = TransactionModel(
+                mission.mission_id,
+                index,
+                status=T.PENDING.value,
+                start=s.start,
+                end=s.end,
+                attempts=0,
+                retry_rank=_retry_rank(now),
+                error="claim lost: its worker ended before the claim was written",
+            )
+            with conditional(f"requeue transaction {index}") as write:
+                item.save(condition=TransactionModel.index.does_not_exist())
+            if write.applied:
+                requeued.append(index)
+        return requeued
+
+    # ---- outcomes (result_processor) --------------------------------------------------------
+
+    def count_outcome(
+        self, outcome: Outcome, part_key: str, failure: FailureMarker | None = None
+    ) -> bool:
+        """Count a transaction's outcome exactly once. False if it was already counted, or if
+        the transaction is not in a state that outcome can come from (it was requeued)."""
+        status = T.SUCCEEDED if outcome.succeeded else T.FAILED
+        counter = MissionModel.n_succeeded if outcome.succeeded else MissionModel.n_failed
+        actions = [
+            TransactionModel.counted.set(True),
+            TransactionModel.status.set(status.value),
+            # lease_owner stays: who ran it, and the worker's own finish still matches it.
+            TransactionModel.lease_expires_at.remove(),
+            TransactionModel.retry_rank.remove(),
+        ]
+        if failure is None:
+            actions.append(TransactionModel.part_key.set(part_key))
+        else:
+            actions += [
+                TransactionModel.exit_code.set(failure.exit_code),
+                TransactionModel.error.set(failure.error),
+            ]
+        uncounted = TransactionModel.counted.does_not_exist() & TransactionModel.status.is_in(
+            *transaction_sources(status, [T.RUNNING], or_already=True)
+        )
+        with (
+            conditional(f"count transaction {outcome.index} of {outcome.mission_id}") as write,
+            self._atomic() as tx,
+        ):
+            tx.update(
+                TransactionModel(outcome.mission_id, outcome.index),
+                actions=actions,
+                condition=uncounted,
+            )
+            tx.update(
+                MissionModel(outcome.mission_id),
+                actions=[counter.add(1)],
+                condition=MissionModel.status == MissionStatus.RUNNING.value,
+            )
+        return write.applied
