@@ -29,61 +29,20 @@ RESULTS = ROOT / "bench" / "results"
 
 # ---- shared: an embedded AWS in this process ----------------------------------------------
 
-
-def embedded_aws() -> Any:
-    """moto's server in this process, the stack provisioned, this process pointed at it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    from chalicelib.context import reset_process_state
-    from local.moto_patches import make_dynamodb_writes_atomic
-    from local.stack import provision
-
-    make_dynamodb_writes_atomic()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    os.environ.update(
-        {
-            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "POWERTOOLS_LOG_LEVEL": "ERROR",
-            "POWERTOOLS_TRACE_DISABLED": "1",
-        }
-    )
-    stack = provision(boto3.Session())
-    os.environ.update(stack.environment())
-    os.environ["MAX_TRANSACTIONS"] = "1000000"
-    reset_process_state()
-    return stack
+BENCH_ENV = {
+    "POWERTOOLS_LOG_LEVEL": "ERROR",
+    "POWERTOOLS_METRICS_DISABLED": "true",
+    "MAX_TRANSACTIONS": "1000000",
+}
 
 
-def deliver_all(queue_url: str, handler: Any) -> int:
-    """Lambda's poller, inline: hand every queued message to the handler."""
-    from chalicelib import aws
-    from local.pump import LambdaContext, sqs_lambda_event
+def drain(queue_url: str, handler: Any) -> int:
+    """Lambda's poller, inline: every queued message to the handler (local.pump's delivery)."""
+    from chalicelib.context import get_context
+    from local.pump import Queue, lambda_context
 
-    sqs = aws.sqs()
-    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    delivered = 0
-    while True:
-        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get(
-            "Messages", []
-        )
-        if not messages:
-            return delivered
-        handler(sqs_lambda_event(messages, arn, "us-east-1"), LambdaContext("bench"))
-        sqs.delete_message_batch(
-            QueueUrl=queue_url,
-            Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
-            ],
-        )
-        delivered += len(messages)
+    queue = Queue.at(get_context().aws.sqs, queue_url, "us-east-1")
+    return queue.drain(lambda event: handler(event, lambda_context("bench")))
 
 
 def config(n: int, key: str, argv: list[str] | None = None, max_instances: int = 50) -> dict:
@@ -106,38 +65,39 @@ def config(n: int, key: str, argv: list[str] | None = None, max_instances: int =
 
 def phase_submission(sizes: list[int], baseline_n: int) -> dict:
     import app as lambda_app
-    from chalicelib import aws
     from chalicelib.context import get_context, reset_process_state
     from chalicelib.missions import submit
+    from local.embedded import embedded_aws
     from local.inprocess import ApiCallCounter
 
-    stack = embedded_aws()
-    aws.sqs().purge_queue(QueueUrl=stack.source_queue_url)  # S3's s3:TestEvent
     counter = ApiCallCounter()
     rows: dict[str, Any] = {"lighthpc": {}, "baseline": {}}
-    with counter.installed():
+    with embedded_aws(env=BENCH_ENV) as embedded, counter.installed():
+        stack = embedded.stack
         reset_process_state()  # clients made after the hook is installed are counted
+        ctx = get_context()
+        ctx.aws.sqs.purge_queue(QueueUrl=stack.source_queue_url)  # S3's s3:TestEvent
         for n in [10, *sizes]:  # the first is a warm-up (moto's first request per service)
             key = f"bench/{n}.fa"
-            aws.s3().put_object(Bucket=stack.outputs["SourceBucketName"], Key=key, Body=b"ACGT\n")
-            deliver_all(stack.source_queue_url, lambda_app.light_scheduler)  # the upload's event
+            ctx.aws.s3.put_object(Bucket=stack.outputs["SourceBucketName"], Key=key, Body=b"ACGT\n")
+            drain(stack.source_queue_url, lambda_app.light_scheduler)  # the upload's event
             counter.reset()
             trace = n >= 100_000  # tracemalloc slows Python down: only where memory is asked
             if trace:
                 tracemalloc.start()
             began = time.perf_counter()
-            created = submit(get_context(), json.dumps(config(n, key)))
-            deliver_all(stack.source_queue_url, lambda_app.light_scheduler)
+            created = submit(ctx, json.dumps(config(n, key)))
+            drain(stack.source_queue_url, lambda_app.light_scheduler)
             seconds = time.perf_counter() - began
             peak = tracemalloc.get_traced_memory()[1] if trace else 0
             tracemalloc.stop()
-            mission = get_context().store.get_mission(created["mission_id"])
-            assert mission.status == "RUNNING" and int(mission.n_total) == n, mission.status
+            mission = ctx.store.missions.get(created["mission_id"])
+            assert mission.status == "RUNNING" and mission.total == n, mission.status
             rows["lighthpc"][n] = {
                 "seconds": seconds,
                 "calls": len(counter.calls),
                 "peak_mb": peak / 2**20,
-                "instances": int(mission.n_instances),
+                "instances": mission.instances,
             }
         rows["baseline"] = baseline_submission(baseline_n, counter)
     return rows
@@ -145,11 +105,10 @@ def phase_submission(sizes: list[int], baseline_n: int) -> dict:
 
 def baseline_submission(n: int, counter: Any) -> dict:
     """The published design: per transaction, one item, one price lookup, one instance."""
-    from chalicelib import aws
-    from chalicelib.settings import get_settings
+    from chalicelib.context import get_context
 
-    settings = get_settings()
-    ddb, ec2 = aws.client("dynamodb"), aws.ec2()
+    ctx = get_context()
+    settings, ddb, ec2 = ctx.settings, ctx.aws.dynamodb, ctx.aws.ec2
     counter.reset()
     began = time.perf_counter()
     for i in range(n):
@@ -182,48 +141,32 @@ def baseline_submission(n: int, counter: Any) -> dict:
 
 def phase_lifecycle(n: int) -> dict:
     import app as lambda_app
-    from chalicelib import aws
     from chalicelib.capacity import mission_instances
     from chalicelib.context import get_context, reset_process_state
     from chalicelib.missions import submit
-    from chalicelib.settings import get_settings
-    from local.inprocess import ApiCallCounter
-    from worker_ami.agent import WorkerAgent
-    from worker_ami.metadata import InstanceIdentity, StaticMetadata
+    from local.embedded import embedded_aws
+    from local.inprocess import ApiCallCounter, agent_for
 
-    stack = embedded_aws()
     counter = ApiCallCounter()
     phases: dict[str, int] = {}
-    with counter.installed():
+    with embedded_aws(env=BENCH_ENV) as embedded, counter.installed():
+        stack = embedded.stack
         reset_process_state()
-        aws.sqs().purge_queue(QueueUrl=stack.source_queue_url)
+        ctx = get_context()
+        ctx.aws.sqs.purge_queue(QueueUrl=stack.source_queue_url)
         key = "bench/life.txt"
         argv = ["cp", "{input}", "{output}"]  # a no-op app that writes its part
         counter.reset()
-        created = submit(get_context(), json.dumps(config(n, key, argv, max_instances=4)))
-        aws.s3().put_object(Bucket=stack.outputs["SourceBucketName"], Key=key, Body=b"x\n")
-        deliver_all(stack.source_queue_url, lambda_app.light_scheduler)
+        created = submit(ctx, json.dumps(config(n, key, argv, max_instances=4)))
+        ctx.aws.s3.put_object(Bucket=stack.outputs["SourceBucketName"], Key=key, Body=b"x\n")
+        drain(stack.source_queue_url, lambda_app.light_scheduler)
         phases["planning"] = len(counter.calls)
         mission_id = created["mission_id"]
-        instances = mission_instances(aws.ec2(), mission_id, ["running"])
+        instances = mission_instances(ctx.aws.ec2, mission_id, ["running"])
         counter.reset()
         workdir = Path(tempfile.mkdtemp(prefix="bench-life-"))
-
-        def work(instance: dict) -> None:
-            tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
-            identity = InstanceIdentity(instance["InstanceId"], tags, "c5.large", "spot")
-            WorkerAgent(
-                settings=get_settings(),
-                store=get_context().store,
-                s3=aws.s3(),
-                ec2=aws.ec2(),
-                metadata=StaticMetadata(identity),
-                workdir=workdir / instance["InstanceId"],
-            ).run()
-
-        for d in instances:
-            (workdir / d["InstanceId"]).mkdir(parents=True)
-        threads = [threading.Thread(target=work, args=(i,)) for i in instances]
+        agents = [agent_for(i, workdir / i["InstanceId"]) for i in instances]
+        threads = [threading.Thread(target=agent.run) for agent in agents]
         began = time.perf_counter()
         for t in threads:
             t.start()
@@ -232,9 +175,9 @@ def phase_lifecycle(n: int) -> dict:
         worker_seconds = time.perf_counter() - began
         phases["workers"] = len(counter.calls)
         counter.reset()
-        deliver_all(stack.result_queue_url, lambda_app.result_processor)
+        drain(stack.result_queue_url, lambda_app.result_processor)
         phases["results"] = len(counter.calls)
-        mission = get_context().store.get_mission(mission_id)
+        mission = ctx.store.missions.get(mission_id)
         assert mission.status == "SUCCEEDED", mission.status
     return {
         "n": n,
@@ -248,8 +191,8 @@ def phase_lifecycle(n: int) -> dict:
 
 
 def phase_fleet(n: int, missions: int) -> dict:
-    from chalicelib import aws
-    from local.cli import api, s3_client
+    from chalicelib.context import get_context
+    from local.client import api, s3_client, watch
     from local.runtime import LocalRuntime
 
     runtime = LocalRuntime(
@@ -263,7 +206,7 @@ def phase_fleet(n: int, missions: int) -> dict:
     try:
         s3 = s3_client(info)
         # moto's own rate of single calls, in the same run: sequential PutItem.
-        ddb = aws.client("dynamodb")
+        ddb = get_context().aws.dynamodb
         began, calls = time.perf_counter(), 0
         while time.perf_counter() - began < 2.0:
             ddb.put_item(
@@ -287,7 +230,7 @@ def phase_fleet(n: int, missions: int) -> dict:
             )
             assert status == 201, body
             s3.put_object(Bucket=info.source_bucket, Key=key, Body=b"x\n")
-            mission = _wait(info, body["mission_id"])
+            mission = watch(info, body["mission_id"], timeout=300, out=None)
             running = _ts(mission["running_at"])
             _, page = api(info, "GET", f"/missions/{body['mission_id']}/transactions")
             last_part = max(_ts(t["finished_at"]) for t in page["transactions"])
@@ -302,18 +245,6 @@ def phase_fleet(n: int, missions: int) -> dict:
         "moto_single_calls_per_second": single_rate,
         "completion_latency_median_s": statistics.median(latencies),
     }
-
-
-def _wait(info: Any, mission_id: str, timeout: float = 300) -> dict:
-    from local.cli import api
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _, mission = api(info, "GET", f"/missions/{mission_id}")
-        if mission.get("notified_at"):
-            return mission
-        time.sleep(0.3)
-    raise TimeoutError(mission_id)
 
 
 def _ts(iso: str) -> float:

@@ -74,11 +74,14 @@ class FailureMarker:
             return cls(error="failure marker was not JSON")
         if not isinstance(data, dict):
             return cls(error="failure marker was not a JSON object")
-        exit_code = data.get("exit_code")
-        error = data.get("error")
+        error, exit_code, attempts = data.get("error"), data.get("exit_code"), data.get("attempts")
         return cls(
             error=error if isinstance(error, str) else None,
-            exit_code=exit_code if isinstance(exit_code, int) else None,
-            attempts=data["attempts"] if isinstance(data.get("attempts"), int) else 0,
+            exit_code=exit_code if _is_int(exit_code) else None,
+            attempts=attempts if _is_int(attempts) else 0,
             timed_out=data.get("timed_out") is True,
         )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no exit code

@@ -30,6 +30,11 @@ def count(name: str, value: float = 1) -> None:
 
 
 def flush_metrics() -> None:
-    """Publish what this invocation recorded; nothing (and no warning) if it recorded nothing."""
+    """Publish what this invocation recorded; nothing (and no warning) if it recorded nothing.
+
+    Cleared either way: with POWERTOOLS_METRICS_DISABLED, Powertools neither prints nor clears,
+    and a warm Lambda would pile values up until Powertools' 100-value limit printed them all.
+    """
     if metrics.metric_set:
         metrics.flush_metrics()
+        metrics.clear_metrics()

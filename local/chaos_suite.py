@@ -46,7 +46,7 @@ class SuiteOptions:
 
 
 def run_suite(options: SuiteOptions, echo: Any = print) -> dict[str, Any]:
-    from local.cli import api, s3_client
+    from local.client import api, s3_client
     from local.runtime import LocalRuntime
 
     home = Path(tempfile.mkdtemp(prefix="lighthpc-chaos-"))
@@ -116,7 +116,7 @@ def run_suite(options: SuiteOptions, echo: Any = print) -> dict[str, Any]:
 
 
 def _wait_for_all(info: Any, missions: list[str], timeout: float) -> dict[str, dict]:
-    from local.cli import api
+    from local.client import api
 
     deadline = time.monotonic() + timeout
     finals: dict[str, dict] = {}

@@ -21,90 +21,26 @@ import os
 import signal
 import sys
 import threading
-import time
-import urllib.error
-import urllib.request
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from local.chaos import ChaosOptions
-from local.runtime import DEFAULT_HOME, LocalRuntime, RuntimeInfo, read_info
+from local.client import (
+    DEFAULT_HOME,
+    CliError,
+    DeployedApi,
+    Target,
+    api,
+    explain,
+    find_email,
+    post_once,
+    require_stack,
+    s3_client,
+    watch,
+)
+from local.runtime import LocalRuntime
 
-TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 STOP_TIMEOUT_SECONDS = 40
-
-
-class CliError(Exception):
-    """A problem to tell the user in one line, and exit 1."""
-
-
-# ---- talking to a running stack ----------------------------------------------------------
-
-
-def require_stack(home: Path) -> RuntimeInfo:
-    info = read_info(home)
-    if info is None:
-        raise CliError(
-            f"no local stack found in {home}/: start one with `lighthpc up` (in another terminal)"
-        )
-    try:
-        urllib.request.urlopen(f"{info.api_url}/missions", timeout=3).close()  # noqa: S310
-    except (urllib.error.URLError, OSError) as e:
-        raise CliError(
-            f"the local stack in {home}/ does not answer at {info.api_url} ({e});"
-            " is `lighthpc up` still running?"
-        ) from e
-    return info
-
-
-@dataclass(frozen=True)
-class DeployedApi:
-    """A deployed stage's API (IAM authorization): every call is signed with SigV4."""
-
-    api_url: str
-    region: str
-
-    @classmethod
-    def from_url(cls, url: str, region: str | None) -> DeployedApi:
-        host = urlparse(url).hostname or ""
-        # https://<id>.execute-api.<region>.amazonaws.com/api
-        parts = host.split(".")
-        from_host = parts[2] if len(parts) > 3 and parts[1] == "execute-api" else None
-        chosen = (
-            region
-            or from_host
-            or os.environ.get("AWS_REGION")
-            or os.environ.get("AWS_DEFAULT_REGION")
-        )
-        if not chosen:
-            raise CliError(f"cannot tell the region of {url}: pass --region")
-        return cls(api_url=url.rstrip("/"), region=chosen)
-
-    def sign(self, method: str, url: str, data: bytes | None, headers: dict[str, str]) -> dict:
-        import boto3
-        from botocore.auth import SigV4Auth
-        from botocore.awsrequest import AWSRequest
-
-        credentials = boto3.Session().get_credentials()
-        if credentials is None:
-            raise CliError(
-                f"no AWS credentials to sign requests to {self.api_url}"
-                " (aws configure, AWS_PROFILE or the AWS_* variables)"
-            )
-        request = AWSRequest(method=method, url=url, data=data, headers=headers)
-        SigV4Auth(credentials, "execute-api", self.region).add_auth(request)
-        return dict(request.headers.items())
-
-    def s3(self) -> Any:
-        import boto3
-
-        return boto3.session.Session().client("s3", region_name=self.region)
-
-
-Target = RuntimeInfo | DeployedApi
 
 
 def target(args: argparse.Namespace) -> Target:
@@ -112,57 +48,6 @@ def target(args: argparse.Namespace) -> Target:
     if args.api:
         return DeployedApi.from_url(args.api, args.region)
     return require_stack(args.home)
-
-
-def api(
-    info: Target,
-    method: str,
-    path: str,
-    body: Any = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, Any]:
-    data = (
-        None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    )
-    url = f"{info.api_url}{path}"
-    sent = {"Content-Type": "application/json", **(headers or {})}
-    if isinstance(info, DeployedApi):
-        sent = info.sign(method, url, data, sent)
-    request = urllib.request.Request(  # noqa: S310 - the local stack's or the deployed API's URL
-        url, data=data, method=method, headers=sent
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as e:
-        payload = e.read()
-        try:
-            return e.code, json.loads(payload)
-        except ValueError:
-            return e.code, {"error": payload.decode(errors="replace")}
-
-
-def explain(status: int, body: Any) -> str:
-    if isinstance(body, dict) and body.get("fields"):
-        fields = "\n".join(f"  {f['field']}: {f['reason']}" for f in body["fields"])
-        return f"HTTP {status}: {body.get('error')}\n{fields}"
-    if isinstance(body, dict) and body.get("error"):
-        return f"HTTP {status}: {body['error']}"
-    return f"HTTP {status}: {body}"
-
-
-def s3_client(info: Target) -> Any:
-    if isinstance(info, DeployedApi):
-        return info.s3()
-    import boto3
-
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=info.aws_endpoint,
-        region_name=info.region,
-        aws_access_key_id="local",
-        aws_secret_access_key="local",  # noqa: S106 - the embedded AWS takes any credentials
-    )
 
 
 # ---- commands ----------------------------------------------------------------------------
@@ -238,67 +123,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
     )
     print(f"follow it with: lighthpc watch {body['mission_id']}")
     return 0
-
-
-def post_once(info: Target, config: dict[str, Any], attempts: int = 3) -> tuple[int, Any]:
-    """POST a config, retrying a lost connection with the same Idempotency-Key: the API answers
-    a retry with the first answer, so a mission never starts twice. (HTTP errors are answers,
-    returned by `api`, and are not retried.)"""
-    headers = {"Idempotency-Key": f"cli-{uuid.uuid4().hex}"}
-    error: OSError | None = None
-    for attempt in range(attempts):
-        if attempt:
-            time.sleep(attempt)
-        try:
-            return api(info, "POST", "/missions", config, headers)
-        except OSError as e:  # urllib's URLError included
-            error = e
-    raise CliError(f"cannot reach {info.api_url}: {error}") from error
-
-
-def progress_line(mission: dict[str, Any], width: int = 40) -> str:
-    counts = mission.get("transactions", {})
-    total = counts.get("total") or 0
-    done = counts.get("SUCCEEDED", 0) + counts.get("FAILED", 0)
-    filled = int(width * done / total) if total else 0
-    bar = "#" * filled + "." * (width - filled)
-    return (
-        f"[{bar}] {done}/{total}  {mission['status']:<14}"
-        f" pending {counts.get('PENDING', 0)} running {counts.get('RUNNING', 0)}"
-        f" succeeded {counts.get('SUCCEEDED', 0)} failed {counts.get('FAILED', 0)}"
-    )
-
-
-def watch(info: Target, mission_id: str, timeout: float, out: Any = sys.stdout) -> dict:
-    """Show progress until the mission is finished and its email sent; returns the mission."""
-    deadline = time.monotonic() + timeout
-    tty = out.isatty()
-    last = ""
-    while True:
-        status, mission = api(info, "GET", f"/missions/{mission_id}")
-        if status != 200:
-            raise CliError(explain(status, mission))
-        line = progress_line(mission)
-        if line != last:
-            out.write(("\r" + line) if tty else (line + "\n"))
-            out.flush()
-            last = line
-        if mission["status"] in TERMINAL and mission.get("notified_at"):
-            if tty:
-                out.write("\n")
-            return mission
-        if time.monotonic() > deadline:
-            raise CliError(f"mission {mission_id} still {mission['status']} after {timeout:g} s")
-        time.sleep(0.5)
-
-
-def find_email(info: RuntimeInfo, mission_id: str, wait: float = 10.0) -> Path | None:
-    deadline = time.monotonic() + wait
-    while True:
-        found = sorted(Path(info.outbox).glob(f"*-{mission_id}.eml"))
-        if found or time.monotonic() > deadline:
-            return found[-1] if found else None
-        time.sleep(0.2)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -382,7 +206,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--region", default=None, help="the deployed API's region (default: its URL's)")
     commands = p.add_subparsers(dest="command", required=True)
+    _add_up(commands)
+    _add_runs(commands)
+    _add_mission_commands(commands)
+    return p
 
+
+def _add_up(commands: Any) -> None:
     up = commands.add_parser("up", help="run the whole system locally until Ctrl-C")
     up.add_argument("--aws-port", type=int, default=4566, help="embedded AWS port (0: any)")
     up.add_argument("--api-port", type=int, default=8000, help="REST API port (0: any)")
@@ -432,6 +262,9 @@ def parser() -> argparse.ArgumentParser:
     )
     up.set_defaults(func=cmd_up)
 
+
+def _add_runs(commands: Any) -> None:
+    """The commands that start a stack of their own, run missions on it and stop it."""
     suite = commands.add_parser("chaos", help="run missions under chaos and print what survived")
     suite.add_argument("--missions", type=int, default=4)
     suite.add_argument("--transactions", type=int, default=24)
@@ -450,6 +283,9 @@ def parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
+
+def _add_mission_commands(commands: Any) -> None:
+    """The commands that talk to a running stack (or, with --api, a deployed one)."""
     submit = commands.add_parser("submit", help="POST a config and upload its input file")
     submit.add_argument("file")
     submit.add_argument("--config", required=True, help="mission config (JSON file)")
@@ -468,7 +304,6 @@ def parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="cancel a mission")
     cancel.add_argument("mission_id")
     cancel.set_defaults(func=cmd_cancel)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,6 @@ mission succeeded, exactly one email came, and the result is equal.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -73,7 +72,7 @@ def _verdict(checks: dict[str, bool], began: float, merged: bytes) -> int:
 def run_demo(
     home: Path | None, transactions: int, references: int, workers: int, api_port: int
 ) -> int:
-    from local.cli import api, find_email, s3_client, watch
+    from local.client import api, find_email, s3_client, watch
     from local.runtime import LocalRuntime
 
     began = time.monotonic()
@@ -131,25 +130,13 @@ def run_demo(
 
 
 def run_demo_in_process(transactions: int, references: int, workers: int) -> int:
-    """The same mission inside one process on moto's mock (`mock_aws`), handlers called directly."""
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-    )
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
-        os.environ.pop(name, None)
-    from moto import mock_aws
-
+    """The same mission inside one process on moto's mock, handlers called directly."""
     from local.inprocess import InProcessCluster
 
     began = time.monotonic()
     step = _stepper(began)
     sample = demo_input(references)
-    with mock_aws():
-        cluster = InProcessCluster.start()
+    with InProcessCluster.running() as cluster:
         response = cluster.submit(demo_config(transactions, references, workers))
         if response.status_code != 201:
             print(f"the API refused the config: {response.body.decode()}", file=sys.stderr)

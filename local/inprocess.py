@@ -2,19 +2,18 @@
 events delivered to the very handlers app.py registers, a worker agent per EC2 instance the
 scheduler launched, and the completion email read back from SNS (through an SQS subscription).
 
-Used by the functional tests and by `lighthpc demo --in-process`. It must run inside `mock_aws()`.
+Used by the functional tests and by `lighthpc demo --in-process`: `InProcessCluster.running()`
+enters `embedded_aws(server=False)` and builds the cluster on it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +22,16 @@ import botocore.session
 from chalice.test import Client
 
 from chalicelib.capacity import mission_instances
-from chalicelib.context import get_context, reset_process_state
-from chalicelib.settings import get_settings
-from local.moto_patches import make_dynamodb_writes_atomic
-from local.stack import Stack, provision
+from chalicelib.context import get_context
+from local.embedded import embedded_aws
+from local.outbox import Email, Outbox
+from local.pump import Queue
+from local.stack import Stack
 from worker_ami.agent import AgentReport, WorkerAgent
 from worker_ami.metadata import InstanceIdentity, StaticMetadata
 
 APP_DIR = Path(__file__).resolve().parent.parent
-
-
-@dataclass(frozen=True)
-class Email:
-    subject: str
-    body: str
-    attributes: dict[str, str]
+__all__ = ["ApiCallCounter", "Email", "InProcessCluster"]
 
 
 class ApiCallCounter:
@@ -88,18 +82,23 @@ class InProcessCluster:
         self.s3 = session.client("s3")
         self.sqs = session.client("sqs")
         self.ec2 = session.client("ec2")
-        self._outbox = self._subscribe_outbox(session)
+        self._outbox = Outbox(
+            session.client("sns"),
+            self.sqs,
+            stack.outputs["TopicArn"],
+            f"lighthpc-{stack.stage}-outbox",
+        )
         self._metadata: dict[str, StaticMetadata] = {}
         self.handler_errors: list[BaseException] = []
 
     @classmethod
-    def start(cls, stage: str = "local", workdir: Path | None = None) -> InProcessCluster:
-        """Provision the stack in the current moto and point this process's settings at it."""
-        make_dynamodb_writes_atomic()
-        stack = provision(boto3.Session(), stage=stage)
-        os.environ.update(stack.environment())
-        reset_process_state()
-        return cls(stack, workdir)
+    @contextmanager
+    def running(
+        cls, stage: str = "local", workdir: Path | None = None, env: dict[str, str] | None = None
+    ) -> Iterator[InProcessCluster]:
+        """moto's in-process mock, the stack provisioned (`env` set on top), a cluster on it."""
+        with embedded_aws(server=False, stage=stage, env=env) as aws:
+            yield cls(aws.stack, workdir)
 
     # ---- what a user does -------------------------------------------------------------
 
@@ -114,7 +113,7 @@ class InProcessCluster:
         return self.api.http.get(path)
 
     def upload(self, key: str, body: bytes) -> None:
-        self.s3.put_object(Bucket=get_settings().source_bucket, Key=key, Body=body)
+        self.s3.put_object(Bucket=self.stack.outputs["SourceBucketName"], Key=key, Body=body)
 
     # ---- what AWS does ----------------------------------------------------------------
 
@@ -130,70 +129,44 @@ class InProcessCluster:
         A handler error leaves the batch on the queue, to be delivered again, as Lambda's poller
         does; the error is kept in `handler_errors`. A batch that keeps failing raises.
         """
-        delivered = 0
-        failures = 0
+        queue = Queue.at(self.sqs, queue_url, self.stack.region)
+
+        def invoke(event: dict[str, Any]) -> None:
+            for _ in range(times):
+                self.api.lambda_.invoke(function, event)
+
+        delivered = failures = 0
         while True:
-            messages = self.sqs.receive_message(
-                QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0
-            ).get("Messages", [])
-            if not messages:
-                return delivered
-            event = self.api.events.generate_sqs_event(
-                message_bodies=[m["Body"] for m in messages],
-                queue_name=queue_url.rsplit("/", 1)[-1],
-            )
             try:
-                for _ in range(times):
-                    self.api.lambda_.invoke(function, event)
+                batch = queue.deliver_batch(invoke, visibility_timeout=0)
             except Exception as e:
                 self.handler_errors.append(e)
                 failures += 1
                 if failures >= 5:
                     raise
                 continue
-            self.sqs.delete_message_batch(
-                QueueUrl=queue_url,
-                Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                    for i, m in enumerate(messages)
-                ],
-            )
-            delivered += len(messages)
+            if not batch:
+                return delivered
+            delivered += batch
 
     def run_workers(self, mission_id: str, python: str | None = None) -> list[AgentReport]:
         """One worker agent per running instance of the mission, concurrently, like a fleet."""
         instances = mission_instances(self.ec2, mission_id, ["pending", "running"])
+        agents = []
+        for instance in instances:
+            metadata = self._metadata[instance["InstanceId"]] = instance_metadata(instance)
+            workdir = self.workdir / instance["InstanceId"]
+            agents.append(agent_for(instance, workdir, python=python, metadata=metadata))
         reports: list[AgentReport] = []
         errors: list[BaseException] = []
 
-        def run(instance: dict[str, Any]) -> None:
-            tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-            workdir = self.workdir / instance["InstanceId"]
-            workdir.mkdir(parents=True, exist_ok=True)
-            extra = {"python": python} if python else {}
-            identity = InstanceIdentity(
-                instance["InstanceId"],
-                tags,
-                instance_type=instance.get("InstanceType"),
-                market=instance.get("InstanceLifecycle") or "on-demand",
-            )
-            metadata = StaticMetadata(identity)
-            self._metadata[instance["InstanceId"]] = metadata
-            agent = WorkerAgent(
-                settings=get_settings(),
-                store=get_context().store,
-                s3=get_context().aws.s3,
-                ec2=get_context().aws.ec2,
-                metadata=metadata,
-                workdir=workdir,
-                **extra,
-            )
+        def run(agent: WorkerAgent) -> None:
             try:
                 reports.append(agent.run())
             except BaseException as e:  # surfaced below, in the caller's thread
                 errors.append(e)
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in instances]
+        threads = [threading.Thread(target=run, args=(a,)) for a in agents]
         for t in threads:
             t.start()
         for t in threads:
@@ -244,37 +217,45 @@ class InProcessCluster:
 
     # ---- what the owner receives ------------------------------------------------------
 
-    def _subscribe_outbox(self, session: Any) -> str:
-        sns = session.client("sns")
-        queue_url = self.sqs.create_queue(QueueName=f"lighthpc-{self.stack.stage}-outbox")[
-            "QueueUrl"
-        ]
-        arn = self.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
-            "Attributes"
-        ]["QueueArn"]
-        sns.subscribe(TopicArn=self.stack.outputs["TopicArn"], Protocol="sqs", Endpoint=arn)
-        return queue_url
-
     def emails(self) -> list[Email]:
         """Every completion message published so far (drains the outbox subscription)."""
-        found: list[Email] = []
-        while True:
-            messages = self.sqs.receive_message(QueueUrl=self._outbox, MaxNumberOfMessages=10).get(
-                "Messages", []
-            )
-            if not messages:
-                return found
-            for m in messages:
-                envelope = json.loads(m["Body"])
-                attributes = {
-                    k: v.get("Value", "") for k, v in envelope.get("MessageAttributes", {}).items()
-                }
-                found.append(Email(envelope.get("Subject", ""), envelope["Message"], attributes))
-                self.sqs.delete_message(QueueUrl=self._outbox, ReceiptHandle=m["ReceiptHandle"])
+        return self._outbox.drain()
 
     def result(self, uri: str) -> bytes:
         bucket, key = uri.removeprefix("s3://").split("/", 1)
         return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def instance_metadata(instance: dict[str, Any], **notices: Any) -> StaticMetadata:
+    """What IMDS would tell the worker on a described EC2 instance (tags, type, market)."""
+    identity = InstanceIdentity(
+        instance["InstanceId"],
+        {t["Key"]: t["Value"] for t in instance.get("Tags", [])},
+        instance_type=instance.get("InstanceType"),
+        market=instance.get("InstanceLifecycle") or "on-demand",
+    )
+    return StaticMetadata(identity, **notices)
+
+
+def agent_for(
+    instance: dict[str, Any],
+    workdir: Path,
+    python: str | None = None,
+    metadata: StaticMetadata | None = None,
+) -> WorkerAgent:
+    """The worker agent of one described EC2 instance, in this process, with its store and
+    clients from this process's context."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ctx = get_context()
+    return WorkerAgent(
+        settings=ctx.settings,
+        store=ctx.store,
+        s3=ctx.aws.s3,
+        ec2=ctx.aws.ec2,
+        metadata=metadata or instance_metadata(instance),
+        workdir=workdir,
+        **({"python": python} if python else {}),
+    )
 
 
 def _chalice_app() -> Any:

@@ -1,9 +1,11 @@
-"""Make moto's DynamoDB honour what lighthpc relies on: atomic conditional writes.
+"""Make moto's DynamoDB honour what lighthpc relies on: atomic conditional writes, isolated reads.
 
 moto 5.2 reads an item, checks the condition and writes it back without a lock, so two threads
 (the in-process fleet, or the threaded moto server serving several workers) can both pass the
-same condition: two workers would claim one transaction. Real DynamoDB serialises writes per
-item. One lock around moto's write paths restores that guarantee for the embedded AWS.
+same condition: two workers would claim one transaction. It also changes a stored item in place,
+action by action, so a read in another thread can see it half-written (a claimed transaction
+without its status yet). Real DynamoDB serialises writes per item and never shows a partial
+write. One lock around each DynamoDB request (parsed, executed and answered) restores both.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import threading
 from typing import Any
 
 _LOCK = threading.RLock()
-_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
 _applied = False
 
 
@@ -21,15 +22,14 @@ def make_dynamodb_writes_atomic() -> None:
     global _applied
     if _applied:
         return
-    from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.responses import DynamoHandler
 
-    for name in _WRITES:
-        original = getattr(DynamoDBBackend, name)
+    original = DynamoHandler.call_action
 
-        @functools.wraps(original)
-        def locked(self: Any, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
-            with _LOCK:
-                return __original(self, *args, **kwargs)
+    @functools.wraps(original)
+    def serialised(self: Any) -> Any:
+        with _LOCK:
+            return original(self)
 
-        setattr(DynamoDBBackend, name, locked)
+    DynamoHandler.call_action = serialised  # type: ignore[method-assign]
     _applied = True

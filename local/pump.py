@@ -1,27 +1,25 @@
-"""The event pump: Lambda's SQS poller, played locally, and the outbox of completion emails.
+"""The event pump: Lambda's event sources, played locally, with Lambda's event shapes.
 
-For every `on_sqs_message` handler that app.py registers, a thread long-polls its queue on the
-embedded AWS, builds the event Lambda would send (the same record shape), calls the very handler
-object Lambda calls, and deletes the batch only if the handler returned. A handler error leaves
-the batch on the queue, to come back after the visibility timeout and, after the queue's
-`maxReceiveCount`, to go to its dead-letter queue, as in AWS.
+`Queue.deliver_batch` is Lambda's SQS poller, written once for every local runtime: receive a
+batch, build the event Lambda would send, invoke the handler, delete the batch only if the
+handler returned. A handler error leaves the batch on the queue, to come back after the
+visibility timeout and, after the queue's `maxReceiveCount`, to go to its dead-letter queue, as
+in AWS. `lighthpc up` polls every queue of an `on_sqs_message` handler with it (`QueuePoller`);
+the in-process cluster and the benchmarks drain queues with it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.utils import formatdate
-from pathlib import Path
 from typing import Any
 
 from chalice.app import CloudWatchEventConfig, ScheduledEventConfig, SQSEventConfig
+from chalice.local import LambdaContext
 
 from chalicelib.observability import logger
 from local.chaos import Chaos
@@ -29,25 +27,19 @@ from local.chaos import Chaos
 # A failed batch comes back this soon locally (AWS uses the queue's visibility timeout).
 RETRY_VISIBILITY_SECONDS = 5
 ACCOUNT_ID = "123456789012"  # moto's
+LAMBDA_TIMEOUT_MS = 60_000
+
+Invoke = Callable[[dict[str, Any]], object]
 
 
-@dataclass
-class LambdaContext:
-    """The parts of Lambda's context object that handlers and Powertools read."""
-
-    function_name: str
-    aws_request_id: str = ""
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = ""
-    log_group_name: str = ""
-    log_stream_name: str = ""
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 60_000
+def lambda_context(function_name: str) -> LambdaContext:
+    """The context object Lambda passes (request id, memory, remaining time)."""
+    return LambdaContext(function_name, memory_size=256, max_runtime_ms=LAMBDA_TIMEOUT_MS)
 
 
 def sqs_lambda_event(messages: list[dict[str, Any]], queue_arn: str, region: str) -> dict:
     """The event Lambda's SQS integration sends, from ReceiveMessage's messages."""
+    now_ms = str(int(time.time() * 1000))
     records = []
     for m in messages:
         attributes = m.get("Attributes", {})
@@ -58,10 +50,10 @@ def sqs_lambda_event(messages: list[dict[str, Any]], queue_arn: str, region: str
                 "body": m["Body"],
                 "attributes": {
                     "ApproximateReceiveCount": attributes.get("ApproximateReceiveCount", "1"),
-                    "SentTimestamp": attributes.get("SentTimestamp", str(int(time.time() * 1000))),
+                    "SentTimestamp": attributes.get("SentTimestamp", now_ms),
                     "SenderId": attributes.get("SenderId", "AIDAIENQZJOLO23YVJ4VO"),
                     "ApproximateFirstReceiveTimestamp": attributes.get(
-                        "ApproximateFirstReceiveTimestamp", str(int(time.time() * 1000))
+                        "ApproximateFirstReceiveTimestamp", now_ms
                     ),
                 },
                 "messageAttributes": {},
@@ -74,44 +66,83 @@ def sqs_lambda_event(messages: list[dict[str, Any]], queue_arn: str, region: str
     return {"Records": records}
 
 
+@dataclass(frozen=True)
+class Queue:
+    sqs: Any
+    url: str
+    arn: str
+    region: str
+
+    @classmethod
+    def at(cls, sqs: Any, url: str, region: str) -> Queue:
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        return cls(sqs, url, attributes["Attributes"]["QueueArn"], region)
+
+    def deliver_batch(
+        self,
+        invoke: Invoke,
+        *,
+        batch_size: int = 10,
+        wait_seconds: int = 0,
+        visibility_timeout: int | None = None,
+    ) -> int:
+        """One batch, as Lambda delivers it; returns its size (0: the queue was empty). A
+        handler error propagates, and the batch stays on the queue."""
+        receive: dict[str, Any] = {
+            "QueueUrl": self.url,
+            "MaxNumberOfMessages": min(batch_size, 10),
+            "WaitTimeSeconds": wait_seconds,
+            "AttributeNames": ["All"],
+        }
+        if visibility_timeout is not None:
+            receive["VisibilityTimeout"] = visibility_timeout
+        messages = self.sqs.receive_message(**receive).get("Messages", [])
+        if not messages:
+            return 0
+        invoke(sqs_lambda_event(messages, self.arn, self.region))
+        self.sqs.delete_message_batch(
+            QueueUrl=self.url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+            ],
+        )
+        return len(messages)
+
+    def drain(self, invoke: Invoke, **options: Any) -> int:
+        """Deliver batches until the queue is empty; returns how many messages went."""
+        delivered = 0
+        while batch := self.deliver_batch(invoke, **options):
+            delivered += batch
+        return delivered
+
+
 class QueuePoller:
-    """One queue, one handler: receive, invoke, delete on success."""
+    """One queue, one handler, for `lighthpc up`: long-poll, deliver (through chaos, if on)."""
 
     def __init__(
         self,
-        sqs: Any,
-        queue_url: str,
+        queue: Queue,
         handler: Callable[[dict, Any], Any],
         name: str,
-        region: str,
         batch_size: int = 10,
         chaos: Chaos | None = None,
     ) -> None:
-        self._chaos = chaos
-        self._sqs = sqs
-        self._url = queue_url
+        self._queue = queue
         self._handler = handler
         self.name = name
-        self._region = region
-        self._batch_size = min(batch_size, 10)
-        self._arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
-            "Attributes"
-        ]["QueueArn"]
+        self._batch_size = batch_size
+        self._chaos = chaos
         self.delivered = 0
         self.failed_batches = 0
 
     def poll_once(self, wait_seconds: int = 1) -> int:
-        messages = self._sqs.receive_message(
-            QueueUrl=self._url,
-            MaxNumberOfMessages=self._batch_size,
-            WaitTimeSeconds=wait_seconds,
-            VisibilityTimeout=RETRY_VISIBILITY_SECONDS,
-            AttributeNames=["All"],
-        ).get("Messages", [])
-        if not messages:
-            return 0
         try:
-            self._invoke(messages)
+            delivered = self._queue.deliver_batch(
+                self._invoke,
+                batch_size=self._batch_size,
+                wait_seconds=wait_seconds,
+                visibility_timeout=RETRY_VISIBILITY_SECONDS,
+            )
         except Exception as e:
             self.failed_batches += 1
             logger.warning(
@@ -119,39 +150,33 @@ class QueuePoller:
                 extra={"function": self.name, "error": repr(e)},
             )
             return 0
-        self._sqs.delete_message_batch(
-            QueueUrl=self._url,
-            Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
-            ],
-        )
-        self.delivered += len(messages)
-        return len(messages)
+        self.delivered += delivered
+        return delivered
 
-    def _invoke(self, messages: list[dict[str, Any]]) -> None:
+    def _invoke(self, event: dict[str, Any]) -> None:
         chaos = self._chaos
         if chaos is None:
-            self._call(messages)
+            self._call(event)
             return
+        records = event["Records"]
         delay = chaos.delay()
         if delay:
             chaos.ledger.add(delayed_batches=1)
             time.sleep(delay)
-        chaos.shuffle(messages)
+        chaos.shuffle(records)
         if chaos.should_crash(self.name):
             # Crash mid-way: the first half of the batch is handled (its side effects happen),
             # then the invocation dies and the whole batch comes back.
             chaos.ledger.add(handler_crashes=1)
-            self._call(messages[: max(1, len(messages) // 2)])
+            self._call({"Records": records[: max(1, len(records) // 2)]})
             raise RuntimeError(f"chaos: {self.name} crashed mid-batch")
         for n in range(chaos.options.duplicate):
-            self._call(messages)
+            self._call(event)
             if n:
-                chaos.ledger.add(duplicate_deliveries=len(messages))
+                chaos.ledger.add(duplicate_deliveries=len(records))
 
-    def _call(self, messages: list[dict[str, Any]]) -> None:
-        event = sqs_lambda_event(messages, self._arn, self._region)
-        self._handler(event, LambdaContext(self.name, aws_request_id=str(uuid.uuid4())))
+    def _call(self, event: dict[str, Any]) -> None:
+        self._handler(event, lambda_context(self.name))
 
 
 def _handler_of(app_module: Any, source: Any) -> Callable[[dict, Any], Any]:
@@ -167,15 +192,10 @@ def sqs_pollers(
         if not isinstance(source, SQSEventConfig):
             continue
         url = sqs.get_queue_url(QueueName=source.queue)["QueueUrl"]
+        queue = Queue.at(sqs, url, region)
         pollers.append(
             QueuePoller(
-                sqs,
-                url,
-                _handler_of(app_module, source),
-                source.name,
-                region,
-                source.batch_size,
-                chaos,
+                queue, _handler_of(app_module, source), source.name, source.batch_size, chaos
             )
         )
     return pollers
@@ -223,7 +243,7 @@ class Schedule:
             [f"arn:aws:events:{self._region}:{ACCOUNT_ID}:rule/{self.name}"],
             self._region,
         )
-        self._handler(event, LambdaContext(self.name, aws_request_id=str(uuid.uuid4())))
+        self._handler(event, lambda_context(self.name))
         self.runs += 1
         return 1
 
@@ -257,7 +277,7 @@ class EventBus:
             if all(event.get(key) in values for key, values in pattern.items()):
                 for n in range(copies):
                     try:
-                        handler(event, LambdaContext(name, aws_request_id=str(uuid.uuid4())))
+                        handler(event, lambda_context(name))
                     except Exception as e:
                         logger.warning(
                             "event handler failed", extra={"handler": name, "error": repr(e)}
@@ -266,57 +286,6 @@ class EventBus:
                         self._chaos.ledger.add(duplicate_deliveries=1)
                 delivered += 1
         return delivered
-
-
-class Outbox:
-    """Completion emails: SNS -> an SQS subscription -> one .eml file each, printed."""
-
-    def __init__(
-        self,
-        sns: Any,
-        sqs: Any,
-        topic_arn: str,
-        folder: Path,
-        queue_name: str,
-        echo: Callable[[str], None] = print,
-    ) -> None:
-        self.folder = folder
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._sqs = sqs
-        self._echo = echo
-        self._url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=self._url, AttributeNames=["QueueArn"])[
-            "Attributes"
-        ]["QueueArn"]
-        sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=arn)
-
-    def poll_once(self, wait_seconds: int = 1) -> int:
-        messages = self._sqs.receive_message(
-            QueueUrl=self._url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds
-        ).get("Messages", [])
-        for m in messages:
-            path = self.write(json.loads(m["Body"]))
-            self._echo(f"\n--- email written to {path} ---\n{path.read_text()}")
-            self._sqs.delete_message(QueueUrl=self._url, ReceiptHandle=m["ReceiptHandle"])
-        return len(messages)
-
-    def write(self, envelope: dict[str, Any]) -> Path:
-        attributes = {
-            k: v.get("Value", "") for k, v in envelope.get("MessageAttributes", {}).items()
-        }
-        mail = EmailMessage()
-        mail["From"] = "lighthpc <lighthpc@localhost>"
-        mail["To"] = attributes.get("notify") or "owner@localhost"
-        mail["Subject"] = envelope.get("Subject") or "lighthpc"
-        mail["Date"] = formatdate(localtime=True)
-        mail["X-Lighthpc-Mission"] = attributes.get("mission_id", "")
-        mail["X-Lighthpc-Status"] = attributes.get("status", "")
-        mail.set_content(envelope.get("Message", ""), cte="8bit")
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        name = f"{stamp}-{attributes.get('mission_id') or envelope.get('MessageId')}.eml"
-        path = self.folder / name
-        path.write_bytes(bytes(mail))
-        return path
 
 
 class PumpThread(threading.Thread):

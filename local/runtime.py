@@ -15,50 +15,23 @@ import logging
 import os
 import threading
 import warnings
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import boto3
-from moto.server import ThreadedMotoServer
 
-from chalicelib.context import reset_process_state
 from chalicelib.observability import logger
 from local.chaos import Chaos, ChaosOptions
+from local.client import DEFAULT_HOME, INFO_FILE, RuntimeInfo
+from local.embedded import embedded_aws
 from local.fleet import LocalFleet
-from local.moto_patches import make_dynamodb_writes_atomic
-from local.pump import EventBus, Outbox, PumpThread, schedules, sqs_pollers
-from local.stack import provision
+from local.outbox import Outbox
+from local.pump import EventBus, PumpThread, schedules, sqs_pollers
+from local.stack import Stack
 
 APP_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_HOME = Path(".lighthpc")
-INFO_FILE = "stack.json"
-
-
-@dataclass(frozen=True)
-class RuntimeInfo:
-    stage: str
-    region: str
-    aws_endpoint: str
-    api_url: str
-    source_bucket: str
-    result_bucket: str
-    topic_arn: str
-    outbox: str
-    workers: str
-    pid: int
-
-    def describe(self) -> str:
-        return "\n".join(
-            [
-                f"AWS endpoint   {self.aws_endpoint}   (region {self.region}, any credentials)",
-                f"API            {self.api_url}",
-                f"source bucket  s3://{self.source_bucket}",
-                f"result bucket  s3://{self.result_bucket}",
-                f"outbox         {self.outbox}",
-                f"worker logs    {self.workers}",
-            ]
-        )
 
 
 def quiet_request_logs() -> None:
@@ -67,13 +40,6 @@ def quiet_request_logs() -> None:
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     chalice.local.ChaliceRequestHandler.log_message = lambda *args, **kwargs: None  # type: ignore[method-assign]
-
-
-def read_info(home: Path) -> RuntimeInfo | None:
-    path = home / INFO_FILE
-    if not path.exists():
-        return None
-    return RuntimeInfo(**json.loads(path.read_text()))
 
 
 class LocalRuntime:
@@ -102,13 +68,13 @@ class LocalRuntime:
         self._echo = echo
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._saved_env: dict[str, str] | None = None
+        self._resources = ExitStack()
+        self._workers_dir = self.home / "workers"
         self.info: RuntimeInfo | None = None
         self.fleet: LocalFleet | None = None
         self.pollers: list[Any] = []
         self.schedules: list[Any] = []
         self.events: EventBus | None = None
-        self._moto: ThreadedMotoServer | None = None
         self._api: Any = None
 
     def start(self) -> RuntimeInfo:
@@ -116,74 +82,67 @@ class LocalRuntime:
         if not self._verbose:
             quiet_request_logs()
             logger.setLevel("WARNING")  # the handlers' INFO lines, as CloudWatch would hold them
-        make_dynamodb_writes_atomic()  # moto runs in this process: the patch covers the server
-        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self._aws_port)
-        self._moto.start()
-        host, port = self._moto.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-
-        self._saved_env = dict(os.environ)
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-            os.environ.pop(name, None)
-        os.environ.update(
-            {
-                "AWS_ENDPOINT_URL": endpoint,
-                "AWS_ACCESS_KEY_ID": "local",
-                "AWS_SECRET_ACCESS_KEY": "local",
-                "AWS_DEFAULT_REGION": "us-east-1",
-                "POWERTOOLS_TRACE_DISABLED": "1",
-            }
+        # The handlers share the workers' lease settings; EMF metrics would drown the console.
+        env = {"POWERTOOLS_METRICS_DISABLED": "true", **self._worker_env}
+        try:
+            embedded = self._resources.enter_context(
+                embedded_aws(port=self._aws_port, stage=self._stage, env=env, verbose=self._verbose)
+            )
+            api_url = self._start_api()
+            outbox = self._start_pump(embedded.stack)
+            self._start_fleet()
+        except BaseException:
+            self.stop()
+            raise
+        stack = embedded.stack
+        self.info = RuntimeInfo(
+            stage=self._stage,
+            region=stack.region,
+            aws_endpoint=embedded.endpoint or "",
+            api_url=api_url,
+            source_bucket=stack.outputs["SourceBucketName"],
+            result_bucket=stack.outputs["ResultBucketName"],
+            topic_arn=stack.outputs["TopicArn"],
+            outbox=str(outbox.folder),
+            workers=str(self._workers_dir),
+            pid=os.getpid(),
         )
-        session = boto3.Session()
-        stack = provision(session, stage=self._stage)
-        os.environ.update(stack.environment())
-        os.environ.update(self._worker_env)  # the handlers share the workers' lease settings
-        reset_process_state()
+        (self.home / INFO_FILE).write_text(json.dumps(asdict(self.info), indent=2) + "\n")
+        return self.info
 
-        api_url = self._start_api()
+    def _start_pump(self, stack: Stack) -> Outbox:
+        """A thread per event source app.py registers, and one for the outbox."""
         import app as app_module  # the same module Lambda imports
 
+        session = boto3.Session()
         sqs = session.client("sqs")
         self.pollers = sqs_pollers(app_module, sqs, stack.region, self.chaos)
         self.schedules = schedules(app_module, self._sweep_seconds, stack.region)
         self.events = EventBus(app_module, stack.region, self.chaos)
         outbox = Outbox(
             session.client("sns"),
-            session.client("sqs"),
+            sqs,
             stack.outputs["TopicArn"],
-            self.home / "outbox",
             f"lighthpc-{self._stage}-outbox",
+            folder=self.home / "outbox",
             echo=self._echo,
         )
         for source in [*self.pollers, *self.schedules, outbox]:
             thread = PumpThread(source, self._stop)
             thread.start()
             self._threads.append(thread)
-        workers_dir = self.home / "workers"
+        return outbox
+
+    def _start_fleet(self) -> None:
         self.fleet = LocalFleet(
-            session.client("ec2"),
+            boto3.Session().client("ec2"),
             self._stage,
-            workers_dir,
+            self._workers_dir,
             self._max_workers,
-            env={**os.environ, **self._worker_env},
+            env=dict(os.environ),
             chaos=self.chaos,
             events=self.events,
         ).start()
-
-        self.info = RuntimeInfo(
-            stage=self._stage,
-            region=stack.region,
-            aws_endpoint=endpoint,
-            api_url=api_url,
-            source_bucket=stack.outputs["SourceBucketName"],
-            result_bucket=stack.outputs["ResultBucketName"],
-            topic_arn=stack.outputs["TopicArn"],
-            outbox=str(outbox.folder),
-            workers=str(workers_dir),
-            pid=os.getpid(),
-        )
-        (self.home / INFO_FILE).write_text(json.dumps(asdict(self.info), indent=2) + "\n")
-        return self.info
 
     def _start_api(self) -> str:
         from chalice.cli.factory import CLIFactory
@@ -202,7 +161,9 @@ class LocalRuntime:
             module=r"chalice\.local",
         )
         self._api = create_local_server(app_module.app, config, "127.0.0.1", self._api_port)
-        thread = threading.Thread(target=self._api.serve_forever, name="api", daemon=True)
+        # Its own serve_forever first prints the configured port (0 for "any"): the URL below
+        # is the one that counts.
+        thread = threading.Thread(target=self._api.server.serve_forever, name="api", daemon=True)
         thread.start()
         host, port = self._api.server.server_address[:2]
         return f"http://{host}:{port}"
@@ -211,17 +172,14 @@ class LocalRuntime:
         self._stop.set()
         if self.fleet is not None:
             self.fleet.stop()
+            self.fleet = None
         for thread in self._threads:
             thread.join(timeout=5)
         if self._api is not None:
             self._api.shutdown()
-        if self._moto is not None:
-            self._moto.stop()
+            self._api = None
         (self.home / INFO_FILE).unlink(missing_ok=True)
-        if self._saved_env is not None:
-            os.environ.clear()
-            os.environ.update(self._saved_env)
-            reset_process_state()
+        self._resources.close()  # moto stops; the environment is restored
 
     def __enter__(self) -> LocalRuntime:
         self.start()

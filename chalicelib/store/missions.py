@@ -197,16 +197,23 @@ class MissionStore:
         )
 
     def cancel(self, mission: Mission, now: float) -> None:
-        """Cancel a mission that has not finished; Conflict if it already has."""
-        self._move_and_release(
-            mission,
-            M.CANCELLED,
-            [
-                MissionModel.error.set("cancelled by request"),
-                MissionModel.finished_at.set(utc(now)),
-                MissionModel.planning_lease_until.remove(),
-            ],
-        )
+        """Cancel a mission that has not finished; Conflict if it already has.
+
+        Before it runs, the mission holds its input key and gives it back; once it runs, the
+        key may already be another mission's, so the binding is left alone. The two writes
+        cover disjoint sources, so a mission that moved on in between is caught by the second.
+        """
+        actions = [
+            MissionModel.error.set("cancelled by request"),
+            MissionModel.finished_at.set(utc(now)),
+            MissionModel.planning_lease_until.remove(),
+        ]
+        with conditional(f"cancel mission {mission.mission_id}") as before_running:
+            self._move_and_release(
+                mission, M.CANCELLED, actions, only_from=[M.AWAITING_INPUT, M.PLANNING]
+            )
+        if not before_running.applied:
+            self._move(mission.mission_id, M.CANCELLED, actions, only_from=[M.RUNNING])
 
     def expire_awaiting(self, mission: Mission, reason: str, now: float) -> bool:
         """Fail a mission whose input never came; False if it started or ended meanwhile."""

@@ -9,7 +9,6 @@ every route; `signed_as` adds the identity API Gateway would add after verifying
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,9 +16,8 @@ from typing import Any
 import boto3
 import chalice.local
 import pytest
-from moto import mock_aws
 
-from chalicelib.context import get_context, reset_process_state
+from chalicelib.context import get_context
 from local.inprocess import InProcessCluster
 from tests.functional.test_mission import kmer_config
 
@@ -34,15 +32,10 @@ JSON = {"Content-Type": "application/json"}
 @pytest.fixture
 def dev(tmp_path) -> Iterator[InProcessCluster]:
     """A whole lighthpc in stage dev (tables lighthpc-dev-*, the dev stage's config.json)."""
-    saved = dict(os.environ)
-    with mock_aws():
-        cluster = InProcessCluster.start(stage="dev", workdir=tmp_path)
+    with InProcessCluster.running(stage="dev", workdir=tmp_path) as cluster:
         assert get_context().settings.stage == "dev"
         assert not get_context().settings.allow_inline_argv
         yield cluster
-    os.environ.clear()
-    os.environ.update(saved)
-    reset_process_state()
 
 
 @contextmanager

@@ -8,14 +8,12 @@ written and no instance launched. Odd but valid keys (spaces, unicode, URL-encod
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import boto3
 import pytest
-from moto import mock_aws
 
-from chalicelib.context import get_context, reset_process_state
+from chalicelib.context import get_context
 from chalicelib.sweeper import sweep
 from local.inprocess import InProcessCluster
 from tests.functional.test_mission import SAMPLE, kmer_config
@@ -27,16 +25,11 @@ MAX_INPUT_BYTES = 64 * 1024
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """One embedded AWS for the whole catalogue: the cases must leave nothing behind anyway."""
-    saved = dict(os.environ)
-    os.environ["MAX_TRANSACTIONS"] = str(MAX_TRANSACTIONS)
-    os.environ["MAX_INPUT_BYTES"] = str(MAX_INPUT_BYTES)
-    with mock_aws():
-        cluster = InProcessCluster.start(workdir=tmp_path_factory.mktemp("bad-input"))
+    limits = {"MAX_TRANSACTIONS": str(MAX_TRANSACTIONS), "MAX_INPUT_BYTES": str(MAX_INPUT_BYTES)}
+    workdir = tmp_path_factory.mktemp("bad-input")
+    with InProcessCluster.running(workdir=workdir, env=limits) as cluster:
         cluster.deliver_source_events()  # S3's s3:TestEvent, so the queue starts empty
         yield cluster
-    os.environ.clear()
-    os.environ.update(saved)
-    reset_process_state()
 
 
 def cfg(**changes):

@@ -136,7 +136,7 @@ def test_no_credentials_is_a_clear_error(deployed, monkeypatch, capsys, tmp_path
 def test_a_lost_connection_is_retried_with_the_same_key(monkeypatch):
     import urllib.error
 
-    from local import cli
+    from local import client
 
     sent: list[str] = []
 
@@ -146,15 +146,15 @@ def test_a_lost_connection_is_retried_with_the_same_key(monkeypatch):
             raise urllib.error.URLError("connection reset")
         return 201, {"mission_id": "m-1"}
 
-    monkeypatch.setattr(cli, "api", flaky)
-    monkeypatch.setattr(cli.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(client, "api", flaky)
+    monkeypatch.setattr(client.time, "sleep", lambda seconds: None)
     target = DeployedApi("https://x.execute-api.eu-west-1.amazonaws.com/api", "eu-west-1")
-    assert cli.post_once(target, {"name": "x"}) == (201, {"mission_id": "m-1"})
+    assert client.post_once(target, {"name": "x"}) == (201, {"mission_id": "m-1"})
     assert len(sent) == 3 and len(set(sent)) == 1
 
     def down(*args, **kwargs):
         raise OSError("network down")
 
-    monkeypatch.setattr(cli, "api", down)
-    with pytest.raises(cli.CliError, match="cannot reach"):
-        cli.post_once(target, {"name": "x"})
+    monkeypatch.setattr(client, "api", down)
+    with pytest.raises(client.CliError, match="cannot reach"):
+        client.post_once(target, {"name": "x"})

@@ -20,9 +20,8 @@ from typing import Any
 
 import botocore.session
 import pytest
-from moto import mock_aws
 
-from chalicelib.context import get_context, reset_process_state
+from chalicelib.context import get_context
 from chalicelib.store.models import MissionModel
 from chalicelib.sweeper import sweep
 from local import inprocess
@@ -135,22 +134,15 @@ def recorded(tmp_path) -> Iterator[tuple[InProcessCluster, Recorder]]:
         client.meta.events.register("provide-client-params.*.*", recorder)
         return client
 
-    import os
-
-    saved = dict(os.environ)
     listing = inprocess.mission_instances
     botocore.session.Session.create_client = create_client  # type: ignore[method-assign]
     try:
-        with mock_aws():
-            cluster = InProcessCluster.start(workdir=tmp_path)
+        with InProcessCluster.running(workdir=tmp_path) as cluster:
             _attribute(cluster, recorder)
             yield cluster, recorder
     finally:
         botocore.session.Session.create_client = original  # type: ignore[method-assign]
         inprocess.mission_instances = listing
-        os.environ.clear()
-        os.environ.update(saved)
-        reset_process_state()
 
 
 def _attribute(cluster: InProcessCluster, recorder: Recorder) -> None:

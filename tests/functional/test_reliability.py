@@ -237,21 +237,14 @@ def test_a_launch_that_came_short_is_topped_up(cluster: InProcessCluster):
 
 
 def test_a_rebalance_recommendation_stops_claims(cluster: InProcessCluster):
-    from worker_ami.agent import WorkerAgent
-    from worker_ami.metadata import InstanceIdentity, StaticMetadata
+    from chalicelib.capacity import mission_instances
+    from local.inprocess import agent_for, instance_metadata
 
     mission_id = start(cluster, kmer_config("rebalance", "rb.fa", count=4))
-    instance_id = sorted(cluster.instance_states(mission_id))[0]
-    tags = {"lighthpc:mission": mission_id}
-    metadata = StaticMetadata(InstanceIdentity(instance_id, tags), rebalance=True)
-    report = WorkerAgent(
-        settings=get_context().settings,
-        store=get_context().store,
-        s3=get_context().aws.s3,
-        ec2=get_context().aws.ec2,
-        metadata=metadata,
-        workdir=cluster.workdir,
-    ).run()
+    instance = mission_instances(cluster.ec2, mission_id, ["running"])[0]
+    instance_id = instance["InstanceId"]
+    metadata = instance_metadata(instance, rebalance=True)
+    report = agent_for(instance, cluster.workdir / instance_id, metadata=metadata).run()
     assert (report.succeeded, report.handed_back) == (0, 0)  # claimed nothing
     assert [t["status"] for t in rows(cluster, mission_id)] == ["PENDING"] * 4
     assert cluster.instance_states(mission_id)[instance_id] == "terminated"

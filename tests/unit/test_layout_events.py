@@ -18,6 +18,7 @@ from chalicelib.events import (
 from chalicelib.layout import (
     PARTS_PREFIX,
     RESULTS_PREFIX,
+    FailureMarker,
     Outcome,
     failure_key,
     parse_outcome_key,
@@ -211,3 +212,82 @@ def test_unknown_message_is_rejected(body: str) -> None:
 def test_invalid_json_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         parse_queue_body("not json at all")
+
+
+# ---- failure marker ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [
+        FailureMarker(error="no licence for solver", exit_code=1, attempts=3),
+        FailureMarker(error="killed after the transaction timeout", exit_code=-9, timed_out=True),
+        FailureMarker(error="expired: worker lost", attempts=2, timed_out=False),
+        FailureMarker(error=None),
+        FailureMarker(error='ünïcode "quotes"\nand lines', exit_code=0, attempts=10),
+    ],
+)
+def test_failure_marker_round_trip(marker: FailureMarker) -> None:
+    body = marker.to_bytes()
+    assert isinstance(body, bytes)
+    assert FailureMarker.from_bytes(body) == marker
+    assert json.loads(body) == {
+        "error": marker.error,
+        "exit_code": marker.exit_code,
+        "attempts": marker.attempts,
+        "timed_out": marker.timed_out,
+    }
+
+
+@pytest.mark.parametrize("body", [b"", b"not json", b"{", b"\xff\xfe\x00", b"{'error': 'x'}"])
+def test_failure_marker_that_is_not_json(body: bytes) -> None:
+    assert FailureMarker.from_bytes(body) == FailureMarker(error="failure marker was not JSON")
+
+
+@pytest.mark.parametrize("body", [b"[]", b'["error"]', b"null", b"3", b'"exit 1"', b"true"])
+def test_failure_marker_that_is_not_an_object(body: bytes) -> None:
+    assert FailureMarker.from_bytes(body) == FailureMarker(
+        error="failure marker was not a JSON object"
+    )
+
+
+def test_failure_marker_with_missing_fields_takes_defaults() -> None:
+    assert FailureMarker.from_bytes(b"{}") == FailureMarker(error=None)
+    assert FailureMarker.from_bytes(b'{"error": "x"}') == FailureMarker(error="x")
+
+
+def test_failure_marker_ignores_unknown_fields() -> None:
+    body = json.dumps({"error": "x", "exit_code": 2, "host": "i-1", "extra": [1]}).encode()
+    assert FailureMarker.from_bytes(body) == FailureMarker(error="x", exit_code=2)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("exit_code", "3", FailureMarker(error="e")),
+        ("exit_code", 3.5, FailureMarker(error="e")),
+        ("exit_code", None, FailureMarker(error="e")),
+        ("exit_code", [3], FailureMarker(error="e")),
+        ("exit_code", {"code": 3}, FailureMarker(error="e")),
+        ("attempts", "2", FailureMarker(error="e")),
+        ("attempts", 2.0, FailureMarker(error="e")),
+        ("attempts", None, FailureMarker(error="e")),
+        ("timed_out", "true", FailureMarker(error="e")),
+        ("timed_out", 1, FailureMarker(error="e")),
+        ("timed_out", "yes", FailureMarker(error="e")),
+        ("error", 5, FailureMarker(error=None)),
+        ("error", ["a", "b"], FailureMarker(error=None)),
+        ("error", {"message": "m"}, FailureMarker(error=None)),
+    ],
+)
+def test_failure_marker_with_wrong_types(field: str, value: Any, expected: FailureMarker) -> None:
+    body = json.dumps({"error": "e", field: value}).encode()
+    assert FailureMarker.from_bytes(body) == expected
+
+
+@pytest.mark.parametrize(("field", "default"), [("exit_code", None), ("attempts", 0)])
+def test_failure_marker_booleans_are_not_numbers(field: str, default: Any) -> None:
+    """JSON `true` is not a number (Python's bool is an int). The exit code goes to DynamoDB as
+    a number, and pynamodb serialises True as N "true", which DynamoDB rejects."""
+    body = json.dumps({"error": "e", field: True}).encode()
+    assert getattr(FailureMarker.from_bytes(body), field) is default

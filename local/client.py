@@ -1,0 +1,242 @@
+"""How the CLI, the demo, the chaos suite and the benchmarks talk to lighthpc: HTTP and S3.
+
+A running `lighthpc up` is found through `<home>/stack.json` (`RuntimeInfo`); a deployed stage is
+an `DeployedApi` (its `EndpointURL`), every call signed with SigV4 from the default AWS
+credentials. Nothing here starts a stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlparse
+
+DEFAULT_HOME = Path(".lighthpc")
+INFO_FILE = "stack.json"  # written by a running `lighthpc up`, removed when it stops
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    stage: str
+    region: str
+    aws_endpoint: str
+    api_url: str
+    source_bucket: str
+    result_bucket: str
+    topic_arn: str
+    outbox: str
+    workers: str
+    pid: int
+
+    def describe(self) -> str:
+        return "\n".join(
+            [
+                f"AWS endpoint   {self.aws_endpoint}   (region {self.region}, any credentials)",
+                f"API            {self.api_url}",
+                f"source bucket  s3://{self.source_bucket}",
+                f"result bucket  s3://{self.result_bucket}",
+                f"outbox         {self.outbox}",
+                f"worker logs    {self.workers}",
+            ]
+        )
+
+
+def read_info(home: Path) -> RuntimeInfo | None:
+    path = home / INFO_FILE
+    if not path.exists():
+        return None
+    return RuntimeInfo(**json.loads(path.read_text()))
+
+
+TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
+
+
+class CliError(Exception):
+    """A problem to tell the user in one line, and exit 1."""
+
+
+# ---- talking to a running stack ----------------------------------------------------------
+
+
+def require_stack(home: Path) -> RuntimeInfo:
+    info = read_info(home)
+    if info is None:
+        raise CliError(
+            f"no local stack found in {home}/: start one with `lighthpc up` (in another terminal)"
+        )
+    try:
+        urllib.request.urlopen(f"{info.api_url}/missions", timeout=3).close()  # noqa: S310
+    except (urllib.error.URLError, OSError) as e:
+        raise CliError(
+            f"the local stack in {home}/ does not answer at {info.api_url} ({e});"
+            " is `lighthpc up` still running?"
+        ) from e
+    return info
+
+
+@dataclass(frozen=True)
+class DeployedApi:
+    """A deployed stage's API (IAM authorization): every call is signed with SigV4."""
+
+    api_url: str
+    region: str
+
+    @classmethod
+    def from_url(cls, url: str, region: str | None) -> DeployedApi:
+        host = urlparse(url).hostname or ""
+        # https://<id>.execute-api.<region>.amazonaws.com/api
+        parts = host.split(".")
+        from_host = parts[2] if len(parts) > 3 and parts[1] == "execute-api" else None
+        chosen = (
+            region
+            or from_host
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+        )
+        if not chosen:
+            raise CliError(f"cannot tell the region of {url}: pass --region")
+        return cls(api_url=url.rstrip("/"), region=chosen)
+
+    def sign(self, method: str, url: str, data: bytes | None, headers: dict[str, str]) -> dict:
+        import boto3
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        credentials = boto3.Session().get_credentials()
+        if credentials is None:
+            raise CliError(
+                f"no AWS credentials to sign requests to {self.api_url}"
+                " (aws configure, AWS_PROFILE or the AWS_* variables)"
+            )
+        request = AWSRequest(method=method, url=url, data=data, headers=headers)
+        SigV4Auth(credentials, "execute-api", self.region).add_auth(request)
+        return dict(request.headers.items())
+
+    def s3(self) -> Any:
+        import boto3
+
+        return boto3.session.Session().client("s3", region_name=self.region)
+
+
+Target = RuntimeInfo | DeployedApi
+
+
+def api(
+    info: Target,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    data = (
+        None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    )
+    url = f"{info.api_url}{path}"
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    if isinstance(info, DeployedApi):
+        sent = info.sign(method, url, data, sent)
+    request = urllib.request.Request(  # noqa: S310 - the local stack's or the deployed API's URL
+        url, data=data, method=method, headers=sent
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as e:
+        payload = e.read()
+        try:
+            return e.code, json.loads(payload)
+        except ValueError:
+            return e.code, {"error": payload.decode(errors="replace")}
+
+
+def explain(status: int, body: Any) -> str:
+    if isinstance(body, dict) and body.get("fields"):
+        fields = "\n".join(f"  {f['field']}: {f['reason']}" for f in body["fields"])
+        return f"HTTP {status}: {body.get('error')}\n{fields}"
+    if isinstance(body, dict) and body.get("error"):
+        return f"HTTP {status}: {body['error']}"
+    return f"HTTP {status}: {body}"
+
+
+def s3_client(info: Target) -> Any:
+    if isinstance(info, DeployedApi):
+        return info.s3()
+    import boto3
+
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=info.aws_endpoint,
+        region_name=info.region,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",  # noqa: S106 - the embedded AWS takes any credentials
+    )
+
+
+def post_once(info: Target, config: dict[str, Any], attempts: int = 3) -> tuple[int, Any]:
+    """POST a config, retrying a lost connection with the same Idempotency-Key: the API answers
+    a retry with the first answer, so a mission never starts twice. (HTTP errors are answers,
+    returned by `api`, and are not retried.)"""
+    headers = {"Idempotency-Key": f"cli-{uuid.uuid4().hex}"}
+    error: OSError | None = None
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(attempt)
+        try:
+            return api(info, "POST", "/missions", config, headers)
+        except OSError as e:  # urllib's URLError included
+            error = e
+    raise CliError(f"cannot reach {info.api_url}: {error}") from error
+
+
+def progress_line(mission: dict[str, Any], width: int = 40) -> str:
+    counts = mission.get("transactions", {})
+    total = counts.get("total") or 0
+    done = counts.get("SUCCEEDED", 0) + counts.get("FAILED", 0)
+    filled = int(width * done / total) if total else 0
+    bar = "#" * filled + "." * (width - filled)
+    return (
+        f"[{bar}] {done}/{total}  {mission['status']:<14}"
+        f" pending {counts.get('PENDING', 0)} running {counts.get('RUNNING', 0)}"
+        f" succeeded {counts.get('SUCCEEDED', 0)} failed {counts.get('FAILED', 0)}"
+    )
+
+
+def watch(info: Target, mission_id: str, timeout: float, out: TextIO | None = sys.stdout) -> dict:
+    """Until the mission is finished and its email sent (showing progress on `out`, unless
+    None); returns the mission."""
+    deadline = time.monotonic() + timeout
+    tty = out is not None and out.isatty()
+    last = ""
+    while True:
+        status, mission = api(info, "GET", f"/missions/{mission_id}")
+        if status != 200:
+            raise CliError(explain(status, mission))
+        line = progress_line(mission)
+        if out is not None and line != last:
+            out.write(("\r" + line) if tty else (line + "\n"))
+            out.flush()
+            last = line
+        if mission["status"] in TERMINAL and mission.get("notified_at"):
+            if tty and out is not None:
+                out.write("\n")
+            return mission
+        if time.monotonic() > deadline:
+            raise CliError(f"mission {mission_id} still {mission['status']} after {timeout:g} s")
+        time.sleep(0.5)
+
+
+def find_email(info: RuntimeInfo, mission_id: str, wait: float = 10.0) -> Path | None:
+    deadline = time.monotonic() + wait
+    while True:
+        found = sorted(Path(info.outbox).glob(f"*-{mission_id}.eml"))
+        if found or time.monotonic() > deadline:
+            return found[-1] if found else None
+        time.sleep(0.2)

@@ -1,0 +1,447 @@
+"""The store's conditional writes, in-process on moto: each status change is refused unless the
+state table allows it, each outcome is counted once, and only the lease holder writes.
+
+No worker processes: claims are driven through `claim_next`, as a worker would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from datetime import datetime, timedelta
+
+import pytest
+
+from chalicelib.config import MissionConfig
+from chalicelib.context import get_context
+from chalicelib.domain import Mission, Transaction, Usage
+from chalicelib.layout import FailureMarker, Outcome, part_key
+from chalicelib.states import IllegalTransition, MissionStatus, TransactionStatus
+from chalicelib.store import Conflict, NotFound, Store
+from local.inprocess import InProcessCluster
+from tests.functional.test_mission import kmer_config, submit
+from tests.functional.test_reliability import claim, mission, rows, start
+
+M = MissionStatus
+T = TransactionStatus
+LEASE = 300
+NO_USAGE = Usage(instance_seconds=0.0, estimated_cost=0.0)
+
+
+def store() -> Store:
+    return get_context().store
+
+
+def running(cluster: InProcessCluster, name: str, count: int = 2, **overrides) -> Mission:
+    """A mission planned and RUNNING, its instances launched, nothing claimed yet."""
+    mission_id = start(cluster, kmer_config(name, f"{name}.fa", count=count, **overrides))
+    found = store().missions.get(mission_id)
+    assert found.status is M.RUNNING and found.total == count
+    return found
+
+
+def awaiting(cluster: InProcessCluster, name: str) -> Mission:
+    """A mission whose input never came."""
+    found = store().missions.get(submit(cluster, kmer_config(name, f"{name}.fa", count=2)))
+    assert found.status is M.AWAITING_INPUT
+    return found
+
+
+def txn(mission_id: str, index: int) -> Transaction | None:
+    """The transaction's item, read fresh (None if it was never claimed)."""
+    found = list(store().transactions.of(mission_id, index, index))
+    return found[0] if found else None
+
+
+def succeeded_by_store(cluster: InProcessCluster, name: str) -> Mission:
+    """A mission driven to SUCCEEDED by the store alone: every transaction claimed and counted."""
+    m = running(cluster, name)
+    for slot in range(m.total):
+        claimed = claim(m.mission_id, f"i-w/{slot}", time.time(), LEASE)
+        outcome = Outcome(m.mission_id, claimed.index, True)
+        assert store().transactions.count_outcome(outcome, part_key(m.mission_id, claimed.index))
+    assert store().missions.finish(m.mission_id, M.SUCCEEDED, None, NO_USAGE, time.time())
+    done = store().missions.get(m.mission_id)
+    assert done.status is M.SUCCEEDED and done.succeeded == m.total
+    return done
+
+
+def finish_as_worker(t: Transaction, owner: str, status: TransactionStatus, seconds: float):
+    store().transactions.finish(
+        t,
+        owner=owner,
+        status=status,
+        exit_code=0 if status is T.SUCCEEDED else 1,
+        error=None if status is T.SUCCEEDED else "boom",
+        run_seconds=seconds,
+        part_key=part_key(t.mission_id, t.index) if status is T.SUCCEEDED else None,
+        now=time.time(),
+    )
+
+
+# ---- mission status writes refuse what the state table does not allow -----------------------
+
+
+def test_cancel_of_a_succeeded_mission_is_a_conflict(cluster: InProcessCluster):
+    done = succeeded_by_store(cluster, "done")
+    instances = cluster.instance_states(done.mission_id)
+    with pytest.raises(Conflict):
+        store().missions.cancel(done, time.time())
+    response = cluster.api.http.delete(f"/missions/{done.mission_id}")
+    assert response.status_code == 409
+    assert "error" in json.loads(response.body)
+    after = store().missions.get(done.mission_id)
+    assert after.status is M.SUCCEEDED
+    assert after.error is None and after.finished_at == done.finished_at
+    assert cluster.instance_states(done.mission_id) == instances  # a refused cancel stops nothing
+
+
+def test_finish_of_a_mission_awaiting_its_input_is_refused(cluster: InProcessCluster):
+    m = awaiting(cluster, "early")
+    usage = Usage(instance_seconds=12.0, estimated_cost=0.5)
+    for final in (M.SUCCEEDED, M.FAILED):
+        finished = store().missions.finish(m.mission_id, final, "results/x", usage, time.time())
+        assert finished is False
+    after = store().missions.get(m.mission_id)
+    assert after.status is M.AWAITING_INPUT
+    assert (after.finished_at, after.result_key, after.instance_seconds) == (None, None, 0.0)
+    assert store().missions.awaiting(m.input_key) == m.mission_id  # still bound to its input
+
+
+def test_begin_planning_of_a_running_mission_returns_none(cluster: InProcessCluster):
+    m = running(cluster, "planned")
+    assert store().missions.begin_planning(m.mission_id, time.time() + 3600, 360) is None
+    after = store().missions.get(m.mission_id)
+    assert after.status is M.RUNNING
+    assert after.planning_lease_until is None and after.started_at == m.started_at
+
+
+def test_expire_awaiting_of_a_running_mission_returns_false(cluster: InProcessCluster):
+    m = running(cluster, "started")
+    assert store().missions.expire_awaiting(m, "input never came", time.time()) is False
+    after = store().missions.get(m.mission_id)
+    assert (after.status, after.error, after.finished_at) == (M.RUNNING, None, None)
+    assert claim(m.mission_id, "i-w/0", time.time(), LEASE) is not None  # still claimable
+
+
+def test_expire_awaiting_of_an_awaiting_mission_fails_it_and_frees_its_input(
+    cluster: InProcessCluster,
+):
+    m = awaiting(cluster, "never")
+    assert store().missions.expire_awaiting(m, "input never came", time.time()) is True
+    assert store().missions.expire_awaiting(m, "input never came", time.time()) is False
+    after = store().missions.get(m.mission_id)
+    assert (after.status, after.error) == (M.FAILED, "input never came")
+    assert store().missions.awaiting(m.input_key) is None
+
+
+def test_time_out_of_a_cancelled_mission_returns_false(cluster: InProcessCluster):
+    m = running(cluster, "stopped")
+    store().missions.cancel(m, time.time())
+    assert store().missions.time_out(m.mission_id, "timed out", time.time()) is False
+    after = store().missions.get(m.mission_id)
+    assert (after.status, after.error) == (M.CANCELLED, "cancelled by request")
+
+
+def test_time_out_of_a_running_mission_happens_once(cluster: InProcessCluster):
+    m = running(cluster, "late")
+    assert store().missions.time_out(m.mission_id, "timed out", time.time()) is True
+    assert store().missions.time_out(m.mission_id, "timed out again", time.time()) is False
+    after = store().missions.get(m.mission_id)
+    assert (after.status, after.error) == (M.FAILED, "timed out")
+    assert claim(m.mission_id, "i-w/0", time.time(), LEASE) is None  # no claims once failed
+
+
+def test_a_move_the_table_never_allows_is_a_programming_error(cluster: InProcessCluster):
+    m = running(cluster, "illegal")
+    for target in (M.PLANNING, M.AWAITING_INPUT):
+        with pytest.raises(IllegalTransition):
+            store().missions.finish(m.mission_id, target, None, NO_USAGE, time.time())
+    assert store().missions.get(m.mission_id).status is M.RUNNING
+
+
+def test_cancel_a_running_mission_whose_input_key_is_awaited_again(cluster: InProcessCluster):
+    """Planning released the input key for later configs; a later config took it. Cancelling
+    the first mission must still work, and must leave the new mission's binding alone."""
+    first = running(cluster, "reused")
+    assert store().missions.awaiting(first.input_key) is None  # released when it started
+    second_id = submit(cluster, kmer_config("again", first.input_key, count=2))
+    assert store().missions.awaiting(first.input_key) == second_id
+
+    response = cluster.api.http.delete(f"/missions/{first.mission_id}")
+    assert response.status_code == 200, response.body
+    assert mission(cluster, first.mission_id)["status"] == "CANCELLED"
+    assert store().missions.awaiting(first.input_key) == second_id
+    assert store().missions.get(second_id).status is M.AWAITING_INPUT
+
+
+# ---- counting outcomes ---------------------------------------------------------------------
+
+
+def test_count_outcome_counts_a_running_transaction_once(cluster: InProcessCluster):
+    m = running(cluster, "once")
+    t = claim(m.mission_id, "i-w/0", time.time(), LEASE)
+    outcome, key = Outcome(m.mission_id, t.index, True), part_key(m.mission_id, t.index)
+    assert store().transactions.count_outcome(outcome, key) is True
+    assert store().transactions.count_outcome(outcome, key) is False
+    after = store().missions.get(m.mission_id)
+    assert (after.succeeded, after.failed) == (1, 0)
+    counted = txn(m.mission_id, t.index)
+    assert (counted.status, counted.part_key, counted.lease_owner) == (T.SUCCEEDED, key, "i-w/0")
+    assert counted.lease_expires_at is None
+
+
+def test_count_outcome_after_the_worker_finished_it(cluster: InProcessCluster):
+    """The usual order: the worker records SUCCEEDED, then the part's event is counted."""
+    m = running(cluster, "worker first")
+    t = claim(m.mission_id, "i-w/0", time.time(), LEASE)
+    finish_as_worker(t, "i-w/0", T.SUCCEEDED, 1.5)
+    outcome = Outcome(m.mission_id, t.index, True)
+    assert store().transactions.count_outcome(outcome, part_key(m.mission_id, t.index)) is True
+    assert store().transactions.count_outcome(outcome, part_key(m.mission_id, t.index)) is False
+    assert store().missions.get(m.mission_id).succeeded == 1
+
+
+def test_count_outcome_refuses_a_requeued_transaction(cluster: InProcessCluster):
+    """Regression: count_outcome used to move any status to SUCCEEDED. A part written by an
+    attempt whose transaction was since requeued must not count (a retry is coming)."""
+    m = running(cluster, "requeued")
+    t = claim(m.mission_id, "i-w/0", time.time(), LEASE)
+    store().transactions.requeue(t, "i-w/0", 1, "attempt 1 failed", time.time())
+    assert txn(m.mission_id, t.index).status is T.PENDING
+
+    key = part_key(m.mission_id, t.index)
+    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True), key) is False
+    marker = FailureMarker(error="boom", exit_code=1, attempts=1)
+    failed = Outcome(m.mission_id, t.index, False)
+    assert store().transactions.count_outcome(failed, key, marker) is False
+
+    after = txn(m.mission_id, t.index)
+    assert (after.status, after.part_key, after.attempts) == (T.PENDING, None, 1)
+    counters = store().missions.get(m.mission_id)
+    assert (counters.succeeded, counters.failed) == (0, 0)
+    # ... and the retry is still there to be claimed, and then counted.
+    retried = claim(m.mission_id, "i-w/1", time.time(), LEASE)
+    assert retried is not None  # index 1, from the cursor
+    retried = claim(m.mission_id, "i-w/1", time.time(), LEASE)
+    assert (retried.index, retried.attempts) == (t.index, 2)
+    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True), key) is True
+    assert store().missions.get(m.mission_id).succeeded == 1
+
+
+def test_count_outcome_refuses_a_transaction_taken_back_by_the_sweeper(
+    cluster: InProcessCluster,
+):
+    m = running(cluster, "taken back")
+    t = claim(m.mission_id, "i-lost/0", time.time() - 600, 1)  # its lease long expired
+    assert store().transactions.take_back_expired(t, time.time(), "expired", requeue=True)
+    assert txn(m.mission_id, t.index).status is T.PENDING
+
+    key = part_key(m.mission_id, t.index)
+    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True), key) is False
+    after = txn(m.mission_id, t.index)
+    assert (after.status, after.part_key) == (T.PENDING, None)
+    counters = store().missions.get(m.mission_id)
+    assert (counters.succeeded, counters.failed) == (0, 0)
+
+
+def test_a_dropped_lease_still_counts_its_failure_marker(cluster: InProcessCluster):
+    """Out of attempts: the sweeper drops the lease (the transaction stays RUNNING) and its
+    failure marker is counted from there."""
+    m = running(cluster, "dropped", max_attempts=1)
+    t = claim(m.mission_id, "i-lost/0", time.time() - 600, 1)
+    assert store().transactions.take_back_expired(t, time.time(), "expired", requeue=False)
+    marker = FailureMarker(error="expired: worker lost", attempts=1, timed_out=True)
+    failed = Outcome(m.mission_id, t.index, False)
+    assert store().transactions.count_outcome(failed, "x.failed", marker) is True
+    assert store().transactions.count_outcome(failed, "x.failed", marker) is False
+    after = txn(m.mission_id, t.index)
+    assert (after.status, after.error) == (T.FAILED, "expired: worker lost")
+    assert store().missions.get(m.mission_id).failed == 1
+
+
+def test_count_outcome_refuses_the_other_outcome_of_a_finished_transaction(
+    cluster: InProcessCluster,
+):
+    m = running(cluster, "other outcome")
+    t = claim(m.mission_id, "i-w/0", time.time(), LEASE)
+    finish_as_worker(t, "i-w/0", T.FAILED, 1.0)  # the worker says FAILED, not yet counted
+    key = part_key(m.mission_id, t.index)
+    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True), key) is False
+    assert txn(m.mission_id, t.index).status is T.FAILED
+    assert store().missions.get(m.mission_id).succeeded == 0
+
+
+def test_count_outcome_without_a_claim_or_a_running_mission_writes_nothing(
+    cluster: InProcessCluster,
+):
+    m = running(cluster, "unclaimed")
+    key = part_key(m.mission_id, 1)
+    assert store().transactions.count_outcome(Outcome(m.mission_id, 1, True), key) is False
+    assert txn(m.mission_id, 1) is None  # no item made up for a never-claimed transaction
+
+    t = claim(m.mission_id, "i-w/0", time.time(), LEASE)
+    store().missions.cancel(m, time.time())
+    key = part_key(m.mission_id, t.index)
+    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True), key) is False
+    assert txn(m.mission_id, t.index).status is T.RUNNING  # all or nothing
+    assert store().missions.get(m.mission_id).succeeded == 0
+
+
+def test_finish_by_a_worker_that_lost_its_lease_records_nothing(cluster: InProcessCluster):
+    m = running(cluster, "lost lease", count=1)
+    old = claim(m.mission_id, "i-old/0", time.time() - 600, 1)
+    assert store().transactions.take_back_expired(old, time.time(), "expired", requeue=True)
+
+    finish_as_worker(old, "i-old/0", T.SUCCEEDED, 9.0)  # requeued, not yet claimed again
+    with pytest.raises(Conflict):
+        store().transactions.requeue(old, "i-old/0", 1, "late", time.time())
+    pending = txn(m.mission_id, old.index)
+    assert (pending.status, pending.run_seconds, pending.finished_at) == (T.PENDING, None, None)
+    assert (pending.attempts, pending.exit_code) == (1, None)
+
+    new = claim(m.mission_id, "i-new/0", time.time(), LEASE)
+    assert (new.index, new.attempts) == (old.index, 2)
+    for status in (T.SUCCEEDED, T.FAILED):
+        finish_as_worker(old, "i-old/0", status, 9.0)
+    held = txn(m.mission_id, old.index)
+    assert (held.status, held.lease_owner, held.run_seconds) == (T.RUNNING, "i-new/0", None)
+    assert held.exit_code is None and held.part_key is None
+
+    finish_as_worker(new, "i-new/0", T.SUCCEEDED, 2.0)  # the holder's own finish lands
+    done = txn(m.mission_id, old.index)
+    assert (done.status, done.run_seconds, done.exit_code) == (T.SUCCEEDED, 2.0, 0)
+
+
+def test_finish_after_result_processor_counted_still_records_run_seconds(
+    cluster: InProcessCluster,
+):
+    m = running(cluster, "counted first")
+    t = claim(m.mission_id, "i-w/0", time.time(), LEASE)
+    key = part_key(m.mission_id, t.index)
+    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True), key)
+    assert txn(m.mission_id, t.index).run_seconds is None
+
+    finish_as_worker(t, "i-w/0", T.SUCCEEDED, 2.5)
+    after = txn(m.mission_id, t.index)
+    assert (after.status, after.run_seconds, after.exit_code) == (T.SUCCEEDED, 2.5, 0)
+    assert after.finished_at is not None and after.part_key == key
+    assert store().missions.get(m.mission_id).succeeded == 1  # counted once, still
+    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True), key) is False
+
+
+def test_finish_with_another_status_than_the_counted_one_records_nothing(
+    cluster: InProcessCluster,
+):
+    m = running(cluster, "disagree")
+    t = claim(m.mission_id, "i-w/0", time.time(), LEASE)
+    key = part_key(m.mission_id, t.index)
+    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True), key)
+    finish_as_worker(t, "i-w/0", T.FAILED, 3.0)
+    after = txn(m.mission_id, t.index)
+    assert (after.status, after.run_seconds, after.error) == (T.SUCCEEDED, None, None)
+
+
+def test_hand_back_spends_no_attempt(cluster: InProcessCluster):
+    m = running(cluster, "handed", count=1)
+    t = claim(m.mission_id, "i-a/0", time.time(), LEASE)
+    assert t.attempts == 1
+    store().transactions.hand_back(t, "i-a/0", time.time(), "handed back: Spot interruption")
+    back = txn(m.mission_id, t.index)
+    assert (back.status, back.attempts, back.lease_owner) == (T.PENDING, 0, None)
+    assert back.error == "handed back: Spot interruption"
+    again = claim(m.mission_id, "i-b/0", time.time(), LEASE)
+    assert (again.index, again.attempts, again.lease_owner) == (t.index, 1, "i-b/0")
+
+    # A requeue, by contrast, spends the attempt.
+    store().transactions.requeue(again, "i-b/0", 2, "exit 2", time.time())
+    back = txn(m.mission_id, t.index)
+    assert (back.status, back.attempts, back.exit_code, back.error) == (T.PENDING, 1, 2, "exit 2")
+    assert claim(m.mission_id, "i-c/0", time.time(), LEASE).attempts == 2
+
+
+def test_writes_by_a_worker_that_does_not_hold_the_lease_are_refused(
+    cluster: InProcessCluster,
+):
+    m = running(cluster, "not mine")
+    t = claim(m.mission_id, "i-a/0", time.time(), LEASE)
+    with pytest.raises(Conflict):
+        store().transactions.requeue(t, "i-b/0", 1, "not mine", time.time())
+    with pytest.raises(Conflict):
+        store().transactions.hand_back(t, "i-b/0", time.time(), "not mine")
+    assert store().transactions.extend_lease(t, "i-b/0", time.time(), LEASE) is False
+    held = txn(m.mission_id, t.index)
+    assert (held.status, held.lease_owner, held.attempts, held.error) == (
+        T.RUNNING,
+        "i-a/0",
+        1,
+        None,
+    )
+    assert held.lease_expires_at == t.lease_expires_at
+    # The sweeper spares a lease still alive, however it is asked.
+    for requeue in (True, False):
+        assert store().transactions.take_back_expired(t, time.time(), "x", requeue) is False
+    assert txn(m.mission_id, t.index).lease_owner == "i-a/0"
+    assert store().transactions.extend_lease(t, "i-a/0", time.time(), LEASE) is True
+
+
+def _is_utc(moment: datetime | None) -> bool:
+    return moment is not None and moment.utcoffset() == timedelta(0)
+
+
+def test_the_store_hands_out_typed_missions(cluster: InProcessCluster):
+    m = running(cluster, "typed", count=3)
+    t = claim(m.mission_id, "i-w/0", time.time(), LEASE)
+    store().transactions.count_outcome(
+        Outcome(m.mission_id, t.index, True), part_key(m.mission_id, t.index)
+    )
+    store().missions.add_instance_usage(m.mission_id, 12.5, 0.25)
+
+    got = store().missions.get(m.mission_id)
+    assert type(got) is Mission
+    assert type(got.status) is MissionStatus and got.status is M.RUNNING
+    assert type(got.config) is MissionConfig and got.config.split.count == 3
+    for number in (got.total, got.succeeded, got.failed, got.handed_out, got.instances):
+        assert type(number) is int
+    assert (got.total, got.succeeded, got.handed_out) == (3, 1, 1)
+    assert type(got.instance_seconds) is float and got.instance_seconds == 12.5
+    assert type(got.estimated_cost) is float and got.estimated_cost == 0.25
+    assert type(got.input_bytes) is int
+    assert _is_utc(got.created_at) and _is_utc(got.started_at) and _is_utc(got.running_at)
+    assert got.created_at <= got.started_at <= got.running_at
+    assert got.plan.count == 3 and got.plan.slice(0).start == 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.status = M.FAILED  # type: ignore[misc]
+
+
+def test_the_store_hands_out_typed_transactions(cluster: InProcessCluster):
+    m = running(cluster, "typed txns", count=3)
+    first = claim(m.mission_id, "i-w/0", time.time(), LEASE)
+    second = claim(m.mission_id, "i-w/1", time.time(), LEASE)
+    finish_as_worker(second, "i-w/1", T.SUCCEEDED, 0.75)
+
+    listed = list(store().transactions.of(m.mission_id))
+    assert [t.index for t in listed] == [first.index, second.index] == [0, 1]  # never-claimed: none
+    for t in listed:
+        assert type(t) is Transaction and t.mission_id == m.mission_id
+        assert type(t.status) is TransactionStatus
+        for number in (t.index, t.attempts, t.start, t.end):
+            assert type(number) is int
+        assert _is_utc(t.started_at)
+    running_one, finished = listed
+    assert running_one.status is T.RUNNING and type(running_one.lease_expires_at) is float
+    assert finished.status is T.SUCCEEDED and type(finished.exit_code) is int
+    assert type(finished.run_seconds) is float and _is_utc(finished.finished_at)
+    assert [(t.start, t.end) for t in listed] == [
+        (m.plan.slice(i).start, m.plan.slice(i).end) for i in (0, 1)
+    ]
+    # The API shows the never-claimed one from the plan.
+    assert [r["status"] for r in rows(cluster, m.mission_id)] == ["RUNNING", "SUCCEEDED", "PENDING"]
+
+
+def test_an_unknown_mission_is_not_found(cluster: InProcessCluster):
+    with pytest.raises(NotFound):
+        store().missions.get("m-nope")
+    assert cluster.get("/missions/m-nope").status_code == 404
+    assert list(store().transactions.of("m-nope")) == []
