@@ -29,6 +29,14 @@ LEASE = 300
 NO_USAGE = Usage(instance_seconds=0.0, estimated_cost=0.0)
 
 
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One embedded AWS for the module (each test works on missions of its own): the stack's
+    provisioning is most of a test's time."""
+    with InProcessCluster.running(workdir=tmp_path_factory.mktemp("store")) as shared:
+        yield shared
+
+
 def store() -> Store:
     return get_context().store
 
