@@ -1,4 +1,4 @@
-"""Every pynamodb model, in one module.
+"""Every pynamodb model, in one module, private to the store (callers get chalicelib.domain values).
 
 Table names come from settings, which must not be read at import time, so `bind_tables` sets them
 (and forgets pynamodb's cached connections) when the store is first built.
