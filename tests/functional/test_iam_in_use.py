@@ -10,20 +10,24 @@ policies' Allow statements (conditions are not evaluated).
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import fnmatch
 import json
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import botocore.session
 import pytest
 
 from chalicelib.context import get_context
-from chalicelib.store.models import MissionModel
-from chalicelib.sweeper import sweep
+from chalicelib.store.models import NEEDS_CARE, MissionModel
+from chalicelib.sweeper import SweepReport, sweep
 from local import inprocess
 from local.inprocess import InProcessCluster
 from tests.deploy.policies import (
@@ -34,9 +38,10 @@ from tests.deploy.policies import (
     worker_statements,
 )
 from tests.functional.test_mission import kmer_config, submit
-from tests.functional.test_reliability import SAMPLE, lose_a_worker, mission
+from tests.functional.test_reliability import SAMPLE, SLOW, claim, lose_a_worker, mission
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
+JSON = {"Content-Type": "application/json"}
 
 # Operations whose IAM action is not "<service>:<OperationName>".
 _ACTION_OF = {
@@ -136,8 +141,10 @@ def recorded(tmp_path) -> Iterator[tuple[InProcessCluster, Recorder]]:
 
     listing = inprocess.mission_instances
     botocore.session.Session.create_client = create_client  # type: ignore[method-assign]
+    # A short lease, so that a 1.5 s app outlives a third of it and the heartbeat runs.
+    short_lease = {"LEASE_SECONDS": "3"}
     try:
-        with InProcessCluster.running(workdir=tmp_path) as cluster:
+        with InProcessCluster.running(workdir=tmp_path, env=short_lease) as cluster:
             _attribute(cluster, recorder)
             yield cluster, recorder
     finally:
@@ -184,14 +191,26 @@ def _scheduled(cluster: InProcessCluster) -> Any:
     )
 
 
-def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> None:
-    """One of everything: missions that succeed and fail, Spot warnings, sweeps, a cancel."""
-    # A mission that succeeds, submitted twice with an Idempotency-Key, with every read route.
+def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> list[SweepReport]:
+    """One of everything: missions that succeed and fail, Spot warnings, sweeps, a cancel.
+
+    Returns the sweeps' reports (the test checks that every kind of repair happened)."""
+    sweeps: list[SweepReport] = []
+
+    def sweeper(ctx: Any = None) -> None:
+        get_context().aws.queue_urls.clear()  # each function is a process of its own
+        with recorder.acting_as("sweeper"):
+            sweeps.append(sweep(ctx or get_context()))
+
+    # A mission that succeeds, submitted twice with an Idempotency-Key, with every read route;
+    # a second config for its input while it waits is a 409.
     headers = {"Content-Type": "application/json", "Idempotency-Key": "ok-1"}
     body = json.dumps(kmer_config("ok", "ok.fa", count=4))
     done = json.loads(cluster.api.http.post("/missions", headers=headers, body=body).body)
     done = done["mission_id"]
     cluster.api.http.post("/missions", headers=headers, body=body)  # the retry: same answer
+    busy = cluster.api.http.post("/missions", headers=JSON, body=body)  # no key: a new config
+    assert busy.status_code == 409, busy.body
     broken = json.dumps(kmer_config("broken", "broken.fa", max_attempts=0))
     cluster.api.http.post("/missions", headers={**headers, "Idempotency-Key": "b"}, body=broken)
     cluster.upload("ok.fa", SAMPLE)
@@ -202,14 +221,49 @@ def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> None:
     cluster.get("/missions")
     cluster.get(f"/missions/{done}/transactions?limit=2")
 
-    # A mission whose app always fails: failure markers, a FAILED email.
+    # Its email lost after it finished (the sender died): the sweeper sends it.
+    MissionModel(done).update(
+        actions=[
+            MissionModel.notified_at.remove(),
+            MissionModel.notify_lease_until.remove(),
+            MissionModel.needs_care.set(NEEDS_CARE),
+        ]
+    )
+    sweeper()
+
+    # A mission whose app always fails: a retry, then failure markers and a FAILED email; and
+    # one whose app outlives a third of its lease, so the heartbeat renews it.
     argv = ["{python}", "-c", "import sys; sys.exit('no licence')"]
-    bad = submit(cluster, kmer_config("bad", "bad.fa", count=2, app={"argv": argv}, max_attempts=1))
+    bad = submit(cluster, kmer_config("bad", "bad.fa", count=2, app={"argv": argv}, max_attempts=2))
     cluster.upload("bad.fa", SAMPLE)
     cluster.deliver_source_events()
     cluster.run_workers(bad)
     cluster.deliver_result_events()
     assert mission(cluster, bad)["status"] == "FAILED"
+    slow = ["{python}", "-c", SLOW, "{output}", "1.5"]
+    beat = submit(cluster, kmer_config("beat", "beat.fa", count=1, app={"argv": slow}))
+    cluster.upload("beat.fa", SAMPLE)
+    cluster.deliver_source_events()
+    cluster.run_workers(beat)
+    cluster.deliver_result_events()
+    assert mission(cluster, beat)["status"] == "SUCCEEDED"
+
+    # Lines mode: the scheduler counts the input's lines, each worker cuts its slices.
+    lines = submit(
+        cluster,
+        {
+            "name": "lines",
+            "input": "reads.txt",
+            "split": {"mode": "lines", "lines_per_transaction": 2},
+            "app": {"builtin": "seq-stats"},
+            "instances": {"max_instances": 1, "slots": 2},
+        },
+    )
+    cluster.upload("reads.txt", b"ACGT\nGGCC\nTTAA\n")
+    cluster.deliver_source_events()
+    cluster.run_workers(lines)
+    cluster.deliver_result_events()
+    assert mission(cluster, lines)["status"] == "SUCCEEDED"
 
     # A broken upload fails its mission at planning.
     empty = submit(cluster, kmer_config("empty", "empty.fa"))
@@ -218,19 +272,23 @@ def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> None:
     cluster.deliver_result_events()
     assert mission(cluster, empty)["status"] == "FAILED"
 
-    # A Spot warning: the control side hands the work back and launches a replacement.
+    # A Spot warning for an instance holding a lease: the control side hands the work back and
+    # launches a replacement.
     deadline = {"mission_seconds": 600}
-    spot = submit(cluster, kmer_config("spot", "spot.fa", timeouts=deadline))
+    spot = submit(cluster, kmer_config("spot", "spot.fa", count=2, timeouts=deadline))
     cluster.upload("spot.fa", SAMPLE)
     cluster.deliver_source_events()
     instance_id = sorted(cluster.instance_states(spot))[0]
+    for slot in (0, 1):  # every index handed out: the retries are found through their index
+        claim(spot, f"{instance_id}/{slot}", time.time(), 300)
     event = cluster.api.events.generate_cw_event(
         source="aws.ec2",
         detail_type="EC2 Spot Instance Interruption Warning",
         detail={"instance-id": instance_id, "instance-action": "terminate"},
         resources=[f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/{instance_id}"],
     )
-    cluster.api.lambda_.invoke("spot_interruption", event)
+    response = cluster.api.lambda_.invoke("spot_interruption", event)
+    assert response.payload == {"handed_back": 2}
 
     # The sweeper: a lost worker out of attempts, a launch that came short (as scheduled).
     sweepy = submit(cluster, kmer_config("sweepy", "sweepy.fa", max_attempts=1))
@@ -240,10 +298,25 @@ def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> None:
     alive = [i for i, state in cluster.instance_states(sweepy).items() if state == "running"]
     cluster.ec2.terminate_instances(InstanceIds=alive[:1])
     MissionModel(sweepy).update(actions=[MissionModel.launch_errors.set("spot: no capacity")])
-    cluster.api.lambda_.invoke("sweeper", _scheduled(cluster))
+    sweeps.append(SweepReport(**cluster.api.lambda_.invoke("sweeper", _scheduled(cluster)).payload))
     cluster.run_workers(sweepy)
     cluster.deliver_result_events()
     assert mission(cluster, sweepy)["status"] == "FAILED"
+
+    # A lost worker with attempts left, and a claim lost between the cursor and its item: the
+    # sweeper requeues the one, then (nothing leased any more) recreates the other.
+    lost = submit(cluster, kmer_config("lost", "lost.fa", count=6))
+    cluster.upload("lost.fa", SAMPLE)
+    cluster.deliver_source_events()
+    lose_a_worker(cluster, lost)
+    get_context().store.transactions._advance_cursor(lost)  # a worker died right after it
+    cluster.run_workers(lost)
+    cluster.deliver_result_events()
+    for _ in range(2):  # the expired lease first; the lost claim once nothing else waits
+        sweeper()
+        cluster.run_workers(lost)
+        cluster.deliver_result_events()
+    assert mission(cluster, lost)["status"] == "SUCCEEDED"
 
     # A cancel.
     cancelled = submit(cluster, kmer_config("cancel", "cancel.fa"))
@@ -260,13 +333,67 @@ def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> None:
             MissionModel.planning_lease_until.set(time.time() - 1),
         ]
     )
-    later = dataclasses.replace(get_context(), clock=lambda: time.time() + 7200)
-    get_context().aws.queue_urls.clear()
-    with recorder.acting_as("sweeper"):
-        report = sweep(later)
-    assert spot in report.timed_out and never in report.timed_out, report
-    assert report.replanned == [stuck], report
+    sweeper(dataclasses.replace(get_context(), clock=lambda: time.time() + 7200))
+    assert spot in sweeps[-1].timed_out and never in sweeps[-1].timed_out, sweeps[-1]
+    assert sweeps[-1].replanned == [stuck], sweeps[-1]
     cluster.deliver_result_events()
+    return sweeps
+
+
+# Where the principals' code paths live: every function here must run in the scenarios, so a new
+# store method or handler branch cannot reach AWS without its IAM calls being checked.
+COVERED_MODULES = (
+    "app.py",
+    "chalicelib/store/missions.py",
+    "chalicelib/store/transactions.py",
+    "chalicelib/scheduler.py",
+    "chalicelib/sweeper.py",
+    "chalicelib/results.py",
+    "chalicelib/interruptions.py",
+    "chalicelib/missions.py",
+    "chalicelib/capacity.py",
+    "worker_ami/agent.py",
+)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def defined_functions() -> set[str]:
+    """`path:function` for every function and method the covered modules define."""
+    found = set()
+    for module in COVERED_MODULES:
+        tree = ast.parse((ROOT / module).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                found.add(f"{module}:{node.name}")
+    return found
+
+
+@contextmanager
+def calls_recorded() -> Iterator[set[str]]:
+    """`path:function` of every covered function called meanwhile, in any thread."""
+    files = {str(ROOT / m): m for m in COVERED_MODULES}
+    called: set[str] = set()
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and (module := files.get(frame.f_code.co_filename)):
+            called.add(f"{module}:{frame.f_code.co_name}")
+
+    sys.setprofile(profile)
+    threading.setprofile(profile)
+    try:
+        yield called
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)  # type: ignore[arg-type]
+
+
+# Never run in the scenarios, and why that is fine for the IAM check.
+NOT_IN_SCENARIOS = {
+    "app.py:answers",  # run when app.py is imported, decorating the routes
+    "app.py:decorate",
+    "worker_ami/agent.py:main",  # the worker's process entry: the scenarios run agents in threads
+    "worker_ami/agent.py:_watch_for_interruption",  # polls metadata only: no AWS call
+}
 
 
 def _allows(statement: dict[str, Any], action: str, resource: str) -> bool:
@@ -278,7 +405,12 @@ def _allows(statement: dict[str, Any], action: str, resource: str) -> bool:
 
 def test_every_call_is_allowed_and_every_grant_is_used(recorded):
     cluster, recorder = recorded
-    run_scenarios(cluster, recorder)
+    with calls_recorded() as called:
+        sweeps = run_scenarios(cluster, recorder)
+    never = sorted(defined_functions() - called - NOT_IN_SCENARIOS)
+    assert not never, f"never run by the scenarios (extend them): {never}"
+    repairs = {k for report in sweeps for k, v in dataclasses.asdict(report).items() if v}
+    assert repairs == {f.name for f in dataclasses.fields(SweepReport)}, repairs
     policies = {
         name: resolved(function_statements(name), cluster.stack) for name in FUNCTION_POLICY_FILES
     }
