@@ -138,7 +138,7 @@ def launch_and_record(ctx: Context, mission: Mission, count: int, token_suffix: 
     twice."""
     launch = launch_for(ctx, mission, count, token_suffix)
     ctx.store.missions.record_relaunch(
-        mission.mission_id, len(launch.instance_ids), launch.error_text
+        mission.mission_id, len(launch.instance_ids), launch.error_text, ctx.clock()
     )
     return len(launch.instance_ids)
 

@@ -40,6 +40,7 @@ class Mission:
     failed: int = 0
     instances: int = 0
     relaunches: int = 0
+    relaunched_at: datetime | None = None
     launch_errors: str | None = None
     instance_seconds: float = 0.0
     estimated_cost: float = 0.0  # USD

@@ -1,15 +1,19 @@
 """The sweeper (a Chalice `schedule`): what no event will do by itself.
 
 - a transaction whose lease expired (its worker died, or was interrupted without handing back)
-  goes back to the queue, or, out of attempts, is reported failed through a failure marker;
-- a mission past its deadline is failed, its instances terminated, its email sent (so is one
-  whose input never arrived);
-- a mission with work left and no live worker gets new capacity;
+  goes back to the queue, or, out of attempts, is failed and reported through a failure marker;
+- every live state has a deadline: a mission whose input never arrived, one whose planning never
+  finished, one still running past its time is failed, its instances terminated, its email sent;
+- a mission whose every outcome is counted but that was never finished (the settling event
+  died) is settled; outcomes recorded on their items but never counted (their events were lost)
+  are counted;
+- a mission with work left and no live worker gets new capacity, within its cap;
 - a planner that died is replaced (its start request is sent again);
 - an email whose sender died is sent.
 
 Every step is a conditional write or an idempotent call, so two sweeps at once, or a sweep
-racing the workers, change nothing twice.
+racing the workers, change nothing twice; and each mission is cared for on its own, so one that
+fails (or cannot be read) does not stop the sweep for the others.
 """
 
 from __future__ import annotations
@@ -26,43 +30,61 @@ from chalicelib.capacity import (
 from chalicelib.context import Context
 from chalicelib.domain import Mission, Transaction
 from chalicelib.events import send_start_request
-from chalicelib.layout import FailureMarker, failure_key
+from chalicelib.layout import FailureMarker, Outcome, failure_key, part_key
 from chalicelib.observability import bind_mission, count, logger
 from chalicelib.results import settle
+from chalicelib.scheduler import PLANNING_LEASE_SECONDS
 from chalicelib.states import MissionStatus, TransactionStatus, after_failed_attempt
+
+# A mission still PLANNING this long after planning began has seen several planners die (each
+# lease outlives one scheduler invocation): its input cannot be planned; fail it, say so.
+PLANNING_DEADLINE_SECONDS = 4 * PLANNING_LEASE_SECONDS
 
 
 @dataclass
 class SweepReport:
     requeued: int = 0
     failed: int = 0
+    recounted: int = 0
     timed_out: list[str] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)
     relaunched: dict[str, int] = field(default_factory=dict)
     replanned: list[str] = field(default_factory=list)
     mailed: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # mission id -> what went wrong
 
 
 def sweep(ctx: Context) -> SweepReport:
     report = SweepReport()
-    for mission in ctx.store.missions.needing_care():
-        bind_mission(mission.mission_id)
-        if mission.status is MissionStatus.AWAITING_INPUT:
-            _expire_if_input_never_came(ctx, mission, report)
-        elif mission.status is MissionStatus.PLANNING:
-            _replan_if_abandoned(ctx, mission, report)
-        elif mission.status is MissionStatus.RUNNING:
-            _care_for_running(ctx, mission, report)
-        elif mission.terminal and mission.notified_at is None:
-            lease = mission.notify_lease_until
-            if lease is None or lease < ctx.clock():
-                settle(ctx, mission.mission_id)
-                report.mailed.append(mission.mission_id)
+    for mission_id in ctx.store.missions.needing_care():
+        bind_mission(mission_id)
+        try:
+            _care_for(ctx, ctx.store.missions.get(mission_id), report)
+        except Exception as e:  # one mission's trouble must not stop the sweep for the others
+            report.errors[mission_id] = repr(e)
+            logger.exception("sweeping this mission failed; the next sweep tries again")
     bind_mission(None)
     count("Sweeps")
     count("TransactionsRequeued", report.requeued)
+    count("TransactionsRecounted", report.recounted)
     count("MissionsTimedOut", len(report.timed_out))
     count("Relaunches", len(report.relaunched))
+    count("SweepErrors", len(report.errors))
     return report
+
+
+def _care_for(ctx: Context, mission: Mission, report: SweepReport) -> None:
+    if mission.status is MissionStatus.AWAITING_INPUT:
+        _expire_if_input_never_came(ctx, mission, report)
+    elif mission.status is MissionStatus.PLANNING:
+        _replan_if_abandoned(ctx, mission, report)
+    elif mission.status is MissionStatus.RUNNING:
+        _care_for_running(ctx, mission, report)
+    elif mission.terminal and mission.notified_at is None:
+        lease = mission.notify_lease_until
+        if lease is None or lease < ctx.clock():
+            settle(ctx, mission.mission_id)
+            report.mailed.append(mission.mission_id)
 
 
 def _care_for_running(ctx: Context, mission: Mission, report: SweepReport) -> None:
@@ -77,46 +99,105 @@ def _care_for_running(ctx: Context, mission: Mission, report: SweepReport) -> No
             logger.warning("mission timed out", extra={"reason": reason})
         settle(ctx, mission.mission_id)
         return
-    leased = ctx.store.transactions.leased(mission.mission_id)
+    if mission.remaining == 0:  # every outcome counted: the event that completed it died
+        settle(ctx, mission.mission_id)
+        report.settled.append(mission.mission_id)
+        return
+    transactions = ctx.store.transactions
+    leased = transactions.leased(mission.mission_id)
     for txn in leased:
         if txn.lease_expired(now):
             _take_back(ctx, mission, txn, now, report)
-    transactions = ctx.store.transactions
-    if not leased and mission.remaining > 0 and not transactions.has_work_left(mission):
+    # A heartbeat within the last lease period: some worker is alive and working.
+    working = any(not txn.lease_expired(now) for txn in leased)
+    if not working and not transactions.has_work_left(mission):
+        # Stalled: nothing runs, nothing waits. Outcomes whose events were lost are counted;
+        # indexes handed out whose claims never landed are created as retries.
+        if _recount(ctx, mission, report):
+            return
         report.requeued += len(transactions.requeue_lost_claims(mission, now))
     if transactions.has_work_left(mission):
-        alive = mission_instances(ctx.aws.ec2, mission.mission_id, ["pending", "running"])
-        # No live worker: the work is stranded. A launch that came short (partial fulfilment,
-        # InsufficientInstanceCapacity) is topped up too. And a retry nobody has claimed for two
-        # lease periods means the live instances are not working (hung, or draining): relaunch
-        # as if there were none.
-        oldest = transactions.oldest_retry_rank(mission.mission_id)
-        stranded = oldest is not None and now * 1000 - oldest > 2000 * ctx.settings.lease_seconds
-        if not alive or mission.launch_errors or stranded:
-            _relaunch(ctx, mission, 0 if stranded else len(alive), report)
+        _capacity_for(ctx, mission, working, now, report)
+
+
+def _capacity_for(
+    ctx: Context, mission: Mission, working: bool, now: float, report: SweepReport
+) -> None:
+    """Launch for work that has no live worker (or came short), never beyond the cap.
+
+    Work is stranded when every index is handed out, a retry has waited two lease periods, no
+    worker heartbeats and no relaunch is still booting: the live instances are not working
+    (hung, or draining), so they are replaced. A launch that came short (partial fulfilment,
+    InsufficientInstanceCapacity) is topped up.
+    """
+    alive = mission_instances(ctx.aws.ec2, mission.mission_id, ["pending", "running"])
+    patience_ms = 2000 * ctx.settings.lease_seconds
+    oldest = ctx.store.transactions.oldest_retry_rank(mission.mission_id)
+    booting = (
+        mission.relaunched_at is not None
+        and now * 1000 - mission.relaunched_at.timestamp() * 1000 < patience_ms
+    )
+    stranded = (
+        mission.handed_out >= mission.total
+        and oldest is not None
+        and now * 1000 - oldest > patience_ms
+        and not working
+        and not booting
+    )
+    if stranded:
+        terminated = terminate_mission_instances(ctx.aws.ec2, mission.mission_id)
+        logger.warning("stranded work: idle instances replaced", extra={"idle": len(terminated)})
+        _relaunch(ctx, mission, 0, report)
+    elif not alive or mission.launch_errors:
+        _relaunch(ctx, mission, len(alive), report)
+
+
+def _recount(ctx: Context, mission: Mission, report: SweepReport) -> bool:
+    """Count the outcomes recorded on items but never counted; True if any was."""
+    counted = 0
+    for txn in ctx.store.transactions.finished_uncounted(mission.mission_id):
+        succeeded = txn.status is TransactionStatus.SUCCEEDED
+        outcome = Outcome(mission.mission_id, txn.index, succeeded)
+        if succeeded:
+            key = txn.part_key or part_key(mission.mission_id, txn.index)
+            failure = None
+        else:
+            key = failure_key(mission.mission_id, txn.index)
+            failure = FailureMarker(error=txn.error, exit_code=txn.exit_code, attempts=txn.attempts)
+        counted += ctx.store.transactions.count_outcome(outcome, key, failure)
+    if counted:
+        report.recounted += counted
+        logger.warning("outcomes recounted: their events were lost", extra={"count": counted})
+        settle(ctx, mission.mission_id)
+        if ctx.store.missions.get(mission.mission_id).terminal:
+            report.settled.append(mission.mission_id)
+    return counted > 0
 
 
 def _take_back(
     ctx: Context, mission: Mission, txn: Transaction, now: float, report: SweepReport
 ) -> None:
     reason = f"lease of {txn.lease_owner} expired: worker lost"
-    transactions = ctx.store.transactions
-    if after_failed_attempt(txn.attempts, mission.config.max_attempts) is TransactionStatus.PENDING:
-        if transactions.take_back_expired(txn, now, reason, requeue=True):
-            report.requeued += 1
-            logger.warning("expired lease: transaction requeued", extra={"index": txn.index})
+    attempts = mission.config.max_attempts
+    requeue = after_failed_attempt(txn.attempts, attempts) is TransactionStatus.PENDING
+    # The lease is taken back first: a worker that heartbeat meanwhile keeps its transaction
+    # (the condition says no), and nothing is reported for it.
+    if not ctx.store.transactions.take_back_expired(txn, now, reason, requeue=requeue):
         return
-    # Out of attempts: report it like a worker would, through a failure marker (written first,
-    # so a sweeper that dies here leaves the lease expired and the next sweep writes it again).
+    if requeue:
+        report.requeued += 1
+        logger.warning("expired lease: transaction requeued", extra={"index": txn.index})
+        return
+    # Out of attempts, now FAILED: reported like a worker would, through a failure marker (if
+    # this sweeper dies before writing it, the recount of a stalled mission counts it).
     marker = FailureMarker(error=reason, attempts=txn.attempts)
     ctx.aws.s3.put_object(
         Bucket=ctx.settings.result_bucket,
         Key=failure_key(mission.mission_id, txn.index),
         Body=marker.to_bytes(),
     )
-    if transactions.take_back_expired(txn, now, reason, requeue=False):
-        report.failed += 1
-        logger.warning("expired lease, out of attempts", extra={"index": txn.index})
+    report.failed += 1
+    logger.warning("expired lease, out of attempts", extra={"index": txn.index})
 
 
 def _relaunch(ctx: Context, mission: Mission, alive: int, report: SweepReport) -> None:
@@ -146,6 +227,18 @@ def _expire_if_input_never_came(ctx: Context, mission: Mission, report: SweepRep
 
 def _replan_if_abandoned(ctx: Context, mission: Mission, report: SweepReport) -> None:
     lease = mission.planning_lease_until
-    if lease is not None and lease < ctx.clock():
-        send_start_request(ctx, mission.mission_id)
-        report.replanned.append(mission.mission_id)
+    now = ctx.clock()
+    if lease is not None and lease >= now:
+        return  # a planner is at work
+    began = (mission.started_at or mission.created_at).timestamp()
+    if now - began > PLANNING_DEADLINE_SECONDS:
+        reason = (
+            f"planning did not finish within {PLANNING_DEADLINE_SECONDS} s"
+            " (each planner died or ran out of time; see light_scheduler's logs)"
+        )
+        if ctx.store.missions.expire_planning(mission, reason, now):
+            report.timed_out.append(mission.mission_id)
+            settle(ctx, mission.mission_id)
+        return
+    send_start_request(ctx, mission.mission_id)
+    report.replanned.append(mission.mission_id)

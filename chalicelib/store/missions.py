@@ -51,6 +51,7 @@ def mission_of(item: MissionModel) -> Mission:
         failed=int(item.n_failed or 0),
         instances=int(item.n_instances or 0),
         relaunches=int(item.relaunches or 0),
+        relaunched_at=item.relaunched_at,
         launch_errors=item.launch_errors,
         instance_seconds=float(item.instance_seconds or 0),
         estimated_cost=float(item.estimated_cost or 0),
@@ -95,17 +96,12 @@ class MissionStore:
         except NotFound:
             return None
 
-    def needing_care(self) -> list[Mission]:
-        """Missions the sweeper looks at: unfinished ones, and finished ones not yet mailed.
-
-        The sparse care index names them (every mission from creation until its email is sent);
-        the missions themselves are read consistently, as the sweeper acts on their state.
-        """
+    def needing_care(self) -> list[str]:
+        """The missions the sweeper looks at, by id: every mission from its creation until its
+        email is sent (the sparse care index). Ids, not missions: the sweeper reads each one
+        consistently on its own, so one it cannot read does not stop the others."""
         with translated("read the missions needing care"):
-            keys = [m.mission_id for m in MissionModel.needing_care.query(NEEDS_CARE)]
-            items = list(MissionModel.batch_get(keys, consistent_read=True))
-        missions = sorted((mission_of(item) for item in items), key=lambda m: m.mission_id)
-        return [m for m in missions if not m.terminal or m.notified_at is None]
+            return sorted(m.mission_id for m in MissionModel.needing_care.query(NEEDS_CARE))
 
     # ---- the life of a mission --------------------------------------------------------------
 
@@ -195,6 +191,26 @@ class MissionStore:
             ],
             only_from=[M.PLANNING],
         )
+
+    def expire_planning(self, mission: Mission, reason: str, now: float) -> bool:
+        """Fail a mission whose planning never finished (its planners kept dying, or its input
+        cannot be planned in time); False if a planner holds a live lease or it moved on."""
+        unleased = MissionModel.planning_lease_until.does_not_exist() | (
+            MissionModel.planning_lease_until < now
+        )
+        with conditional(f"expire the planning of {mission.mission_id}") as write:
+            self._move_and_release(
+                mission,
+                M.FAILED,
+                [
+                    MissionModel.error.set(reason),
+                    MissionModel.finished_at.set(utc(now)),
+                    MissionModel.planning_lease_until.remove(),
+                ],
+                only_from=[M.PLANNING],
+                also=unleased,
+            )
+        return write.applied
 
     def cancel(self, mission: Mission, now: float) -> None:
         """Cancel a mission that has not finished; Conflict if it already has.
@@ -295,12 +311,15 @@ class MissionStore:
             [MissionModel.instance_seconds.add(seconds), MissionModel.estimated_cost.add(cost)],
         )
 
-    def record_relaunch(self, mission_id: str, instances: int, launch_errors: str | None) -> None:
+    def record_relaunch(
+        self, mission_id: str, instances: int, launch_errors: str | None, now: float
+    ) -> None:
         self._update(
             mission_id,
             [
                 MissionModel.n_instances.add(instances),
                 MissionModel.relaunches.add(1),
+                MissionModel.relaunched_at.set(utc(now)),
                 _set_or_remove(MissionModel.launch_errors, launch_errors),
             ],
         )
@@ -341,6 +360,7 @@ class MissionStore:
         target: MissionStatus,
         actions: list[Action],
         only_from: list[MissionStatus] | None = None,
+        also: Condition | None = None,
     ) -> None:
         """A status change that also releases the input key for later configs, atomically."""
         with (
@@ -350,10 +370,11 @@ class MissionStore:
             ),
             self._atomic() as tx,
         ):
+            condition = MissionModel.status.is_in(*mission_sources(target, only_from))
             tx.update(
                 MissionModel(mission.mission_id),
                 actions=[MissionModel.status.set(target.value), *actions],
-                condition=MissionModel.status.is_in(*mission_sources(target, only_from)),
+                condition=condition if also is None else condition & also,
             )
             tx.delete(
                 InputModel(mission.input_key),

@@ -76,6 +76,7 @@ class MissionModel(Model):
     n_failed = NumberAttribute(default=0)
     n_instances = NumberAttribute(default=0)
     relaunches = NumberAttribute(default=0)
+    relaunched_at = UTCDateTimeAttribute(null=True)  # the last relaunch: its instances boot
     # Interrupted instances already replaced: a redelivered Spot warning replaces nothing twice.
     replaced_instances = UnicodeSetAttribute(null=True)
     launch_errors = UnicodeAttribute(null=True)

@@ -272,27 +272,23 @@ class TransactionStore:
     # ---- repairs (the sweeper) --------------------------------------------------------------
 
     def take_back_expired(self, txn: Transaction, now: float, reason: str, requeue: bool) -> bool:
-        """Take an expired lease back: requeue the transaction, or just drop the lease when it
-        is out of attempts (its failure marker then reports it). False if the worker came back
-        or someone else got there first."""
+        """Take an expired lease back: requeue the transaction, or, out of attempts, fail it
+        (its failure marker, written next, reports it; if that never lands, a recount does).
+        False if the worker came back (a heartbeat) or someone else got there first."""
+        target = T.PENDING if requeue else T.FAILED
         actions = [
+            TransactionModel.status.set(target.value),
             TransactionModel.lease_owner.remove(),
             TransactionModel.lease_expires_at.remove(),
             TransactionModel.error.set(reason),
         ]
-        expired = TransactionModel.lease_expires_at < now
         if requeue:
-            actions += [
-                TransactionModel.status.set(T.PENDING.value),
-                TransactionModel.retry_rank.set(_retry_rank(now)),
-            ]
-            condition = (
-                TransactionModel.status.is_in(*transaction_sources(T.PENDING))
-                & (TransactionModel.lease_owner == txn.lease_owner)
-                & expired
-            )
-        else:
-            condition = _held_by(txn.lease_owner or "") & expired
+            actions.append(TransactionModel.retry_rank.set(_retry_rank(now)))
+        condition = (
+            TransactionModel.status.is_in(*transaction_sources(target))
+            & (TransactionModel.lease_owner == txn.lease_owner)
+            & (TransactionModel.lease_expires_at < now)
+        )
         with conditional(f"take back transaction {txn.index}") as write:
             TransactionModel(txn.mission_id, txn.index).update(actions=actions, condition=condition)
         return write.applied
@@ -328,6 +324,20 @@ class TransactionStore:
             if write.applied:
                 requeued.append(index)
         return requeued
+
+    def finished_uncounted(self, mission_id: str) -> list[Transaction]:
+        """Transactions whose outcome is recorded on the item but was never counted (its event
+        was lost, or its failure marker never written): what a recount counts."""
+        finished = TransactionModel.status.is_in(T.SUCCEEDED.value, T.FAILED.value)
+        with translated(f"read the uncounted transactions of {mission_id}"):
+            return [
+                transaction_of(item)
+                for item in TransactionModel.query(
+                    mission_id,
+                    filter_condition=finished & TransactionModel.counted.does_not_exist(),
+                    consistent_read=True,
+                )
+            ]
 
     # ---- outcomes (result_processor) --------------------------------------------------------
 

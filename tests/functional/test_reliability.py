@@ -253,14 +253,17 @@ def test_a_rebalance_recommendation_stops_claims(cluster: InProcessCluster):
     assert mission(cluster, mission_id)["status"] == "SUCCEEDED"
 
 
-def test_a_retry_nobody_claims_brings_new_capacity(cluster: InProcessCluster):
-    """Live instances that do not work (hung, draining) must not strand the work."""
+def test_a_waiting_retry_is_not_stranded_while_the_cursor_hands_out_work(cluster):
+    """Live instances will claim it when they come for the next index; relaunching then would
+    only exceed the cap (tests/functional/test_sweeper.py has the stranded case)."""
     mission_id = start(cluster, kmer_config("stranded", "st.fa", count=4))
+    launched = cluster.instance_states(mission_id)
     txn = claim(mission_id, "i-hung/0", time.time(), 300)
     get_context().store.transactions.requeue(txn, "i-hung/0", 1, "failed once", time.time())
-    assert sweep(get_context()).relaunched == {}  # 3 live instances, retry not yet old...
+    assert sweep(get_context()).relaunched == {}
     later = dataclasses.replace(get_context(), clock=lambda: time.time() + 600)
-    assert sweep(later).relaunched == {mission_id: 2}  # ...now it is: capacity for the rest
+    assert sweep(later).relaunched == {}
+    assert cluster.instance_states(mission_id) == launched
 
 
 def test_a_claim_lost_between_cursor_and_item_is_requeued(cluster: InProcessCluster):
