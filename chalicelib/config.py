@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -73,9 +74,30 @@ def _no_control(value: str) -> str:
     return value
 
 
+# Interval bounds: the signed 64-bit range. Every slice of [start, end) lies inside it, so each
+# fits a DynamoDB number (38 digits; the transaction item stores start and end as numbers) with
+# room to spare, and an app that parses {start}/{end} into a C, Java or NumPy int64 gets what it
+# was given. Wider bounds (up to 38 digits) would fit DynamoDB but not the apps.
+INTERVAL_MIN = -(2**63)
+INTERVAL_MAX = 2**63 - 1
+# A JSON integer longer than this is out of range for every field. Python refuses to convert
+# more than 4300 digits at all (a ValueError, not a 400), so such numbers are refused by path
+# before the schema runs.
+_MAX_NUMBER_DIGITS = 100
+
+
 class Interval(_Strict):
     start: int
     end: int
+
+    @field_validator("start", "end")
+    @classmethod
+    def _in_64_bits(cls, value: int) -> int:
+        if not INTERVAL_MIN <= value <= INTERVAL_MAX:
+            raise ValueError(
+                f"must be a signed 64-bit integer, from {INTERVAL_MIN} to {INTERVAL_MAX}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _ordered(self) -> Interval:
@@ -314,16 +336,43 @@ def parse_mission_config(body: bytes | str | None, settings: Settings) -> Missio
         reason = f"request body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}"
         raise ConfigInvalid([FieldError("(body)", reason)])
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_int=_parse_int)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigInvalid([FieldError("(body)", f"not valid JSON: {e}")]) from e
     if not isinstance(data, dict):
         raise ConfigInvalid([FieldError("(body)", "must be a JSON object")])
+    too_long = list(_too_long_numbers(data, ()))
+    if too_long:
+        raise ConfigInvalid(too_long)
     try:
         return MissionConfig.model_validate_json(raw, context={"settings": settings})
     except ValidationError as e:
         errors = [FieldError(_field_name(tuple(err["loc"])), _reason(err)) for err in e.errors()]
         raise ConfigInvalid(errors) from e
+
+
+@dataclass(frozen=True)
+class _TooLong:
+    """Stands in for a JSON integer too long to convert (or to be valid anywhere)."""
+
+    digits: int
+
+
+def _parse_int(text: str) -> int | _TooLong:
+    digits = len(text.lstrip("-"))
+    return _TooLong(digits) if digits > _MAX_NUMBER_DIGITS else int(text)
+
+
+def _too_long_numbers(value: Any, loc: tuple[int | str, ...]) -> Iterator[FieldError]:
+    if isinstance(value, _TooLong):
+        field = ".".join(str(p) for p in loc)  # a path in the body: no union tags to drop
+        yield FieldError(field, f"a {value.digits}-digit number is out of range")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _too_long_numbers(item, (*loc, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _too_long_numbers(item, (*loc, i))
 
 
 def _reason(err: Any) -> str:

@@ -1,12 +1,32 @@
-"""The completion email: composed by a pure function, published once to SNS."""
+"""The completion email: composed by a pure function, published once to SNS.
+
+SNS takes at most 262,144 bytes (not characters) per message, and the subject and the message
+attributes count too. A failure's text is a stderr tail that can be binary or hold control
+characters, and a mission can fail thousands of transactions; so every piece of text is escaped
+and capped, and the body is built within a byte budget. The full failure list stays in the API.
+"""
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 MAX_FAILURES_LISTED = 50
 _SUBJECT_LIMIT = 100  # SNS: ASCII, no line breaks, under 100 characters
+SNS_MESSAGE_LIMIT_BYTES = 262_144  # message + subject + attributes, in UTF-8 bytes
+# Room for what SNS adds or counts that we do not see (JSON escaping in some protocols, type
+# suffixes), so a message near the limit is never refused at completion time.
+SAFETY_MARGIN_BYTES = 16 * 1024
+MAX_FAILURE_TEXT_BYTES = 2_000  # one failure's message, escaped: 50 of them stay near 100 KB
+MAX_ERROR_TEXT_BYTES = 4_000  # the mission's own error
+MAX_FIELD_BYTES = 1_000  # any other text taken from outside (name, caller, result location)
+_KEEP = frozenset("\n\t")
+# Control, format, surrogate, private-use, unassigned and line/paragraph separator characters:
+# invisible or line-breaking in a mail reader, or not encodable at all (lone surrogates).
+_ESCAPED = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_INDENT = "      "  # continuation lines of a failure's message
+_CUT_NOTE_BYTES = 48
 
 
 @dataclass(frozen=True)
@@ -36,6 +56,44 @@ class MissionReport:
     failures: list[FailedTransaction]
     notify: str | None = None
     submitted_by: str | None = None
+    # Failed transactions left out of `failures` (the report keeps only the first few in memory).
+    more_failures: int = 0
+
+
+def printable(text: str) -> str:
+    """The text with newlines and tabs kept and every other invisible character escaped the way
+    Python writes it (\\r, \\x1b, \\u2028): readable in any mail client, and valid UTF-8."""
+    return "".join(_escape(c) for c in text)
+
+
+def clip(text: str, limit: int, newline: str = "\n") -> str:
+    """`printable(text)` in at most `limit` bytes of UTF-8, cut between characters (never inside
+    an escape) with a note of what was cut; newlines become `newline`."""
+    head = text[: limit + 1]  # every character takes a byte at least: no more can fit
+    pieces = [newline if c == "\n" else _escape(c) for c in head]
+    sizes = [len(p.encode()) for p in pieces]
+    if len(head) == len(text) and sum(sizes) <= limit:
+        return "".join(pieces)
+    room, used, kept = limit - _CUT_NOTE_BYTES, 0, 0
+    for size in sizes:
+        if used + size > room:
+            break
+        used += size
+        kept += 1
+    return "".join(pieces[:kept]) + f" ... ({len(text) - kept} more characters cut)"
+
+
+def _escape(c: str) -> str:
+    if c in _KEEP or unicodedata.category(c) not in _ESCAPED:
+        return c
+    if c == "\r":
+        return "\\r"
+    code = ord(c)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 def email_subject(report: MissionReport) -> str:
@@ -47,10 +105,34 @@ def email_subject(report: MissionReport) -> str:
     return f"lighthpc: {name}{suffix}"
 
 
+def message_attributes(report: MissionReport) -> dict[str, dict[str, str]]:
+    """`notify` goes in a message attribute that subscriptions filter on."""
+    attributes = {
+        "mission_id": {"DataType": "String", "StringValue": report.mission_id},
+        "status": {"DataType": "String", "StringValue": report.status},
+    }
+    if report.notify:
+        attributes["notify"] = {"DataType": "String", "StringValue": report.notify}
+    return attributes
+
+
+def body_budget(report: MissionReport) -> int:
+    """The bytes left for the body once the subject and the attributes are counted (SNS counts
+    each attribute's name, data type and value)."""
+    envelope = len(email_subject(report).encode())
+    for name, attribute in message_attributes(report).items():
+        envelope += len(name.encode()) + sum(len(v.encode()) for v in attribute.values())
+    return SNS_MESSAGE_LIMIT_BYTES - SAFETY_MARGIN_BYTES - envelope
+
+
 def email_body(report: MissionReport) -> str:
+    """The email, within `body_budget` bytes: failures are listed while they fit (at most
+    MAX_FAILURES_LISTED), and the rest are counted and pointed to in the API."""
     duration = "-" if report.duration_seconds is None else f"{report.duration_seconds:.1f} s"
+    name = clip(report.name, MAX_FIELD_BYTES)
     lines = [
-        f"Mission {report.name!r} ({report.mission_id}) finished: {report.status}.",
+        f"Mission {name!r} ({clip(report.mission_id, MAX_FIELD_BYTES)}) finished:"
+        f" {clip(report.status, MAX_FIELD_BYTES)}.",
         "",
         f"Transactions:     {report.total} in all, {report.succeeded} succeeded,"
         f" {report.failed} failed",
@@ -61,37 +143,56 @@ def email_body(report: MissionReport) -> str:
         f"Estimated cost:   ${report.estimated_cost:.4f}"
         f" (${report.estimated_cost / max(report.total, 1):.6f} per transaction;"
         " list prices, Spot at a typical discount)",
-        f"Result:           {report.result_uri or '(none)'}",
+        f"Result:           {clip(report.result_uri or '(none)', MAX_FIELD_BYTES)}",
     ]
     if report.submitted_by:
-        lines.append(f"Submitted by:     {report.submitted_by}")
+        lines.append(f"Submitted by:     {clip(report.submitted_by, MAX_FIELD_BYTES)}")
     if report.error:
-        lines += ["", f"The mission failed: {report.error}"]
-    if report.failures:
+        lines += ["", f"The mission failed: {clip(report.error, MAX_ERROR_TEXT_BYTES)}"]
+    candidates = report.failures[:MAX_FAILURES_LISTED]
+    unlisted = len(report.failures) - len(candidates) + report.more_failures
+    if candidates or unlisted:
         lines += ["", "Failed transactions:"]
-        for f in report.failures[:MAX_FAILURES_LISTED]:
-            code = "-" if f.exit_code is None else str(f.exit_code)
-            lines.append(
-                f"  #{f.index} [{f.start}, {f.end}) after {f.attempts} attempt(s),"
-                f" exit code {code}: {(f.error or '').strip() or '(no message)'}"
-            )
-        if len(report.failures) > MAX_FAILURES_LISTED:
-            lines.append(f"  ... and {len(report.failures) - MAX_FAILURES_LISTED} more")
+        # Room kept for the summary line at its longest, so it always fits after the list.
+        budget = body_budget(report) - _size(lines)
+        budget -= _size([_more_line(report, len(candidates) + unlisted)])
+        listed = 0
+        for f in candidates:
+            line = _failure_line(f)
+            if _size([line]) > budget:
+                break
+            lines.append(line)
+            budget -= _size([line])
+            listed += 1
+        unlisted += len(candidates) - listed
+        if unlisted:
+            lines.append(_more_line(report, unlisted))
     return "\n".join(lines) + "\n"
 
 
+def _failure_line(f: FailedTransaction) -> str:
+    code = "-" if f.exit_code is None else str(f.exit_code)
+    text = clip((f.error or "").strip(), MAX_FAILURE_TEXT_BYTES, newline="\n" + _INDENT)
+    return (
+        f"  #{f.index} [{f.start}, {f.end}) after {f.attempts} attempt(s),"
+        f" exit code {code}: {text or '(no message)'}"
+    )
+
+
+def _more_line(report: MissionReport, n: int) -> str:
+    return f"  ... and {n} more; the full list: GET /missions/{report.mission_id}/transactions"
+
+
+def _size(lines: list[str]) -> int:
+    return sum(len(line.encode()) + 1 for line in lines)
+
+
 def publish(sns: Any, topic_arn: str, report: MissionReport) -> str:
-    """Publish the email. `notify` goes in a message attribute that subscriptions filter on."""
-    attributes = {
-        "mission_id": {"DataType": "String", "StringValue": report.mission_id},
-        "status": {"DataType": "String", "StringValue": report.status},
-    }
-    if report.notify:
-        attributes["notify"] = {"DataType": "String", "StringValue": report.notify}
+    """Publish the email (one message: `email_body` keeps it within SNS's limit)."""
     response = sns.publish(
         TopicArn=topic_arn,
         Subject=email_subject(report),
         Message=email_body(report),
-        MessageAttributes=attributes,
+        MessageAttributes=message_attributes(report),
     )
     return str(response["MessageId"])

@@ -19,7 +19,7 @@ from chalicelib.context import Context
 from chalicelib.domain import Mission, Usage
 from chalicelib.events import ObjectCreated, SourceEvent
 from chalicelib.layout import FailureMarker, parse_outcome_key, result_key
-from chalicelib.notify import FailedTransaction, MissionReport, publish
+from chalicelib.notify import MAX_FAILURES_LISTED, FailedTransaction, MissionReport, publish
 from chalicelib.observability import MetricUnit, bind_mission, count, logger, metrics
 from chalicelib.pricing import estimated_cost
 from chalicelib.states import MissionStatus, TransactionStatus, mission_outcome
@@ -81,18 +81,27 @@ def send_report(ctx: Context, mission: Mission) -> None:
 
 
 def build_report(ctx: Context, mission: Mission) -> MissionReport:
-    failures = [
-        FailedTransaction(
-            index=t.index,
-            start=t.start,
-            end=t.end,
-            attempts=t.attempts,
-            exit_code=t.exit_code,
-            error=t.error,
+    """The email's facts. Only the first MAX_FAILURES_LISTED failures are kept (the rest are
+    counted): a mission may fail many thousands, each with a stderr tail, and the email lists
+    no more anyway."""
+    failures: list[FailedTransaction] = []
+    more_failures = 0
+    for t in ctx.store.transactions.of(mission.mission_id):
+        if t.status is not TransactionStatus.FAILED:
+            continue
+        if len(failures) >= MAX_FAILURES_LISTED:
+            more_failures += 1
+            continue
+        failures.append(
+            FailedTransaction(
+                index=t.index,
+                start=t.start,
+                end=t.end,
+                attempts=t.attempts,
+                exit_code=t.exit_code,
+                error=t.error,
+            )
         )
-        for t in ctx.store.transactions.of(mission.mission_id)
-        if t.status is TransactionStatus.FAILED
-    ]
     duration = None
     if mission.finished_at is not None:
         began = mission.started_at or mission.created_at
@@ -114,6 +123,7 @@ def build_report(ctx: Context, mission: Mission) -> MissionReport:
         failures=failures,
         notify=mission.notify,
         submitted_by=mission.submitted_by,
+        more_failures=more_failures,
     )
 
 

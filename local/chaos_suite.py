@@ -4,6 +4,8 @@
 missions (half config-first, half upload-first), waits for their emails, then checks each
 transaction, email and merged result. The table's last four columns must read 0, 0 or more,
 1 and yes: no transaction lost, exactly one email per mission, results equal to one process.
+Each handler switched to crash must have crashed on a batch of mission traffic ("handlers not
+crashed" reads []): a switch that never fired tested nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ CHAOS = ChaosOptions(
     spot_notice_seconds=3.0,
     duplicate=2,
     max_delay_seconds=0.3,
-    crash_once=("light_scheduler", "result_processor"),
+    crash_once=("light_scheduler", "result_processor"),  # each on its first mission batch
     fate_window=(0.5, 3.0),
 )
 
@@ -99,6 +101,9 @@ def run_suite(options: SuiteOptions, echo: Any = print) -> dict[str, Any]:
     finally:
         runtime.stop()
     ledger = runtime.chaos.ledger.as_dict() if runtime.chaos else {}
+    # A crash switch that never fired (no mission traffic reached the handler) tested nothing.
+    crashed = runtime.chaos.crashed if runtime.chaos else set()
+    not_crashed = sorted(set(options.chaos.crash_once) - crashed)
     return {
         "missions": len(missions),
         "transactions": len(missions) * options.transactions,
@@ -106,12 +111,16 @@ def run_suite(options: SuiteOptions, echo: Any = print) -> dict[str, Any]:
         "notices_sent": ledger.get("notices_sent", 0),
         "duplicate_events": ledger.get("duplicate_deliveries", 0),
         "handler_crashes": ledger.get("handler_crashes", 0),
+        "handlers_not_crashed": not_crashed,
         "lost": lost,
         "run_twice": sum(1 for n in runs.values() if n > 1),
         "emails_per_mission": sorted({emails.get(m, 0) for m in missions}),
         "results_equal": f"{equal}/{len(missions)}",
         "seconds": round(time.monotonic() - began, 1),
-        "ok": lost == 0 and all(emails.get(m, 0) == 1 for m in missions) and equal == len(missions),
+        "ok": lost == 0
+        and all(emails.get(m, 0) == 1 for m in missions)
+        and equal == len(missions)
+        and not not_crashed,
     }
 
 
@@ -185,6 +194,7 @@ COLUMNS = [
     ("notices_sent", "Spot notices"),
     ("duplicate_events", "duplicate events"),
     ("handler_crashes", "handler crashes"),
+    ("handlers_not_crashed", "handlers not crashed"),
     ("lost", "lost"),
     ("run_twice", "run twice to completion"),
     ("emails_per_mission", "emails per mission"),

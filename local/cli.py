@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from local.chaos import ChaosOptions
+from local.chaos import CRASHABLE_HANDLERS, ChaosInvalid, ChaosOptions
 from local.client import (
     DEFAULT_HOME,
     CliError,
@@ -53,8 +53,38 @@ def target(args: argparse.Namespace) -> Target:
 # ---- commands ----------------------------------------------------------------------------
 
 
+# The `up` flag of each ChaosOptions field, so a refused switch is named as the user typed it.
+CHAOS_FLAGS = {
+    "kill_fraction": "--kill-fraction",
+    "spot_fraction": "--spot-fraction",
+    "spot_notice_seconds": "--spot-notice-seconds",
+    "duplicate": "--duplicate",
+    "max_delay_seconds": "--max-delay",
+    "crash_once": "--crash-once",
+    "crash_on_batch": "--crash-batch",
+}
+
+
+def chaos_options(args: argparse.Namespace) -> ChaosOptions:
+    """The chaos switches of `up`, checked before anything starts."""
+    try:
+        return ChaosOptions(
+            kill_fraction=args.kill_fraction,
+            spot_fraction=args.spot_fraction,
+            spot_notice_seconds=args.spot_notice_seconds,
+            duplicate=args.duplicate,
+            max_delay_seconds=args.max_delay,
+            crash_once=tuple(args.crash_once),
+            crash_on_batch=args.crash_batch,
+        )
+    except ChaosInvalid as e:
+        flags = " + ".join(CHAOS_FLAGS.get(o, o) for o in e.options)
+        raise CliError(f"{flags}: {e.reason}") from e
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     worker_env = {} if args.lease_seconds is None else {"LEASE_SECONDS": str(args.lease_seconds)}
+    chaos = chaos_options(args)
     runtime = LocalRuntime(
         home=args.home,
         aws_port=args.aws_port,
@@ -63,14 +93,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         sweep_seconds=args.sweep_seconds,
         worker_env=worker_env,
-        chaos=ChaosOptions(
-            kill_fraction=args.kill_fraction,
-            spot_fraction=args.spot_fraction,
-            spot_notice_seconds=args.spot_notice_seconds,
-            duplicate=args.duplicate,
-            max_delay_seconds=args.max_delay,
-            crash_once=tuple(args.crash_once),
-        ),
+        chaos=chaos,
     )
     stop = threading.Event()
     # Explicit handlers: a process started in the background may inherit SIGINT as ignored,
@@ -257,8 +280,18 @@ def _add_up(commands: Any) -> None:
         "--crash-once",
         action="append",
         default=[],
+        choices=sorted(CRASHABLE_HANDLERS),
         metavar="HANDLER",
-        help="make this handler crash once mid-batch (repeatable)",
+        help="make this handler crash once mid-batch, on mission traffic (repeatable; one of "
+        + ", ".join(sorted(CRASHABLE_HANDLERS))
+        + ")",
+    )
+    chaos.add_argument(
+        "--crash-batch",
+        type=int,
+        default=1,
+        metavar="N",
+        help="crash on the Nth batch that carries mission traffic to the handler (default 1)",
     )
     up.set_defaults(func=cmd_up)
 

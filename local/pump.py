@@ -164,11 +164,12 @@ class QueuePoller:
             chaos.ledger.add(delayed_batches=1)
             time.sleep(delay)
         chaos.shuffle(records)
-        if chaos.should_crash(self.name):
-            # Crash mid-way: the first half of the batch is handled (its side effects happen),
-            # then the invocation dies and the whole batch comes back.
-            chaos.ledger.add(handler_crashes=1)
-            self._call({"Records": records[: max(1, len(records) // 2)]})
+        handled = chaos.crash_point(self.name, [r["body"] for r in records])
+        if handled is not None:
+            # Crash mid-way, on mission traffic: the records up to the crash point are handled
+            # (their side effects happen), then the invocation dies and the whole batch comes
+            # back. Chaos counts the crash in its ledger.
+            self._call({"Records": records[:handled]})
             raise RuntimeError(f"chaos: {self.name} crashed mid-batch")
         for n in range(chaos.options.duplicate):
             self._call(event)
