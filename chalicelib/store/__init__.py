@@ -7,16 +7,25 @@ transaction table. Callers get `chalicelib.domain` values and the errors of
 
 from __future__ import annotations
 
+from typing import Any
+
 from pynamodb.connection import Connection
 from pynamodb.transactions import TransactWrite
 
 from chalicelib.settings import Settings
-from chalicelib.store.errors import Conflict, InputBusy, NotFound, StoreError
+from chalicelib.store.errors import Conflict, InputBusy, NotFound, StoreError, retry_transient
 from chalicelib.store.missions import MissionStore
 from chalicelib.store.models import bind_tables
 from chalicelib.store.transactions import TransactionStore
 
 __all__ = ["Conflict", "InputBusy", "NotFound", "Store", "StoreError"]
+
+
+class _TransactWrite(TransactWrite):
+    """A TransactWriteItems committed again when cancelled for a conflict or throttling."""
+
+    def _commit(self) -> Any:
+        return retry_transient(super()._commit)
 
 
 class Store:
@@ -26,7 +35,7 @@ class Store:
         connection = Connection(region=settings.region)
 
         def atomically() -> TransactWrite:
-            return TransactWrite(connection=connection)
+            return _TransactWrite(connection=connection)
 
         self.missions = MissionStore(atomically)
         self.transactions = TransactionStore(atomically)

@@ -6,10 +6,12 @@ Callers see `NotFound`, `Conflict` (a condition said no: someone else got there 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import DoesNotExist, PynamoDBException, TransactWriteError
@@ -17,6 +19,25 @@ from pynamodb.exceptions import DoesNotExist, PynamoDBException, TransactWriteEr
 from chalicelib.errors import ApiError
 
 _CONDITION_FAILED = "ConditionalCheckFailedException"
+# Answers that mean "not done, try again": a write that met another in-flight transaction, or
+# throttling that outlasted botocore's own retries (a hot item). botocore never retries the
+# conflicts (../shared/AWS_LIMITS.md, DynamoDB: "Not retried: TransactionConflictException").
+_TRANSIENT = frozenset(
+    {
+        "TransactionConflictException",
+        "ThrottlingException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+    }
+)
+_TRANSIENT_REASONS = frozenset(
+    {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
+)
+RETRY_ATTEMPTS = 6
+RETRY_BASE_SECONDS = 0.05
+RETRY_CAP_SECONDS = 2.0
+T = TypeVar("T")
 
 
 class StoreError(RuntimeError):
@@ -50,6 +71,27 @@ def _condition_failed(error: PynamoDBException) -> bool:
             for r in (error.cancellation_reasons or [])
         )
     return error.cause_response_code == _CONDITION_FAILED
+
+
+def _transient(error: Exception) -> bool:
+    if isinstance(error, TransactWriteError):
+        codes = {r.code for r in (error.cancellation_reasons or []) if r is not None}
+        return bool(codes & _TRANSIENT_REASONS) and "ConditionalCheckFailed" not in codes
+    return isinstance(error, PynamoDBException) and error.cause_response_code in _TRANSIENT
+
+
+def retry_transient(write: Callable[[], T], sleep: Callable[[float], None] = time.sleep) -> T:
+    """`write()`, tried again with full-jitter exponential backoff while DynamoDB answers that
+    it was not done (a conflict, throttling): safe, as nothing was written and the write's
+    condition is checked again. A refused condition is an answer, never retried."""
+    for attempt in range(RETRY_ATTEMPTS - 1):
+        try:
+            return write()
+        except (PynamoDBException, TransactWriteError) as e:
+            if not _transient(e):
+                raise
+            sleep(random.uniform(0, min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2**attempt)))
+    return write()
 
 
 @contextmanager

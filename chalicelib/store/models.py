@@ -6,6 +6,8 @@ Table names come from settings, which must not be read at import time, so `bind_
 
 from __future__ import annotations
 
+from typing import Any
+
 from pynamodb.attributes import (
     BooleanAttribute,
     NumberAttribute,
@@ -17,6 +19,21 @@ from pynamodb.indexes import GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
 
 from chalicelib.settings import Settings
+from chalicelib.store.errors import retry_transient
+
+
+class _RetriesTransient:
+    """Every write of a model is retried when DynamoDB says it was not done (a conflict with
+    an in-flight transaction, throttling): see `retry_transient`."""
+
+    def update(self, *args: Any, **kwargs: Any) -> Any:
+        return retry_transient(lambda: super(_RetriesTransient, self).update(*args, **kwargs))  # type: ignore[misc]
+
+    def save(self, *args: Any, **kwargs: Any) -> Any:
+        return retry_transient(lambda: super(_RetriesTransient, self).save(*args, **kwargs))  # type: ignore[misc]
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        return retry_transient(lambda: super(_RetriesTransient, self).delete(*args, **kwargs))  # type: ignore[misc]
 
 
 class CreatedIndex(GlobalSecondaryIndex["MissionModel"]):
@@ -48,7 +65,7 @@ LISTED = "all"
 NEEDS_CARE = "yes"
 
 
-class MissionModel(Model):
+class MissionModel(_RetriesTransient, Model):
     class Meta:
         table_name = "lighthpc-missions"
         billing_mode = "PAY_PER_REQUEST"
@@ -115,7 +132,7 @@ class LeaseIndex(GlobalSecondaryIndex["TransactionModel"]):
     lease_expires_at = NumberAttribute(range_key=True)
 
 
-class TransactionModel(Model):
+class TransactionModel(_RetriesTransient, Model):
     class Meta:
         table_name = "lighthpc-transactions"
         billing_mode = "PAY_PER_REQUEST"
@@ -141,7 +158,7 @@ class TransactionModel(Model):
     lease_index = LeaseIndex()
 
 
-class InputModel(Model):
+class InputModel(_RetriesTransient, Model):
     """Rendezvous of a config and its upload: which mission waits for this input key."""
 
     class Meta:
