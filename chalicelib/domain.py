@@ -12,6 +12,7 @@ from datetime import datetime
 from functools import cached_property
 
 from chalicelib.config import MissionConfig, exit_rules, slots_per_instance
+from chalicelib.layout import pinned_input
 from chalicelib.planning import Plan, Slice
 from chalicelib.states import TERMINAL_MISSION, MissionStatus, TransactionStatus
 
@@ -26,6 +27,7 @@ class Mission:
     created_at: datetime
     submitted_by: str | None = None
     input_etag: str | None = None
+    input_version: str | None = None
     input_bytes: int | None = None
     started_at: datetime | None = None  # planning began
     running_at: datetime | None = None
@@ -51,6 +53,11 @@ class Mission:
     def plan(self) -> Plan:
         """The formula for slice `i` (a lines-mode plan is empty until the lines are counted)."""
         return Plan.for_split(self.config.split, self.input_lines)
+
+    @property
+    def input_pin(self) -> dict[str, str]:
+        """GetObject arguments for exactly the input this mission planned."""
+        return pinned_input(self.input_version, self.input_etag)
 
     @property
     def notify(self) -> str | None:

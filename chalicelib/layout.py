@@ -38,6 +38,15 @@ def result_key(mission_id: str) -> str:
     return f"{RESULTS_PREFIX}{mission_id}/result.out"
 
 
+def pinned_input(version: str | None, etag: str | None) -> dict[str, str]:
+    """GetObject arguments that read exactly the input a mission planned: its version (the
+    source bucket is versioned), or, where there is none, its ETag (S3 answers 412 if the object
+    was replaced)."""
+    if version:
+        return {"VersionId": version}
+    return {"IfMatch": f'"{etag}"'} if etag else {}
+
+
 @dataclass(frozen=True)
 class Outcome:
     mission_id: str

@@ -61,7 +61,7 @@ def settle(ctx: Context, mission_id: str) -> None:
         if final is None:
             return
         merged = merge_parts(ctx, mission) if mission.succeeded else None
-        ctx.store.missions.finish(mission_id, final, merged, usage(ctx, mission), ctx.clock())
+        ctx.store.missions.finish(mission, final, merged, usage(ctx, mission), ctx.clock())
         mission = ctx.store.missions.get(mission_id)
     if mission.terminal and mission.notified_at is None:
         send_report(ctx, mission)

@@ -17,7 +17,7 @@ from chalicelib.config import ArgvApp, CountSplit, LinesSplit, MissionConfig
 from chalicelib.context import Context
 from chalicelib.domain import Mission
 from chalicelib.events import ObjectCreated, SourceEvent, StartRequest
-from chalicelib.layout import MAX_TRANSACTIONS_EVER
+from chalicelib.layout import MAX_TRANSACTIONS_EVER, pinned_input
 from chalicelib.observability import bind_mission, count, logger
 from chalicelib.planning import Plan, transaction_count_for_lines
 from chalicelib.results import settle
@@ -115,8 +115,11 @@ def plan(ctx: Context, mission: Mission) -> Plan:
         raise PlanningError(
             f"the input is {size} bytes; this stage accepts at most {ctx.settings.max_input_bytes}"
         )
-    ctx.store.missions.record_input(mission.mission_id, str(head.get("ETag", "")).strip('"'), size)
-    if needs_text_input(config) and looks_binary(_input_start(ctx, mission.input_key)):
+    # Every later read (here, and each worker's) is of this very version of the input.
+    etag, version = str(head.get("ETag", "")).strip('"'), head.get("VersionId")
+    ctx.store.missions.record_input(mission.mission_id, etag, size, version)
+    pin = pinned_input(version, etag)
+    if needs_text_input(config) and looks_binary(_input_start(ctx, mission.input_key, pin)):
         reason = (
             "it is split by lines"
             if isinstance(config.split, LinesSplit)
@@ -128,7 +131,7 @@ def plan(ctx: Context, mission: Mission) -> Plan:
     split = config.split
     if isinstance(split, CountSplit):
         return Plan.for_split(split, None)
-    lines = count_lines(ctx, mission.input_key)
+    lines = count_lines(ctx, mission.input_key, pin)
     total = transaction_count_for_lines(lines, split.lines_per_transaction)
     limit = min(ctx.settings.max_transactions, MAX_TRANSACTIONS_EVER)
     if total > limit:
@@ -154,16 +157,16 @@ def looks_binary(start: bytes) -> bool:
     return False
 
 
-def _input_start(ctx: Context, key: str) -> bytes:
+def _input_start(ctx: Context, key: str, pin: dict[str, str]) -> bytes:
     response = ctx.aws.s3.get_object(
-        Bucket=ctx.settings.source_bucket, Key=key, Range=f"bytes=0-{SNIFF_BYTES - 1}"
+        Bucket=ctx.settings.source_bucket, Key=key, Range=f"bytes=0-{SNIFF_BYTES - 1}", **pin
     )
     return response["Body"].read()
 
 
-def count_lines(ctx: Context, key: str) -> int:
+def count_lines(ctx: Context, key: str, pin: dict[str, str]) -> int:
     """Lines of the input, streamed (a last line without a newline counts)."""
-    body = ctx.aws.s3.get_object(Bucket=ctx.settings.source_bucket, Key=key)["Body"]
+    body = ctx.aws.s3.get_object(Bucket=ctx.settings.source_bucket, Key=key, **pin)["Body"]
     lines = 0
     last = b""
     for chunk in body.iter_chunks(chunk_size=1024 * 1024):

@@ -93,7 +93,7 @@ def _care_for_running(ctx: Context, mission: Mission, report: SweepReport) -> No
     began = mission.running_at or mission.created_at
     if now > (began + timedelta(seconds=limit)).timestamp():
         reason = f"timed out: still running after {limit} s"
-        if ctx.store.missions.time_out(mission.mission_id, reason, now):
+        if ctx.store.missions.time_out(mission, reason, now):
             terminate_mission_instances(ctx.aws.ec2, mission.mission_id)
             report.timed_out.append(mission.mission_id)
             logger.warning("mission timed out", extra={"reason": reason})

@@ -1,8 +1,8 @@
 """Create lighthpc's resources in moto from the very template that deployment merges.
 
 moto's CloudFormation creates the queues, buckets, tables, topic and launch template but does not
-apply a bucket's NotificationConfiguration, so `provision` applies those afterwards, read from
-the same template.
+apply a bucket's NotificationConfiguration or VersioningConfiguration, so `provision` applies
+those afterwards, read from the same template.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def provision(session: Any, stage: str = "local", region: str = "us-east-1") -> 
         for r in cfn.describe_stack_resources(StackName=name)["StackResources"]
         if "LogicalResourceId" in r  # moto lists a condition-skipped resource as empty
     }
-    _apply_notifications(session, region, physical)
+    _apply_bucket_settings(session, region, physical)
     return Stack(stage=stage, region=region, outputs=outputs, resources=physical)
 
 
@@ -166,12 +166,20 @@ def _default_vpc(session: Any, region: str) -> str:
     return vpcs[0]["VpcId"]
 
 
-def _apply_notifications(session: Any, region: str, physical: dict[str, str]) -> None:
+def _apply_bucket_settings(session: Any, region: str, physical: dict[str, str]) -> None:
     s3 = session.client("s3", region_name=region)
     sqs = session.client("sqs", region_name=region)
     for logical, resource in embedded_template()["Resources"].items():
+        if resource["Type"] != "AWS::S3::Bucket":
+            continue
+        versioning = resource.get("Properties", {}).get("VersioningConfiguration")
+        if versioning:
+            s3.put_bucket_versioning(
+                Bucket=physical[logical],
+                VersioningConfiguration={"Status": versioning["Status"]},
+            )
         notification = resource.get("Properties", {}).get("NotificationConfiguration")
-        if resource["Type"] != "AWS::S3::Bucket" or not notification:
+        if not notification:
             continue
         configs = []
         for entry in notification.get("QueueConfigurations", []):

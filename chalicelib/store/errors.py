@@ -56,7 +56,7 @@ class Conflict(StoreError, ApiError):
 
 class InputBusy(Conflict):
     def __init__(self, input_key: str, mission_id: str | None) -> None:
-        super().__init__(f"input {input_key!r} is already awaited by mission {mission_id}")
+        super().__init__(f"input {input_key!r} is held by mission {mission_id} until it ends")
         self.input_key = input_key
         self.mission_id = mission_id
 

@@ -37,6 +37,7 @@ def mission_of(item: MissionModel) -> Mission:
         created_at=item.created_at,
         submitted_by=item.submitted_by,
         input_etag=item.input_etag,
+        input_version=item.input_version,
         input_bytes=_int(item.input_bytes),
         started_at=item.started_at,
         running_at=item.running_at,
@@ -148,10 +149,17 @@ class MissionStore:
             )
         return mission_of(item) if write.applied else None
 
-    def record_input(self, mission_id: str, etag: str, size: int) -> None:
+    def record_input(
+        self, mission_id: str, etag: str, size: int, version: str | None = None
+    ) -> None:
+        """The input the mission plans on: the version (and ETag) every reader then pins."""
         self._update(
             mission_id,
-            [MissionModel.input_etag.set(etag), MissionModel.input_bytes.set(size)],
+            [
+                MissionModel.input_etag.set(etag),
+                MissionModel.input_bytes.set(size),
+                _set_or_remove(MissionModel.input_version, version),
+            ],
         )
 
     def mark_running(
@@ -163,10 +171,11 @@ class MissionStore:
         launch_errors: str | None,
         now: float,
     ) -> None:
-        """PLANNING -> RUNNING with the plan: no item per transaction is written (see claims)."""
+        """PLANNING -> RUNNING with the plan: no item per transaction is written (see claims).
+        The mission keeps its input key: its workers still read that input."""
         lines = [] if plan.total_lines is None else [MissionModel.n_lines.set(plan.total_lines)]
-        self._move_and_release(
-            mission,
+        self._move(
+            mission.mission_id,
             M.RUNNING,
             [
                 *lines,
@@ -213,23 +222,16 @@ class MissionStore:
         return write.applied
 
     def cancel(self, mission: Mission, now: float) -> None:
-        """Cancel a mission that has not finished; Conflict if it already has.
-
-        Before it runs, the mission holds its input key and gives it back; once it runs, the
-        key may already be another mission's, so the binding is left alone. The two writes
-        cover disjoint sources, so a mission that moved on in between is caught by the second.
-        """
-        actions = [
-            MissionModel.error.set("cancelled by request"),
-            MissionModel.finished_at.set(utc(now)),
-            MissionModel.planning_lease_until.remove(),
-        ]
-        with conditional(f"cancel mission {mission.mission_id}") as before_running:
-            self._move_and_release(
-                mission, M.CANCELLED, actions, only_from=[M.AWAITING_INPUT, M.PLANNING]
-            )
-        if not before_running.applied:
-            self._move(mission.mission_id, M.CANCELLED, actions, only_from=[M.RUNNING])
+        """Cancel a mission that has not finished; Conflict if it already has."""
+        self._move_and_release(
+            mission,
+            M.CANCELLED,
+            [
+                MissionModel.error.set("cancelled by request"),
+                MissionModel.finished_at.set(utc(now)),
+                MissionModel.planning_lease_until.remove(),
+            ],
+        )
 
     def expire_awaiting(self, mission: Mission, reason: str, now: float) -> bool:
         """Fail a mission whose input never came; False if it started or ended meanwhile."""
@@ -244,16 +246,16 @@ class MissionStore:
 
     def finish(
         self,
-        mission_id: str,
+        mission: Mission,
         status: MissionStatus,
         result_key: str | None,
         usage: Usage,
         now: float,
     ) -> bool:
         """RUNNING -> SUCCEEDED/FAILED, once. False if another event already finished it."""
-        with conditional(f"finish mission {mission_id}") as write:
-            self._move(
-                mission_id,
+        with conditional(f"finish mission {mission.mission_id}") as write:
+            self._move_and_release(
+                mission,
                 status,
                 [
                     _set_or_remove(MissionModel.result_key, result_key),
@@ -265,11 +267,11 @@ class MissionStore:
             )
         return write.applied
 
-    def time_out(self, mission_id: str, reason: str, now: float) -> bool:
+    def time_out(self, mission: Mission, reason: str, now: float) -> bool:
         """RUNNING -> FAILED for the mission as a whole; False if it already finished."""
-        with conditional(f"time out mission {mission_id}") as write:
-            self._move(
-                mission_id,
+        with conditional(f"time out mission {mission.mission_id}") as write:
+            self._move_and_release(
+                mission,
                 M.FAILED,
                 [MissionModel.error.set(reason), MissionModel.finished_at.set(utc(now))],
                 only_from=[M.RUNNING],
@@ -362,7 +364,8 @@ class MissionStore:
         only_from: list[MissionStatus] | None = None,
         also: Condition | None = None,
     ) -> None:
-        """A status change that also releases the input key for later configs, atomically."""
+        """A status change that also releases the input key for later configs, atomically: every
+        move into a terminal state (the key is the mission's from its config until it ends)."""
         with (
             translated(
                 f"update mission {mission.mission_id}",

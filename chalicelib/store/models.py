@@ -76,6 +76,7 @@ class MissionModel(_RetriesTransient, Model):
     config_json = UnicodeAttribute()  # the validated MissionConfig, as submitted
     input_key = UnicodeAttribute()
     input_etag = UnicodeAttribute(null=True)
+    input_version = UnicodeAttribute(null=True)  # the S3 version planned (versioned bucket)
     input_bytes = NumberAttribute(null=True)
     notify = UnicodeAttribute(null=True)
     # The IAM principal (userArn) that submitted it, "local" without one; null on older items.
@@ -159,7 +160,8 @@ class TransactionModel(_RetriesTransient, Model):
 
 
 class InputModel(_RetriesTransient, Model):
-    """Rendezvous of a config and its upload: which mission waits for this input key."""
+    """Which mission holds this input key: from its config until it ends, so no second mission
+    binds a key that a live one waits for or still reads."""
 
     class Meta:
         table_name = "lighthpc-inputs"

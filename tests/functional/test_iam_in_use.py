@@ -87,6 +87,8 @@ def requested(service: str, operation: str, params: dict[str, Any]) -> list[tupl
             ("dynamodb:GetItem", _table_arn(i["Get"]["TableName"])) for i in params["TransactItems"]
         ]
     actions = _ACTION_OF.get((service, operation), [f"{service}:{operation}"])
+    if service == "s3" and operation in ("GetObject", "HeadObject") and params.get("VersionId"):
+        actions = ["s3:GetObjectVersion"]  # reading a given version is its own action
     if service == "dynamodb":
         resource = _table_arn(params["TableName"], params.get("IndexName"))
     elif service == "s3":

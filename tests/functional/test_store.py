@@ -21,7 +21,7 @@ from chalicelib.states import IllegalTransition, MissionStatus, TransactionStatu
 from chalicelib.store import Conflict, NotFound, Store
 from local.inprocess import InProcessCluster
 from tests.functional.test_mission import kmer_config, submit
-from tests.functional.test_reliability import claim, mission, rows, start
+from tests.functional.test_reliability import claim, rows, start
 
 M = MissionStatus
 T = TransactionStatus
@@ -69,7 +69,7 @@ def succeeded_by_store(cluster: InProcessCluster, name: str) -> Mission:
         claimed = claim(m.mission_id, f"i-w/{slot}", time.time(), LEASE)
         outcome = Outcome(m.mission_id, claimed.index, True)
         assert store().transactions.count_outcome(outcome, part_key(m.mission_id, claimed.index))
-    assert store().missions.finish(m.mission_id, M.SUCCEEDED, None, NO_USAGE, time.time())
+    assert store().missions.finish(m, M.SUCCEEDED, None, NO_USAGE, time.time())
     done = store().missions.get(m.mission_id)
     assert done.status is M.SUCCEEDED and done.succeeded == m.total
     return done
@@ -109,7 +109,7 @@ def test_finish_of_a_mission_awaiting_its_input_is_refused(cluster: InProcessClu
     m = awaiting(cluster, "early")
     usage = Usage(instance_seconds=12.0, estimated_cost=0.5)
     for final in (M.SUCCEEDED, M.FAILED):
-        finished = store().missions.finish(m.mission_id, final, "results/x", usage, time.time())
+        finished = store().missions.finish(m, final, "results/x", usage, time.time())
         assert finished is False
     after = store().missions.get(m.mission_id)
     assert after.status is M.AWAITING_INPUT
@@ -147,15 +147,15 @@ def test_expire_awaiting_of_an_awaiting_mission_fails_it_and_frees_its_input(
 def test_time_out_of_a_cancelled_mission_returns_false(cluster: InProcessCluster):
     m = running(cluster, "stopped")
     store().missions.cancel(m, time.time())
-    assert store().missions.time_out(m.mission_id, "timed out", time.time()) is False
+    assert store().missions.time_out(m, "timed out", time.time()) is False
     after = store().missions.get(m.mission_id)
     assert (after.status, after.error) == (M.CANCELLED, "cancelled by request")
 
 
 def test_time_out_of_a_running_mission_happens_once(cluster: InProcessCluster):
     m = running(cluster, "late")
-    assert store().missions.time_out(m.mission_id, "timed out", time.time()) is True
-    assert store().missions.time_out(m.mission_id, "timed out again", time.time()) is False
+    assert store().missions.time_out(m, "timed out", time.time()) is True
+    assert store().missions.time_out(m, "timed out again", time.time()) is False
     after = store().missions.get(m.mission_id)
     assert (after.status, after.error) == (M.FAILED, "timed out")
     assert claim(m.mission_id, "i-w/0", time.time(), LEASE) is None  # no claims once failed
@@ -165,23 +165,24 @@ def test_a_move_the_table_never_allows_is_a_programming_error(cluster: InProcess
     m = running(cluster, "illegal")
     for target in (M.PLANNING, M.AWAITING_INPUT):
         with pytest.raises(IllegalTransition):
-            store().missions.finish(m.mission_id, target, None, NO_USAGE, time.time())
+            store().missions.finish(m, target, None, NO_USAGE, time.time())
     assert store().missions.get(m.mission_id).status is M.RUNNING
 
 
-def test_cancel_a_running_mission_whose_input_key_is_awaited_again(cluster: InProcessCluster):
-    """Planning released the input key for later configs; a later config took it. Cancelling
-    the first mission must still work, and must leave the new mission's binding alone."""
+def test_a_running_mission_keeps_its_input_key_until_it_ends(cluster: InProcessCluster):
+    """Its workers still read that input: a second config for the key is a 409 until the
+    first mission ends (here by a cancel), then it is accepted."""
     first = running(cluster, "reused")
-    assert store().missions.awaiting(first.input_key) is None  # released when it started
-    second_id = submit(cluster, kmer_config("again", first.input_key, count=2))
-    assert store().missions.awaiting(first.input_key) == second_id
+    assert store().missions.awaiting(first.input_key) == first.mission_id
+    busy = cluster.submit(kmer_config("again", first.input_key, count=2))
+    assert busy.status_code == 409, busy.body
+    assert json.loads(busy.body)["mission_id"] == first.mission_id
 
     response = cluster.api.http.delete(f"/missions/{first.mission_id}")
     assert response.status_code == 200, response.body
-    assert mission(cluster, first.mission_id)["status"] == "CANCELLED"
+    assert store().missions.awaiting(first.input_key) is None
+    second_id = submit(cluster, kmer_config("again", first.input_key, count=2))
     assert store().missions.awaiting(first.input_key) == second_id
-    assert store().missions.get(second_id).status is M.AWAITING_INPUT
 
 
 # ---- counting outcomes ---------------------------------------------------------------------
