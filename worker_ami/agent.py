@@ -7,23 +7,28 @@ local runtime runs it as a process with its own metadata endpoint.
 Outcomes travel through the result bucket: a part (`.out`) or, once a transaction is out of
 attempts, a failure marker (`.failed`); result_processor counts both. A failed attempt with
 attempts left goes back to the queue for any worker.
+
+A worker outlives a store that falters: each store call it makes is safe to repeat, and is
+repeated with backoff; a slot that still cannot go on stops, and the lease it held expires into
+the sweeper's hands. Whatever happens, the instance ends itself when the agent is done.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from chalicelib.apps import BUILTIN_APPS, builtin_argv, render_argv
 from chalicelib.config import ArgvApp, LinesSplit
@@ -33,12 +38,33 @@ from chalicelib.observability import bind_mission, count, flush_metrics, logger
 from chalicelib.pricing import estimated_cost
 from chalicelib.settings import Settings
 from chalicelib.states import MissionStatus, TransactionStatus, after_failed_attempt
-from chalicelib.store import Conflict, Store
+from chalicelib.store import Conflict, NotFound, Store, StoreError
 from worker_ami.metadata import MetadataSource
 from worker_ami.runner import AppResult, run_app
 
 # How long a worker waits for a mission still being planned (workers can boot that fast locally).
 PLANNING_WAIT_SECONDS = 300.0
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How a worker waits out a transient store error: throttling past botocore's own retries,
+    a TransactionConflict (which botocore never retries), a network blip.
+
+    Full jitter, so the slots of a fleet do not retry in step; a bound, so a store that stays
+    down stops the slot rather than keeping the instance (and its bill) alive.
+    """
+
+    attempts: int = 6
+    base_seconds: float = 0.2
+    cap_seconds: float = 5.0
+
+    def delays(self) -> Iterator[float]:
+        """The waits between the attempts: one fewer than the attempts."""
+        for n in range(self.attempts - 1):
+            yield random.uniform(0, min(self.cap_seconds, self.base_seconds * 2**n))
 
 
 class Verdict(Enum):
@@ -96,6 +122,7 @@ class WorkerAgent:
         slots: int | None = None,
         python: str = sys.executable,
         terminate_when_done: bool = True,
+        backoff: Backoff = Backoff(),
     ) -> None:
         self._settings = settings
         self._store = store
@@ -108,8 +135,10 @@ class WorkerAgent:
         self._slots_override = slots
         self._python = python
         self._terminate_when_done = terminate_when_done
+        self._backoff = backoff
         self._input_lock = threading.Lock()
         self._input_path: Path | None = None
+        self._input_fingerprint: tuple[int, ...] | None = None
         self._line_offsets: list[int] | None = None
         self._counts_lock = threading.Lock()
         self._verdicts: Counter[Verdict] = Counter()
@@ -140,10 +169,7 @@ class WorkerAgent:
         finally:
             self._done.set()
             seconds = self._clock() - began
-            if mission_id is not None:
-                cost = estimated_cost(identity.instance_type, identity.market, seconds)
-                self._store.missions.add_instance_usage(mission_id, seconds, cost)
-            flush_metrics()
+            self._account(identity.instance_type, identity.market, mission_id, seconds)
             if self._terminate_when_done:
                 logger.info("no work left: terminating this instance")
                 self._ec2.terminate_instances(InstanceIds=[identity.instance_id])
@@ -156,6 +182,48 @@ class WorkerAgent:
             self.interrupted.is_set(),
             seconds,
         )
+
+    def _account(
+        self, instance_type: str | None, market: str, mission_id: str | None, seconds: float
+    ) -> None:
+        """Usage and metrics, best effort: neither may keep the instance alive (and billed).
+
+        The usage is an ADD, so it is not retried: a repeat after a lost reply would count it
+        twice, and a cost estimate short by one worker is the lesser harm.
+        """
+        try:
+            if mission_id is not None:
+                cost = estimated_cost(instance_type, market, seconds)
+                self._store.missions.add_instance_usage(mission_id, seconds, cost)
+        except Exception:
+            logger.exception("could not record this instance's usage")
+        try:
+            flush_metrics()
+        except Exception:
+            logger.exception("could not flush the metrics")
+
+    def _retrying(self, operation: str, call: Callable[[], R]) -> R:
+        """`call`, tried again after a transient StoreError, with backoff on the injected sleep.
+
+        Only for calls that are safe to repeat: reads, idempotent writes, and conditional writes
+        that a repeat after a lost reply finds refused. A Conflict or NotFound is an answer and
+        is raised at once; the last StoreError is raised once the bound is spent.
+        """
+        delays = self._backoff.delays()
+        while True:
+            try:
+                return call()
+            except (Conflict, NotFound):
+                raise
+            except StoreError as e:
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                logger.warning(
+                    "store error; trying again",
+                    extra={"operation": operation, "error": str(e), "retry_in": round(delay, 3)},
+                )
+                self._sleep(delay)
 
     def _watch_for_interruption(self) -> None:
         """Poll `spot/instance-action` (EC2 gives two minutes' notice) and the rebalance
@@ -207,7 +275,9 @@ class WorkerAgent:
         deadline = self._clock() + PLANNING_WAIT_SECONDS
         delay = 0.2
         while True:
-            mission = self._store.missions.get(mission_id)
+            mission = self._retrying(
+                "read the mission", lambda: self._store.missions.get(mission_id)
+            )
             if mission.status is not MissionStatus.PLANNING:
                 break
             if self._clock() > deadline:
@@ -223,34 +293,64 @@ class WorkerAgent:
     def _slot_loop(self, owner: str, mission: Mission) -> None:
         bind_mission(mission.mission_id)
         lease = self._settings.lease_seconds
-        while not self.draining.is_set():
-            txn = self._store.transactions.claim_next(mission, owner, self._clock(), lease)
-            if txn is None:
-                return
-            self._run_transaction(owner, mission, txn)
+        transactions = self._store.transactions
+
+        def claim() -> Transaction | None:
+            return transactions.claim_next(mission, owner, self._clock(), lease)
+
+        try:
+            while not self.draining.is_set():
+                # Safe to repeat: a claim whose reply was lost leaves an index handed out but
+                # never written (the sweeper requeues it) or a lease nobody renews (it expires).
+                txn = self._retrying("claim", claim)
+                if txn is None:
+                    return
+                self._run_transaction(owner, mission, txn)
+        except Exception:
+            # The store stayed unreachable past the backoff, or S3 failed: this slot stops. The
+            # lease it held is renewed no more, expires, and the sweeper takes it back.
+            logger.exception("slot stopped", extra={"slot": owner})
 
     # ---- one transaction ------------------------------------------------------------------
 
     def _run_transaction(self, owner: str, mission: Mission, txn: Transaction) -> None:
         scratch = Path(tempfile.mkdtemp(prefix=f"t{txn.index:08d}-", dir=self._workdir))
+        lease = self._settings.lease_seconds
+        heartbeat = _Heartbeat(self._store, txn, owner, lease, self._clock, self._backoff)
         try:
-            output = scratch / "part.out"
-            result = self._attempt(owner, mission, txn, scratch, output)
-            if result.exit_code == 0 and not output.exists():
-                result = AppResult(
-                    1, f"the app exited 0 but wrote no output to {output}", result.seconds
-                )
-            verdict = verdict_of(result, txn.attempts, mission, self.interrupted.is_set())
-            self._apply(verdict, owner, mission, txn, result, output)
+            with heartbeat:  # from the claim until the outcome is recorded
+                output = scratch / "part.out"
+                result = self._attempt(mission, txn, scratch, output, heartbeat)
+                if not heartbeat.alive:
+                    # Taken back, maybe claimed again: the outcome is the new holder's to give.
+                    logger.warning(
+                        "lost the lease; outcome dropped",
+                        extra={"index": txn.index, "attempt": txn.attempts},
+                    )
+                    return
+                if result.exit_code == 0 and not output.exists():
+                    result = AppResult(
+                        1, f"the app exited 0 but wrote no output to {output}", result.seconds
+                    )
+                verdict = verdict_of(result, txn.attempts, mission, self.interrupted.is_set())
+                self._apply(verdict, owner, mission, txn, result, output)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
     def _attempt(
-        self, owner: str, mission: Mission, txn: Transaction, scratch: Path, output: Path
+        self,
+        mission: Mission,
+        txn: Transaction,
+        scratch: Path,
+        output: Path,
+        heartbeat: _Heartbeat,
     ) -> AppResult:
-        """Run the app once on the transaction's slice, heartbeating its lease."""
+        """Run the app once on the transaction's slice, while the lease is still ours."""
+        input_path = self._input_for(mission, txn, scratch)
+        if not heartbeat.alive:  # lost during the download: not worth starting the app
+            return AppResult(0, "", 0.0, aborted=True)
         values = {
-            "input": str(self._input_for(mission, txn, scratch)),
+            "input": str(input_path),
             "output": str(output),
             "index": txn.index,
             "count": mission.total,
@@ -265,13 +365,12 @@ class WorkerAgent:
             # Validation refuses such templates; a config stored before a rule changed must
             # still fail as an attempt, not crash the worker.
             return AppResult(126, f"cannot render the argv template: {e!r}", 0.0)
-        heartbeat = _Heartbeat(self._store, txn, owner, self._settings.lease_seconds, self._clock)
         return run_app(
             argv,
             mission.config.timeouts.transaction_seconds,
             scratch,
             scratch / "stderr.log",
-            keep_going=lambda: not self.interrupted.is_set() and heartbeat.beat(),
+            keep_going=lambda: not self.interrupted.is_set() and heartbeat.alive,
         )
 
     def _apply(
@@ -291,12 +390,22 @@ class WorkerAgent:
             self._tally(verdict)
         transactions = self._store.transactions
         bucket = self._settings.result_bucket
+        # hand_back and requeue are safe to repeat: one whose reply was lost released the lease,
+        # so its repeat is refused (a Conflict), never applied twice.
         try:
             if verdict is Verdict.HAND_BACK:
-                transactions.hand_back(txn, owner, self._clock(), "handed back: Spot interruption")
+                self._retrying(
+                    "hand back",
+                    lambda: transactions.hand_back(
+                        txn, owner, self._clock(), "handed back: Spot interruption"
+                    ),
+                )
             elif verdict is Verdict.RETRY:
-                transactions.requeue(
-                    txn, owner, result.exit_code, result.stderr_tail, self._clock()
+                self._retrying(
+                    "requeue",
+                    lambda: transactions.requeue(
+                        txn, owner, result.exit_code, result.stderr_tail, self._clock()
+                    ),
                 )
                 count("TransactionsRetried")
             elif verdict is Verdict.SUCCEEDED:
@@ -318,6 +427,11 @@ class WorkerAgent:
             # other holder's outcome counts; ours is dropped.
             logger.warning("lost the lease; outcome dropped", extra=log)
             return
+        except StoreError as e:
+            # Still failing after the backoff: the lease, renewed no more once this attempt
+            # ends, expires and the sweeper takes the transaction back.
+            logger.error("could not record the outcome", extra=log | {"error": str(e)})
+            return
         if not failed:
             self._tally(verdict)
         message, level = _LOG_OF[verdict]
@@ -336,15 +450,19 @@ class WorkerAgent:
         error: str | None,
         part: str | None,
     ) -> None:
-        self._store.transactions.finish(
-            txn,
-            owner=owner,
-            status=status,
-            exit_code=result.exit_code,
-            error=error,
-            run_seconds=result.seconds,
-            part_key=part,
-            now=self._clock(),
+        # Idempotent: its condition accepts the status it sets, and only for the same owner.
+        self._retrying(
+            "finish",
+            lambda: self._store.transactions.finish(
+                txn,
+                owner=owner,
+                status=status,
+                exit_code=result.exit_code,
+                error=error,
+                run_seconds=result.seconds,
+                part_key=part,
+                now=self._clock(),
+            ),
         )
 
     def _argv_template(self, mission: Mission) -> list[str]:
@@ -378,11 +496,25 @@ class WorkerAgent:
         return sliced
 
     def _download_input(self, mission: Mission) -> Path:
+        """The whole input, downloaded once per worker and read-only for the apps.
+
+        An app runs as the agent's user (as root, locally), so it could still chmod and change
+        the file; that changes its inode's ctime, and the next attempt gets a fresh download.
+        """
         with self._input_lock:
+            path = self._workdir / "input"
+            if self._input_path is not None and _fingerprint(path) != self._input_fingerprint:
+                logger.warning("the cached input was changed (by an app?): downloading it again")
+                self._input_path = None
+                self._line_offsets = None
             if self._input_path is None:
-                path = self._workdir / "input"
-                self._s3.download_file(self._settings.source_bucket, mission.input_key, str(path))
-                self._input_path = path
+                partial = self._workdir / "input.download"
+                partial.unlink(missing_ok=True)
+                source = self._settings.source_bucket
+                self._s3.download_file(source, mission.input_key, str(partial))
+                partial.chmod(0o444)
+                os.replace(partial, path)  # an app opening the path finds the old or the new one
+                self._input_path, self._input_fingerprint = path, _fingerprint(path)
             return self._input_path
 
     def _offsets(self, whole: Path, lines_per_slice: int) -> list[int]:
@@ -402,8 +534,25 @@ class WorkerAgent:
             return self._line_offsets
 
 
+def _fingerprint(path: Path) -> tuple[int, ...] | None:
+    """What any change to a file changes (ctime even on a chmod), or None if it is gone."""
+    try:
+        s = path.stat()
+    except FileNotFoundError:
+        return None
+    return (s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns)
+
+
 class _Heartbeat:
-    """Extends the lease about three times per lease period while the app runs."""
+    """Renews the lease about three times per lease period, in its own thread, from the claim
+    until the outcome is recorded: a long download or upload must not cost a live worker its
+    lease (and the transaction an attempt).
+
+    `alive` turns False for good once the lease is found taken; the attempt then stops. A failed
+    renewal is tried again with backoff, then on the usual schedule: it says nothing about the
+    lease, which the next renewal (or the outcome's conditional write) settles. The waits are on
+    the stop event, not the injected sleep, so the heartbeat ends with its attempt at once.
+    """
 
     def __init__(
         self,
@@ -412,26 +561,48 @@ class _Heartbeat:
         owner: str,
         lease: int,
         clock: Callable[[], float],
+        backoff: Backoff,
     ) -> None:
-        self._store, self._txn, self._owner, self._lease, self._clock = (
-            store,
-            txn,
-            owner,
-            lease,
-            clock,
+        self._store, self._txn, self._owner = store, txn, owner
+        self._lease, self._clock, self._backoff = lease, clock, backoff
+        self._lost = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._renew, name=f"heartbeat-{txn.index}", daemon=True
         )
-        self._last = clock()
 
-    def beat(self) -> bool:
-        """False once the lease is lost (it expired and was taken back): stop the app."""
-        now = self._clock()
-        if now - self._last < self._lease / 3:
-            return True
-        self._last = now
-        alive = self._store.transactions.extend_lease(self._txn, self._owner, now, self._lease)
-        if not alive:
-            logger.warning("lease lost: stopping the app", extra={"index": self._txn.index})
-        return alive
+    @property
+    def alive(self) -> bool:
+        return not self._lost.is_set()
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def _renew(self) -> None:
+        period = self._lease / 3
+        wait, delays = period, self._backoff.delays()
+        transactions, index = self._store.transactions, self._txn.index
+        while not self._stopped.wait(wait):
+            try:
+                held = transactions.extend_lease(self._txn, self._owner, self._clock(), self._lease)
+            except StoreError as e:
+                wait = min(next(delays, period), period)
+                logger.warning(
+                    "could not renew the lease; trying again",
+                    extra={"index": index, "error": str(e), "retry_in": round(wait, 3)},
+                )
+                continue
+            if not held:
+                if not self._stopped.is_set():  # not merely the outcome recorded meanwhile
+                    logger.warning("lease lost: stopping the attempt", extra={"index": index})
+                self._lost.set()
+                return
+            wait, delays = period, self._backoff.delays()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from worker_ami.runner import STDERR_TAIL_BYTES, AppResult, run_app
+from worker_ami.runner import STDERR_LOG_BYTES, STDERR_TAIL_BYTES, AppResult, run_app
 
 PY = sys.executable
 
@@ -143,3 +143,77 @@ def test_non_executable_file_is_127(tmp_path: Path) -> None:
     result = run(tmp_path, [str(script)])
     assert result.exit_code == 127
     assert "cannot start" in result.stderr_tail
+
+
+def _wait_gone(pid: int, seconds: float = 5) -> bool:
+    deadline = time.monotonic() + seconds
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _gone(pid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("exit_code", [0, 3])
+def test_no_child_outlives_an_app_that_exits(tmp_path: Path, exit_code: int) -> None:
+    """A child left behind would keep using the slot's CPU and memory after its attempt."""
+    code = (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'],\n"
+        "                         stderr=subprocess.DEVNULL)\n"
+        "open('child.pid', 'w').write(str(child.pid))\n"
+        f"sys.exit({exit_code})\n"
+    )
+    began = time.monotonic()
+    result = run(tmp_path, py(code))
+    assert result.exit_code == exit_code and result.timed_out is False
+    assert time.monotonic() - began < 10
+    assert _wait_gone(int((tmp_path / "child.pid").read_text()))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_child_holding_stderr_open_neither_survives_nor_hangs_the_attempt(tmp_path: Path) -> None:
+    code = (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
+        "open('child.pid', 'w').write(str(child.pid))\n"
+        "sys.stderr.write('parent done')\n"
+    )
+    began = time.monotonic()
+    result = run(tmp_path, py(code))
+    assert time.monotonic() - began < 10
+    assert (result.exit_code, result.stderr_tail) == (0, "parent done")
+    assert _wait_gone(int((tmp_path / "child.pid").read_text()))
+
+
+def test_stderr_on_disk_is_bounded(tmp_path: Path) -> None:
+    """A chatty app must not fill the worker's disk: the log keeps a head and the tail."""
+    code = (
+        "import sys\n"
+        "sys.stderr.buffer.write(b'HEAD' + b'x' * (50 * 1024 * 1024))\n"
+        "sys.stderr.buffer.write(b'THE END')\n"
+    )
+    result = run(tmp_path, py(code))
+    assert result.exit_code == 0
+    log = tmp_path / "stderr.log"
+    assert log.stat().st_size <= STDERR_LOG_BYTES + STDERR_TAIL_BYTES + 200
+    text = log.read_bytes()
+    assert text.startswith(b"HEAD") and text.endswith(b"THE END")
+    assert b"bytes of stderr dropped" in text
+    assert len(result.stderr_tail) <= STDERR_TAIL_BYTES
+    assert result.stderr_tail.endswith("THE END")
+
+
+def test_a_small_stderr_is_logged_whole(tmp_path: Path) -> None:
+    code = "import sys; sys.stderr.write('a' * 5000 + 'THE END')"
+    result = run(tmp_path, py(code))
+    assert (tmp_path / "stderr.log").read_text() == "a" * 5000 + "THE END"
+    assert result.stderr_tail == ("a" * 5000 + "THE END")[-STDERR_TAIL_BYTES:]
+
+
+def test_the_stderr_cap_is_a_parameter(tmp_path: Path) -> None:
+    code = "import sys; sys.stderr.write('0123456789' * 1000)"
+    result = run_app(py(code), 20, tmp_path, tmp_path / "stderr.log", stderr_cap=100)
+    head, marker, tail = (tmp_path / "stderr.log").read_text().split("\n")
+    assert head == "0123456789" * 10
+    assert marker == f"[... {10000 - 100 - STDERR_TAIL_BYTES} bytes of stderr dropped ...]"
+    assert tail == ("0123456789" * 1000)[-STDERR_TAIL_BYTES:] == result.stderr_tail
