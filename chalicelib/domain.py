@@ -92,6 +92,7 @@ class Transaction:
     start: int
     end: int
     attempts: int = 0
+    claim: int = 0  # the claim that holds it now (0: never claimed)
     lease_owner: str | None = None
     lease_expires_at: float | None = None  # epoch seconds
     exit_code: int | None = None

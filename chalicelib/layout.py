@@ -1,6 +1,6 @@
 """The protocol between the control side and the workers, written once.
 
-- object keys in the result bucket (parts sort by index, so a listing is the merge order);
+- object keys in the result bucket (parts sort by index; each names the claim that made it);
 - the failure marker: what a transaction out of attempts reports, through the same event path
   as a part (written by the worker and the sweeper, read by result_processor);
 - the tags that tie an EC2 instance to its stage and mission.
@@ -18,7 +18,8 @@ PARTS_PREFIX = "parts/"
 INDEX_DIGITS = 8  # zero-padded, so keys sort in index order
 MAX_TRANSACTIONS_EVER = 10**INDEX_DIGITS
 _OUTCOME = re.compile(
-    rf"^parts/(?P<mission>[^/]+)/(?P<index>\d{{{INDEX_DIGITS}}})\.(?P<kind>out|failed)$"
+    rf"^parts/(?P<mission>[^/]+)/(?P<index>\d{{{INDEX_DIGITS}}})\.(?P<claim>[1-9]\d*)"
+    r"\.(?P<kind>out|failed)$"
 )
 RESULTS_PREFIX = "results/"
 
@@ -26,12 +27,15 @@ MISSION_TAG = "lighthpc:mission"
 STAGE_TAG = "lighthpc:stage"
 
 
-def part_key(mission_id: str, index: int) -> str:
-    return f"{PARTS_PREFIX}{mission_id}/{index:0{INDEX_DIGITS}d}.out"
+# Outcome keys carry the claim that produced them (a transaction's claims only ever count up,
+# even when a hand-back gives its attempt back), so a part from a claim that no longer holds the
+# transaction is never mistaken for the holder's: it is not counted, and never merged.
+def part_key(mission_id: str, index: int, claim: int) -> str:
+    return f"{PARTS_PREFIX}{mission_id}/{index:0{INDEX_DIGITS}d}.{claim}.out"
 
 
-def failure_key(mission_id: str, index: int) -> str:
-    return f"{PARTS_PREFIX}{mission_id}/{index:0{INDEX_DIGITS}d}.failed"
+def failure_key(mission_id: str, index: int, claim: int) -> str:
+    return f"{PARTS_PREFIX}{mission_id}/{index:0{INDEX_DIGITS}d}.{claim}.failed"
 
 
 def result_key(mission_id: str) -> str:
@@ -52,6 +56,7 @@ class Outcome:
     mission_id: str
     index: int
     succeeded: bool
+    claim: int  # which claim of the transaction produced it
 
 
 def parse_outcome_key(key: str) -> Outcome | None:
@@ -59,7 +64,7 @@ def parse_outcome_key(key: str) -> Outcome | None:
     m = _OUTCOME.match(key)
     if m is None:
         return None
-    return Outcome(m["mission"], int(m["index"]), m["kind"] == "out")
+    return Outcome(m["mission"], int(m["index"]), m["kind"] == "out", int(m["claim"]))
 
 
 @dataclass(frozen=True)

@@ -157,12 +157,12 @@ def _recount(ctx: Context, mission: Mission, report: SweepReport) -> bool:
     counted = 0
     for txn in ctx.store.transactions.finished_uncounted(mission.mission_id):
         succeeded = txn.status is TransactionStatus.SUCCEEDED
-        outcome = Outcome(mission.mission_id, txn.index, succeeded)
+        outcome = Outcome(mission.mission_id, txn.index, succeeded, txn.claim)
         if succeeded:
-            key = txn.part_key or part_key(mission.mission_id, txn.index)
+            key = txn.part_key or part_key(mission.mission_id, txn.index, txn.claim)
             failure = None
         else:
-            key = failure_key(mission.mission_id, txn.index)
+            key = failure_key(mission.mission_id, txn.index, txn.claim)
             failure = FailureMarker(error=txn.error, exit_code=txn.exit_code, attempts=txn.attempts)
         counted += ctx.store.transactions.count_outcome(outcome, key, failure)
     if counted:
@@ -193,7 +193,7 @@ def _take_back(
     marker = FailureMarker(error=reason, attempts=txn.attempts)
     ctx.aws.s3.put_object(
         Bucket=ctx.settings.result_bucket,
-        Key=failure_key(mission.mission_id, txn.index),
+        Key=failure_key(mission.mission_id, txn.index, txn.claim),
         Body=marker.to_bytes(),
     )
     report.failed += 1

@@ -409,7 +409,7 @@ class WorkerAgent:
                 )
                 count("TransactionsRetried")
             elif verdict is Verdict.SUCCEEDED:
-                key = part_key(mission.mission_id, txn.index)
+                key = part_key(mission.mission_id, txn.index, txn.claim)
                 self._s3.upload_file(str(output), bucket, key)
                 self._finish(txn, owner, TransactionStatus.SUCCEEDED, result, None, key)
             else:
@@ -419,7 +419,7 @@ class WorkerAgent:
                     attempts=txn.attempts,
                     timed_out=result.timed_out,
                 )
-                key = failure_key(mission.mission_id, txn.index)
+                key = failure_key(mission.mission_id, txn.index, txn.claim)
                 self._s3.put_object(Bucket=bucket, Key=key, Body=marker.to_bytes())
                 self._finish(txn, owner, TransactionStatus.FAILED, result, marker.error, None)
         except Conflict:
@@ -511,7 +511,9 @@ class WorkerAgent:
                 partial = self._workdir / "input.download"
                 partial.unlink(missing_ok=True)
                 source = self._settings.source_bucket
-                self._s3.download_file(source, mission.input_key, str(partial))
+                # Exactly the version the mission planned, whatever was uploaded since.
+                pin = {"VersionId": mission.input_version} if mission.input_version else None
+                self._s3.download_file(source, mission.input_key, str(partial), ExtraArgs=pin)
                 partial.chmod(0o444)
                 os.replace(partial, path)  # an app opening the path finds the old or the new one
                 self._input_path, self._input_fingerprint = path, _fingerprint(path)

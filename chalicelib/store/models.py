@@ -144,6 +144,9 @@ class TransactionModel(_RetriesTransient, Model):
     start = NumberAttribute()
     end = NumberAttribute()
     attempts = NumberAttribute(default=0)
+    # Claims so far: +1 on every claim, never down (a hand-back gives the attempt back, not the
+    # claim). The holder's claim is the one whose outcome counts.
+    claims = NumberAttribute(null=True)
     retry_rank = NumberAttribute(null=True)
     lease_owner = UnicodeAttribute(null=True)
     lease_expires_at = NumberAttribute(null=True)

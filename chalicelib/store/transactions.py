@@ -38,6 +38,7 @@ def transaction_of(item: TransactionModel) -> Transaction:
         start=int(item.start),
         end=int(item.end),
         attempts=int(item.attempts or 0),
+        claim=int(item.claims or 0),
         lease_owner=item.lease_owner,
         lease_expires_at=None if item.lease_expires_at is None else float(item.lease_expires_at),
         exit_code=None if item.exit_code is None else int(item.exit_code),
@@ -54,9 +55,14 @@ def _retry_rank(now: float) -> int:
     return int(now * 1000)
 
 
-def _held_by(owner: str) -> Condition:
-    """The item is leased (RUNNING) to `owner`."""
-    return (TransactionModel.status == T.RUNNING.value) & (TransactionModel.lease_owner == owner)
+def _claim_of(txn: Transaction, owner: str) -> Condition:
+    """The item is still in `owner`'s claim `txn.claim` (not requeued and claimed again)."""
+    return (TransactionModel.lease_owner == owner) & (TransactionModel.claims == txn.claim)
+
+
+def _held_by(txn: Transaction, owner: str) -> Condition:
+    """The item is leased (RUNNING) to `owner`, in the claim `txn` was read in."""
+    return (TransactionModel.status == T.RUNNING.value) & _claim_of(txn, owner)
 
 
 class TransactionStore:
@@ -170,6 +176,7 @@ class TransactionStore:
             TransactionModel.lease_expires_at.set(now + lease_seconds),
             TransactionModel.started_at.set(utc(now)),
             TransactionModel.attempts.add(1),
+            TransactionModel.claims.add(1),
             TransactionModel.retry_rank.remove(),
         ]
         if first is not None:
@@ -191,7 +198,7 @@ class TransactionStore:
         with conditional(f"extend the lease of {txn.index}") as write:
             TransactionModel(txn.mission_id, txn.index).update(
                 actions=[TransactionModel.lease_expires_at.set(now + lease_seconds)],
-                condition=_held_by(owner),
+                condition=_held_by(txn, owner),
             )
         return write.applied
 
@@ -234,7 +241,7 @@ class TransactionStore:
         """
         condition = TransactionModel.status.is_in(
             *transaction_sources(status, [T.RUNNING], or_already=True)
-        ) & (TransactionModel.lease_owner == owner)
+        ) & _claim_of(txn, owner)
         with conditional(f"finish transaction {txn.index}"):
             TransactionModel(txn.mission_id, txn.index).update(
                 actions=[
@@ -251,9 +258,9 @@ class TransactionStore:
 
     def _release(self, txn: Transaction, owner: str, actions: list[Action], now: float) -> None:
         """RUNNING -> PENDING by the lease holder, onto the retry index."""
-        condition = TransactionModel.status.is_in(*transaction_sources(T.PENDING)) & (
-            TransactionModel.lease_owner == owner
-        )
+        condition = TransactionModel.status.is_in(
+            *transaction_sources(T.PENDING)
+        ) & _claim_of(txn, owner)
         with translated(
             f"release transaction {txn.index}",
             refused=f"transaction {txn.index} is no longer held by {owner}",
@@ -286,7 +293,7 @@ class TransactionStore:
             actions.append(TransactionModel.retry_rank.set(_retry_rank(now)))
         condition = (
             TransactionModel.status.is_in(*transaction_sources(target))
-            & (TransactionModel.lease_owner == txn.lease_owner)
+            & _claim_of(txn, txn.lease_owner or "")
             & (TransactionModel.lease_expires_at < now)
         )
         with conditional(f"take back transaction {txn.index}") as write:
@@ -344,8 +351,9 @@ class TransactionStore:
     def count_outcome(
         self, outcome: Outcome, part_key: str, failure: FailureMarker | None = None
     ) -> bool:
-        """Count a transaction's outcome exactly once. False if it was already counted, or if
-        the transaction is not in a state that outcome can come from (it was requeued)."""
+        """Count a transaction's outcome exactly once, from the claim that holds it. False if it
+        was already counted, or if the outcome is stale (another claim holds the transaction,
+        or it was requeued)."""
         status = T.SUCCEEDED if outcome.succeeded else T.FAILED
         counter = MissionModel.n_succeeded if outcome.succeeded else MissionModel.n_failed
         actions = [
@@ -362,8 +370,14 @@ class TransactionStore:
                 TransactionModel.exit_code.set(failure.exit_code),
                 TransactionModel.error.set(failure.error),
             ]
-        uncounted = TransactionModel.counted.does_not_exist() & TransactionModel.status.is_in(
-            *transaction_sources(status, [T.RUNNING], or_already=True)
+        # Only the holding claim's outcome counts: a part from a claim whose transaction was
+        # handed back or taken back (and perhaps claimed again) is stale.
+        uncounted = (
+            TransactionModel.counted.does_not_exist()
+            & TransactionModel.status.is_in(
+                *transaction_sources(status, [T.RUNNING], or_already=True)
+            )
+            & (TransactionModel.claims == outcome.claim)
         )
         with (
             conditional(f"count transaction {outcome.index} of {outcome.mission_id}") as write,

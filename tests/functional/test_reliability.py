@@ -199,7 +199,7 @@ def test_late_and_duplicate_result_events_change_nothing(cluster: InProcessClust
     done = mission(cluster, mission_id)
     assert done["status"] == "SUCCEEDED"
     # S3 delivers the same part event again, much later.
-    part = f"parts/{mission_id}/00000002.out"
+    part = f"parts/{mission_id}/00000002.1.out"
     s3, bucket = get_context().aws.s3, get_context().settings.result_bucket
     body = s3.get_object(Bucket=bucket, Key=part)["Body"]
     s3.put_object(Bucket=bucket, Key=part, Body=body.read())

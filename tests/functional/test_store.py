@@ -67,8 +67,8 @@ def succeeded_by_store(cluster: InProcessCluster, name: str) -> Mission:
     m = running(cluster, name)
     for slot in range(m.total):
         claimed = claim(m.mission_id, f"i-w/{slot}", time.time(), LEASE)
-        outcome = Outcome(m.mission_id, claimed.index, True)
-        assert store().transactions.count_outcome(outcome, part_key(m.mission_id, claimed.index))
+        outcome = Outcome(m.mission_id, claimed.index, True, 1)
+        assert store().transactions.count_outcome(outcome, part_key(m.mission_id, claimed.index, 1))
     assert store().missions.finish(m, M.SUCCEEDED, None, NO_USAGE, time.time())
     done = store().missions.get(m.mission_id)
     assert done.status is M.SUCCEEDED and done.succeeded == m.total
@@ -83,7 +83,7 @@ def finish_as_worker(t: Transaction, owner: str, status: TransactionStatus, seco
         exit_code=0 if status is T.SUCCEEDED else 1,
         error=None if status is T.SUCCEEDED else "boom",
         run_seconds=seconds,
-        part_key=part_key(t.mission_id, t.index) if status is T.SUCCEEDED else None,
+        part_key=part_key(t.mission_id, t.index, 1) if status is T.SUCCEEDED else None,
         now=time.time(),
     )
 
@@ -191,7 +191,7 @@ def test_a_running_mission_keeps_its_input_key_until_it_ends(cluster: InProcessC
 def test_count_outcome_counts_a_running_transaction_once(cluster: InProcessCluster):
     m = running(cluster, "once")
     t = claim(m.mission_id, "i-w/0", time.time(), LEASE)
-    outcome, key = Outcome(m.mission_id, t.index, True), part_key(m.mission_id, t.index)
+    outcome, key = Outcome(m.mission_id, t.index, True, 1), part_key(m.mission_id, t.index, 1)
     assert store().transactions.count_outcome(outcome, key) is True
     assert store().transactions.count_outcome(outcome, key) is False
     after = store().missions.get(m.mission_id)
@@ -206,9 +206,9 @@ def test_count_outcome_after_the_worker_finished_it(cluster: InProcessCluster):
     m = running(cluster, "worker first")
     t = claim(m.mission_id, "i-w/0", time.time(), LEASE)
     finish_as_worker(t, "i-w/0", T.SUCCEEDED, 1.5)
-    outcome = Outcome(m.mission_id, t.index, True)
-    assert store().transactions.count_outcome(outcome, part_key(m.mission_id, t.index)) is True
-    assert store().transactions.count_outcome(outcome, part_key(m.mission_id, t.index)) is False
+    outcome = Outcome(m.mission_id, t.index, True, 1)
+    assert store().transactions.count_outcome(outcome, part_key(m.mission_id, t.index, 1)) is True
+    assert store().transactions.count_outcome(outcome, part_key(m.mission_id, t.index, 1)) is False
     assert store().missions.get(m.mission_id).succeeded == 1
 
 
@@ -220,10 +220,10 @@ def test_count_outcome_refuses_a_requeued_transaction(cluster: InProcessCluster)
     store().transactions.requeue(t, "i-w/0", 1, "attempt 1 failed", time.time())
     assert txn(m.mission_id, t.index).status is T.PENDING
 
-    key = part_key(m.mission_id, t.index)
-    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True), key) is False
+    key = part_key(m.mission_id, t.index, 1)
+    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True, 1), key) is False
     marker = FailureMarker(error="boom", exit_code=1, attempts=1)
-    failed = Outcome(m.mission_id, t.index, False)
+    failed = Outcome(m.mission_id, t.index, False, 1)
     assert store().transactions.count_outcome(failed, key, marker) is False
 
     after = txn(m.mission_id, t.index)
@@ -234,9 +234,13 @@ def test_count_outcome_refuses_a_requeued_transaction(cluster: InProcessCluster)
     retried = claim(m.mission_id, "i-w/1", time.time(), LEASE)
     assert retried is not None  # index 1, from the cursor
     retried = claim(m.mission_id, "i-w/1", time.time(), LEASE)
-    assert (retried.index, retried.attempts) == (t.index, 2)
-    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True), key) is True
+    assert (retried.index, retried.attempts, retried.claim) == (t.index, 2, 2)
+    # The first claim's part, arriving now, is stale: the second claim holds the transaction.
+    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True, 1), key) is False
+    second = part_key(m.mission_id, t.index, 2)
+    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True, 2), second)
     assert store().missions.get(m.mission_id).succeeded == 1
+    assert txn(m.mission_id, t.index).part_key == second  # what the merge reads
 
 
 def test_count_outcome_refuses_a_transaction_taken_back_by_the_sweeper(
@@ -247,8 +251,8 @@ def test_count_outcome_refuses_a_transaction_taken_back_by_the_sweeper(
     assert store().transactions.take_back_expired(t, time.time(), "expired", requeue=True)
     assert txn(m.mission_id, t.index).status is T.PENDING
 
-    key = part_key(m.mission_id, t.index)
-    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True), key) is False
+    key = part_key(m.mission_id, t.index, 1)
+    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True, 1), key) is False
     after = txn(m.mission_id, t.index)
     assert (after.status, after.part_key) == (T.PENDING, None)
     counters = store().missions.get(m.mission_id)
@@ -262,7 +266,7 @@ def test_a_dropped_lease_still_counts_its_failure_marker(cluster: InProcessClust
     t = claim(m.mission_id, "i-lost/0", time.time() - 600, 1)
     assert store().transactions.take_back_expired(t, time.time(), "expired", requeue=False)
     marker = FailureMarker(error="expired: worker lost", attempts=1, timed_out=True)
-    failed = Outcome(m.mission_id, t.index, False)
+    failed = Outcome(m.mission_id, t.index, False, 1)
     assert store().transactions.count_outcome(failed, "x.failed", marker) is True
     assert store().transactions.count_outcome(failed, "x.failed", marker) is False
     after = txn(m.mission_id, t.index)
@@ -276,8 +280,8 @@ def test_count_outcome_refuses_the_other_outcome_of_a_finished_transaction(
     m = running(cluster, "other outcome")
     t = claim(m.mission_id, "i-w/0", time.time(), LEASE)
     finish_as_worker(t, "i-w/0", T.FAILED, 1.0)  # the worker says FAILED, not yet counted
-    key = part_key(m.mission_id, t.index)
-    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True), key) is False
+    key = part_key(m.mission_id, t.index, 1)
+    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True, 1), key) is False
     assert txn(m.mission_id, t.index).status is T.FAILED
     assert store().missions.get(m.mission_id).succeeded == 0
 
@@ -286,14 +290,14 @@ def test_count_outcome_without_a_claim_or_a_running_mission_writes_nothing(
     cluster: InProcessCluster,
 ):
     m = running(cluster, "unclaimed")
-    key = part_key(m.mission_id, 1)
-    assert store().transactions.count_outcome(Outcome(m.mission_id, 1, True), key) is False
+    key = part_key(m.mission_id, 1, 1)
+    assert store().transactions.count_outcome(Outcome(m.mission_id, 1, True, 1), key) is False
     assert txn(m.mission_id, 1) is None  # no item made up for a never-claimed transaction
 
     t = claim(m.mission_id, "i-w/0", time.time(), LEASE)
     store().missions.cancel(m, time.time())
-    key = part_key(m.mission_id, t.index)
-    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True), key) is False
+    key = part_key(m.mission_id, t.index, 1)
+    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True, 1), key) is False
     assert txn(m.mission_id, t.index).status is T.RUNNING  # all or nothing
     assert store().missions.get(m.mission_id).succeeded == 0
 
@@ -328,8 +332,8 @@ def test_finish_after_result_processor_counted_still_records_run_seconds(
 ):
     m = running(cluster, "counted first")
     t = claim(m.mission_id, "i-w/0", time.time(), LEASE)
-    key = part_key(m.mission_id, t.index)
-    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True), key)
+    key = part_key(m.mission_id, t.index, 1)
+    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True, 1), key)
     assert txn(m.mission_id, t.index).run_seconds is None
 
     finish_as_worker(t, "i-w/0", T.SUCCEEDED, 2.5)
@@ -337,7 +341,7 @@ def test_finish_after_result_processor_counted_still_records_run_seconds(
     assert (after.status, after.run_seconds, after.exit_code) == (T.SUCCEEDED, 2.5, 0)
     assert after.finished_at is not None and after.part_key == key
     assert store().missions.get(m.mission_id).succeeded == 1  # counted once, still
-    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True), key) is False
+    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True, 1), key) is False
 
 
 def test_finish_with_another_status_than_the_counted_one_records_nothing(
@@ -345,8 +349,8 @@ def test_finish_with_another_status_than_the_counted_one_records_nothing(
 ):
     m = running(cluster, "disagree")
     t = claim(m.mission_id, "i-w/0", time.time(), LEASE)
-    key = part_key(m.mission_id, t.index)
-    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True), key)
+    key = part_key(m.mission_id, t.index, 1)
+    assert store().transactions.count_outcome(Outcome(m.mission_id, t.index, True, 1), key)
     finish_as_worker(t, "i-w/0", T.FAILED, 3.0)
     after = txn(m.mission_id, t.index)
     assert (after.status, after.run_seconds, after.error) == (T.SUCCEEDED, None, None)
@@ -403,7 +407,7 @@ def test_the_store_hands_out_typed_missions(cluster: InProcessCluster):
     m = running(cluster, "typed", count=3)
     t = claim(m.mission_id, "i-w/0", time.time(), LEASE)
     store().transactions.count_outcome(
-        Outcome(m.mission_id, t.index, True), part_key(m.mission_id, t.index)
+        Outcome(m.mission_id, t.index, True, 1), part_key(m.mission_id, t.index, 1)
     )
     store().missions.add_instance_usage(m.mission_id, 12.5, 0.25)
 

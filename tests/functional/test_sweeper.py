@@ -93,8 +93,8 @@ def test_a_complete_mission_whose_settling_was_lost_is_settled(cluster: InProces
     cluster.run_workers(mission_id)
     store = get_context().store
     for t in store.transactions.of(mission_id):
-        outcome = Outcome(mission_id, t.index, True)
-        assert store.transactions.count_outcome(outcome, part_key(mission_id, t.index))
+        outcome = Outcome(mission_id, t.index, True, 1)
+        assert store.transactions.count_outcome(outcome, part_key(mission_id, t.index, 1))
     cluster.sqs.purge_queue(QueueUrl=cluster.stack.result_queue_url)  # the events: gone
     assert mission(cluster, mission_id)["status"] == "RUNNING"
     report = sweeper.sweep(get_context())
@@ -139,7 +139,7 @@ def test_the_lease_is_taken_back_before_the_failure_is_reported(cluster: InProce
         report := sweeper.SweepReport(),
     )
     assert report.failed == 0
-    key = failure_key(mission_id, txn.index)
+    key = failure_key(mission_id, txn.index, 1)
     listed = cluster.s3.list_objects_v2(
         Bucket=cluster.stack.outputs["ResultBucketName"], Prefix=key
     )

@@ -67,7 +67,7 @@ def test_a_count_cancelled_for_a_conflict_is_committed_again_once(cluster: InPro
     with faults.installed():
         reset_process_state()
         counted = get_context().store.transactions.count_outcome(
-            Outcome(mission_id, txn.index, True), part_key(mission_id, txn.index)
+            Outcome(mission_id, txn.index, True, 1), part_key(mission_id, txn.index, 1)
         )
     reset_process_state()
     assert counted and faults.ledger["transaction_conflicts"] == 3

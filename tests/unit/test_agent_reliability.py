@@ -95,23 +95,33 @@ class FakeTransactions:
                 held = self.items.get(index)
                 if held is None or held.status is T.PENDING:
                     s = mission.plan.slice(index)
-                    attempts = (held.attempts if held else 0) + 1
                     txn = Transaction(
-                        MISSION_ID, index, T.RUNNING, s.start, s.end, attempts, owner,
-                        now + lease_seconds,
-                    )  # fmt: skip
+                        MISSION_ID,
+                        index,
+                        T.RUNNING,
+                        s.start,
+                        s.end,
+                        attempts=(held.attempts if held else 0) + 1,
+                        claim=(held.claim if held else 0) + 1,
+                        lease_owner=owner,
+                        lease_expires_at=now + lease_seconds,
+                    )
                     self.items[index] = txn
                     return txn
         return None
 
-    def _held(self, index: int, owner: str) -> bool:
-        held = self.items[index]
-        return held.status is T.RUNNING and held.lease_owner == owner
+    def _held(self, txn: Transaction, owner: str) -> bool:
+        held = self.items[txn.index]
+        return held.status is T.RUNNING and self._same_claim(held, txn, owner)
+
+    @staticmethod
+    def _same_claim(held: Transaction, txn: Transaction, owner: str) -> bool:
+        return held.lease_owner == owner and held.claim == txn.claim
 
     def extend_lease(self, txn: Transaction, owner: str, now: float, lease_seconds: int) -> bool:
         self.faults.enter("extend_lease")
         with self.lock:
-            if not self._held(txn.index, owner):
+            if not self._held(txn, owner):
                 return False
             held = self.items[txn.index]
             self.items[txn.index] = dataclasses.replace(held, lease_expires_at=now + lease_seconds)
@@ -121,7 +131,7 @@ class FakeTransactions:
         self.faults.enter("finish")
         with self.lock:
             held = self.items[txn.index]
-            if held.lease_owner == owner and held.status in (T.RUNNING, status):
+            if self._same_claim(held, txn, owner) and held.status in (T.RUNNING, status):
                 self.items[txn.index] = dataclasses.replace(
                     held,
                     status=status,
@@ -141,7 +151,7 @@ class FakeTransactions:
 
     def _release(self, txn: Transaction, owner: str, attempts: int, error: str) -> None:
         with self.lock:
-            if not self._held(txn.index, owner):
+            if not self._held(txn, owner):
                 raise Conflict(f"transaction {txn.index} is no longer held by {owner}")
             held = self.items[txn.index]
             self.items[txn.index] = dataclasses.replace(
@@ -166,8 +176,9 @@ class FakeTransactions:
     def steal(self, index: int) -> None:
         """Another worker holds it now (the lease was taken back and claimed again)."""
         with self.lock:
+            held = self.items[index]
             self.items[index] = dataclasses.replace(
-                self.items[index], lease_owner="i-other/0", attempts=self.items[index].attempts + 1
+                held, lease_owner="i-other/0", attempts=held.attempts + 1, claim=held.claim + 1
             )
 
 
@@ -200,7 +211,9 @@ class FakeS3:
         self.while_downloading: Callable[[], None] = lambda: None
         self.while_uploading: Callable[[], None] = lambda: None
 
-    def download_file(self, bucket: str, key: str, filename: str) -> None:
+    def download_file(
+        self, bucket: str, key: str, filename: str, ExtraArgs: dict | None = None
+    ) -> None:
         self.downloads += 1
         self.while_downloading()
         Path(filename).write_bytes(self.objects[bucket, key])
@@ -269,7 +282,7 @@ class World:
         )
 
     def part(self, index: int) -> bytes | None:
-        return self.s3.objects.get((self.settings.result_bucket, part_key(MISSION_ID, index)))
+        return self.s3.objects.get((self.settings.result_bucket, part_key(MISSION_ID, index, 1)))
 
     def status(self) -> list[tuple[T, int]]:
         items = self.transactions.items
@@ -317,7 +330,7 @@ def test_a_requeue_that_failed_transiently_is_retried(tmp_path: Path) -> None:
     assert report.failed_attempts == 2
     assert w.faults.calls["requeue"] == 2
     assert w.status() == [(T.FAILED, 2)]  # requeued once, then failed for good
-    assert (w.settings.result_bucket, failure_key(MISSION_ID, 0)) in w.s3.objects
+    assert (w.settings.result_bucket, failure_key(MISSION_ID, 0, 2)) in w.s3.objects  # claim 2
 
 
 def test_a_hand_back_that_failed_transiently_is_retried(tmp_path: Path) -> None:

@@ -30,8 +30,8 @@ def s3_body(bucket: str, key: str) -> str:
     return json.dumps({"Records": [record]})
 
 
-PART = s3_body("results", "parts/m-1/00000003.out")
-FAILED_PART = s3_body("results", "parts/m-1/00000004.failed")
+PART = s3_body("results", "parts/m-1/00000003.1.out")
+FAILED_PART = s3_body("results", "parts/m-1/00000004.1.failed")
 MERGED = s3_body("results", "results/m-1/result.out")
 UPLOAD = s3_body("source", "inputs/x.fa")
 

@@ -30,25 +30,27 @@ from chalicelib.layout import (
 
 
 def test_key_builders() -> None:
-    assert part_key("m-1", 0) == "parts/m-1/00000000.out"
-    assert part_key("m-1", 42) == "parts/m-1/00000042.out"
-    assert failure_key("m-1", 7) == "parts/m-1/00000007.failed"
+    assert part_key("m-1", 0, 1) == "parts/m-1/00000000.1.out"
+    assert part_key("m-1", 42, 3) == "parts/m-1/00000042.3.out"
+    assert failure_key("m-1", 7, 2) == "parts/m-1/00000007.2.failed"
     assert result_key("m-1") == "results/m-1/result.out"
-    assert part_key("m", 1).startswith(PARTS_PREFIX)
+    assert part_key("m", 1, 1).startswith(PARTS_PREFIX)
     assert result_key("m").startswith(RESULTS_PREFIX)
 
 
 def test_part_keys_sort_in_index_order() -> None:
     indexes = [0, 1, 2, 9, 10, 11, 99, 100, 12345, 99_999_999]
-    keys = [part_key("mission", i) for i in indexes]
+    keys = [part_key("mission", i, 1) for i in indexes]
     assert sorted(keys) == keys
 
 
+@pytest.mark.parametrize("claim", [1, 2, 10, 12345])
 @pytest.mark.parametrize("index", [0, 1, 9, 10, 12345678, 99_999_999])
 @pytest.mark.parametrize("mission_id", ["m-1", "01HXYZABCDEF", "a.b_c-d"])
-def test_outcome_keys_round_trip(mission_id: str, index: int) -> None:
-    assert parse_outcome_key(part_key(mission_id, index)) == Outcome(mission_id, index, True)
-    assert parse_outcome_key(failure_key(mission_id, index)) == Outcome(mission_id, index, False)
+def test_outcome_keys_round_trip(mission_id: str, index: int, claim: int) -> None:
+    part, failure = part_key(mission_id, index, claim), failure_key(mission_id, index, claim)
+    assert parse_outcome_key(part) == Outcome(mission_id, index, True, claim)
+    assert parse_outcome_key(failure) == Outcome(mission_id, index, False, claim)
 
 
 @pytest.mark.parametrize(
@@ -56,7 +58,11 @@ def test_outcome_keys_round_trip(mission_id: str, index: int) -> None:
     [
         "results/m-1/result.out",
         result_key("m-1"),
-        "parts/m-1/0000001.out",  # seven digits
+        "parts/m-1/00000001.out",  # no claim
+        "parts/m-1/00000001.0.out",  # claims count from 1
+        "parts/m-1/00000001.01.out",
+        "parts/m-1/00000001.x.out",
+        "parts/m-1/0000001.1.out",  # seven digits
         "parts/m-1/000000001.out",  # nine digits
         "parts/m-1/0000000a.out",
         "parts/m-1/00000001.txt",
@@ -79,7 +85,7 @@ def test_parse_outcome_key_ignores_everything_else(key: str) -> None:
 
 def test_large_index_with_more_digits_is_not_an_outcome() -> None:
     # Indexes past 8 digits make keys that the parser does not recognise.
-    assert parse_outcome_key(part_key("m", 100_000_000)) is None
+    assert parse_outcome_key(part_key("m", 100_000_000, 1)) is None
 
 
 # ---- events --------------------------------------------------------------------------------
