@@ -38,6 +38,7 @@ from local.client import (
     s3_client,
     watch,
 )
+from local.fidelity import FidelityInvalid, FidelityOptions
 from local.runtime import LocalRuntime
 
 STOP_TIMEOUT_SECONDS = 40
@@ -82,9 +83,19 @@ def chaos_options(args: argparse.Namespace) -> ChaosOptions:
         raise CliError(f"{flags}: {e.reason}") from e
 
 
+def fidelity_options(spec: str | None) -> FidelityOptions | None:
+    """The --fidelity profile (`off`, `aws` or `aws,name=value,...`), checked before anything
+    starts."""
+    try:
+        return FidelityOptions.parse(spec)
+    except FidelityInvalid as e:
+        raise CliError(f"--fidelity {' + '.join(e.options)}: {e.reason}") from e
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     worker_env = {} if args.lease_seconds is None else {"LEASE_SECONDS": str(args.lease_seconds)}
     chaos = chaos_options(args)
+    fidelity = fidelity_options(args.fidelity)
     runtime = LocalRuntime(
         home=args.home,
         aws_port=args.aws_port,
@@ -94,6 +105,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         sweep_seconds=args.sweep_seconds,
         worker_env=worker_env,
         chaos=chaos,
+        fidelity=fidelity,
     )
     stop = threading.Event()
     # Explicit handlers: a process started in the background may inherit SIGINT as ignored,
@@ -102,6 +114,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     info = runtime.start()
     print("lighthpc is up (Ctrl-C to stop)\n" + info.describe(), flush=True)
+    if runtime.fidelity is not None:
+        print(f"AWS-fidelity profile: {runtime.fidelity.options.describe()}", flush=True)
     print(f"stack details: {args.home.resolve() / 'stack.json'}", flush=True)
     try:
         while not stop.wait(0.5):
@@ -120,6 +134,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
         os._exit(1)  # a thread that will not end must not keep the stack's ports forever
     print("stopped", flush=True)
+    if runtime.fidelity is not None:
+        print(f"AWS-fidelity profile injected: {runtime.fidelity.ledger.summary()}", flush=True)
     return 0
 
 
@@ -188,9 +204,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    from local.chaos_suite import SuiteOptions, run_suite, table
+    from local.chaos_suite import CHAOS_FIDELITY, SuiteOptions, run_suite, table
 
-    row = run_suite(SuiteOptions(missions=args.missions, transactions=args.transactions))
+    # The suite's own profile unless --fidelity names one (`off`: moto as it is).
+    fidelity = CHAOS_FIDELITY if args.fidelity is None else fidelity_options(args.fidelity)
+    row = run_suite(
+        SuiteOptions(missions=args.missions, transactions=args.transactions, fidelity=fidelity)
+    )
     print(table(row))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -253,6 +273,15 @@ def _add_up(commands: Any) -> None:
         default=None,
         help="workers' lease without a heartbeat (default 90)",
     )
+    up.add_argument(
+        "--fidelity",
+        default="off",
+        metavar="PROFILE",
+        help="make the embedded AWS answer as AWS would: `aws` (latency, hot-item throttling,"
+        " TransactionConflict, GSI lag, 38-digit numbers, 400 KB items, SNS bytes, EC2 Fleet"
+        " shortfalls), `aws,name=value,...` to change a figure (e.g. gsi_lag_seconds=2,"
+        " latency.s3=0.05:0.2), or `off` (default; $LIGHTHPC_FIDELITY otherwise)",
+    )
     chaos = up.add_argument_group("chaos switches")
     chaos.add_argument(
         "--kill-fraction", type=float, default=0.0, help="fraction of workers lost without notice"
@@ -302,6 +331,13 @@ def _add_runs(commands: Any) -> None:
     suite.add_argument("--missions", type=int, default=4)
     suite.add_argument("--transactions", type=int, default=24)
     suite.add_argument("--json", type=Path, default=None, help="also write the row as JSON here")
+    suite.add_argument(
+        "--fidelity",
+        default=None,
+        metavar="PROFILE",
+        help="the AWS-fidelity profile (default: the suite's own, with conflicts, throttling"
+        " and GSI lag; `off`, `aws` or `aws,name=value,...` as for `up`)",
+    )
     suite.set_defaults(func=cmd_chaos)
 
     demo = commands.add_parser("demo", help="run one checked mission on a fresh local stack")

@@ -3,6 +3,11 @@
 One context manager for every local runtime: `lighthpc up` and the benchmarks run moto's server
 (other processes, the workers, reach it over HTTP); the in-process cluster and the functional
 tests run moto's in-process mock. On exit moto stops and the environment is as it was.
+
+With an AWS-fidelity profile (local/fidelity.py: `fidelity=`, or `LIGHTHPC_FIDELITY=aws` in `env`
+or the environment) the provisioned stack then answers as AWS would: latency, throttling,
+conflicts, GSI lag, size limits, capacity shortfalls. It is installed after provisioning (the
+stack is set up, not tested) and removed before moto stops.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from dataclasses import dataclass
 import boto3
 
 from chalicelib.context import reset_process_state
+from local import fidelity as fidelity_profile
+from local.fidelity import FIDELITY_ENV, Fidelity, FidelityOptions
 from local.moto_patches import make_dynamodb_writes_atomic
 from local.stack import Stack, provision
 
@@ -27,6 +34,7 @@ _FOREIGN = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
 class EmbeddedAws:
     stack: Stack
     endpoint: str | None  # None: moto's in-process mock (no server)
+    fidelity: Fidelity | None = None  # the AWS-fidelity profile in force, with its ledger
 
 
 @contextmanager
@@ -37,10 +45,17 @@ def embedded_aws(
     stage: str = "local",
     env: dict[str, str] | None = None,
     verbose: bool = False,
+    fidelity: FidelityOptions | None = None,
 ) -> Iterator[EmbeddedAws]:
     """moto (a server on 127.0.0.1:`port`, or the in-process mock), the stack provisioned from
     the deployment template, and this process's environment (and lighthpc's cached settings,
-    clients and store) pointed at it; `env` is set on top of the stack's variables."""
+    clients and store) pointed at it; `env` is set on top of the stack's variables.
+
+    `fidelity` (or, when None, the spec in `env`'s or the environment's LIGHTHPC_FIDELITY)
+    puts the AWS-fidelity profile in front of moto for as long as the stack runs."""
+    if fidelity is None:
+        spec = (env or {}).get(FIDELITY_ENV, os.environ.get(FIDELITY_ENV))
+        fidelity = FidelityOptions.parse(spec)
     make_dynamodb_writes_atomic()  # moto runs in this process, server or mock: the patch covers it
     saved = dict(os.environ)
     for name in _FOREIGN:
@@ -61,7 +76,8 @@ def embedded_aws(
             os.environ.update(stack.environment())
             os.environ.update(env or {})
             reset_process_state()
-            yield EmbeddedAws(stack=stack, endpoint=endpoint)
+            with fidelity_profile.installed(fidelity) as profile:
+                yield EmbeddedAws(stack=stack, endpoint=endpoint, fidelity=profile)
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -1,4 +1,9 @@
-"""AWS's answers that moto never gives, injected at the client: the start of the fidelity profile.
+"""AWS's answers that moto never gives, injected at the client, one call at a time, for tests.
+
+The AWS-fidelity profile (local/fidelity.py) injects these answers where AWS would give them,
+in front of moto's handlers, for every client of the embedded AWS (`lighthpc up --fidelity aws`,
+LIGHTHPC_FIDELITY=aws). This injector is its deterministic complement for a test that needs an
+exact sequence ("the next two UpdateItems conflict"), whatever the timing.
 
 A `FaultInjector` registers a botocore `before-call` hook on every client created while it is
 installed (boto3's and pynamodb's alike). A matching call gets AWS's error answer instead of

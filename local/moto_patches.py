@@ -6,16 +6,23 @@ same condition: two workers would claim one transaction. It also changes a store
 action by action, so a read in another thread can see it half-written (a claimed transaction
 without its status yet). Real DynamoDB serialises writes per item and never shows a partial
 write. One lock around each DynamoDB request (parsed, executed and answered) restores both.
+
+The AWS-fidelity profile (local/fidelity.py) decides inside that lock (`set_dynamodb_hook`), so
+its view of in-flight writes is exact; its latency sleeps happen before, outside the lock.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Callable
 from typing import Any
 
 _LOCK = threading.RLock()
 _applied = False
+# hook(handler, call): runs inside the lock; `call()` executes the request in moto.
+DynamoHook = Callable[[Any, Callable[[], Any]], Any]
+_hook: DynamoHook | None = None
 
 
 def make_dynamodb_writes_atomic() -> None:
@@ -29,7 +36,20 @@ def make_dynamodb_writes_atomic() -> None:
     @functools.wraps(original)
     def serialised(self: Any) -> Any:
         with _LOCK:
-            return original(self)
+            hook = _hook
+            if hook is None:
+                return original(self)
+            return hook(self, lambda: original(self))
 
     DynamoHandler.call_action = serialised  # type: ignore[method-assign]
     _applied = True
+
+
+def set_dynamodb_hook(hook: DynamoHook | None) -> DynamoHook | None:
+    """Run `hook` around every DynamoDB request, inside the lock (None: none); returns the
+    hook it replaces."""
+    global _hook
+    make_dynamodb_writes_atomic()
+    with _LOCK:
+        previous, _hook = _hook, hook
+    return previous

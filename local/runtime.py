@@ -6,6 +6,9 @@
 - the event pump delivers queued events to the handlers `app.py` registers;
 - the local fleet turns launched EC2 instances into worker agent processes;
 - the outbox turns SNS messages into .eml files.
+
+With `fidelity` (local/fidelity.py) the embedded AWS answers as AWS would (latency, throttling,
+conflicts, GSI lag, limits, capacity shortfalls); `runtime.fidelity.ledger` counts what it did.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from chalicelib.observability import logger
 from local.chaos import Chaos, ChaosOptions
 from local.client import DEFAULT_HOME, INFO_FILE, RuntimeInfo
 from local.embedded import embedded_aws
+from local.fidelity import Fidelity, FidelityOptions
 from local.fleet import LocalFleet
 from local.outbox import Outbox
 from local.pump import EventBus, PumpThread, schedules, sqs_pollers
@@ -55,11 +59,14 @@ class LocalRuntime:
         sweep_seconds: float = 60.0,
         worker_env: dict[str, str] | None = None,
         chaos: ChaosOptions | None = None,
+        fidelity: FidelityOptions | None = None,
     ) -> None:
         self._verbose = verbose
         self._sweep_seconds = sweep_seconds
         self._worker_env = worker_env or {}
         self.chaos = Chaos(chaos) if chaos is not None and chaos.active else None
+        self._fidelity_options = fidelity  # None: as $LIGHTHPC_FIDELITY says (off if unset)
+        self.fidelity: Fidelity | None = None  # the profile in force once started (and after)
         self.home = home.resolve()
         self._aws_port = aws_port
         self._api_port = api_port
@@ -86,8 +93,15 @@ class LocalRuntime:
         env = {"POWERTOOLS_METRICS_DISABLED": "true", **self._worker_env}
         try:
             embedded = self._resources.enter_context(
-                embedded_aws(port=self._aws_port, stage=self._stage, env=env, verbose=self._verbose)
+                embedded_aws(
+                    port=self._aws_port,
+                    stage=self._stage,
+                    env=env,
+                    verbose=self._verbose,
+                    fidelity=self._fidelity_options,
+                )
             )
+            self.fidelity = embedded.fidelity
             api_url = self._start_api()
             outbox = self._start_pump(embedded.stack)
             self._start_fleet()

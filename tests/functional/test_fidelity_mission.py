@@ -1,0 +1,74 @@
+"""A whole mission with the AWS-fidelity profile on (LIGHTHPC_FIDELITY, as a test sets it):
+conflicts, hot-item throttling and GSI lag injected, small latency. The result events are
+delivered while the workers run, as Lambda would, so the count transactions meet the workers'
+writes on the mission item."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from local import fidelity
+from local.inprocess import InProcessCluster
+from tests.functional.test_mission import SAMPLE, assert_succeeded, kmer_config, submit
+
+# A tenth of AWS's latency; a hot item at 20 writes/s (so the mission's cursor and counters
+# are throttled); a write in flight for 50 ms; GSIs half a second behind; EC2 always fills.
+FIDELITY = (
+    "aws,latency_scale=0.1,hot_item_writes_per_second=20,conflict_window_seconds=0.05,"
+    "gsi_lag_seconds=0.5,insufficient_capacity_rate=0,fleet_shortfall_rate=0"
+)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with InProcessCluster.running(workdir=tmp_path, env={"LIGHTHPC_FIDELITY": FIDELITY}) as c:
+        yield c
+
+
+def test_a_mission_succeeds_against_the_aws_fidelity_profile(cluster: InProcessCluster, capsys):
+    profile = fidelity.active()
+    assert profile is not None and profile.options.gsi_lag_seconds == 0.5
+
+    mission_id = submit(cluster, kmer_config("faithful", "samples/faithful.fa"))
+    listed = json.loads(cluster.get("/missions").body)["missions"]
+    assert mission_id not in [m["mission_id"] for m in listed]  # the list is a GSI: it lags
+    cluster.upload("samples/faithful.fa", SAMPLE)
+    cluster.deliver_source_events()
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def deliver_results() -> None:
+        try:
+            while not stop.is_set():
+                cluster.deliver_result_events()
+                time.sleep(0.02)
+        except BaseException as e:
+            errors.append(e)
+
+    results = threading.Thread(target=deliver_results)
+    results.start()
+    try:
+        cluster.run_workers(mission_id)
+    finally:
+        stop.set()
+        results.join()
+    assert not errors, errors
+    cluster.deliver_result_events()
+
+    mission = json.loads(cluster.get(f"/missions/{mission_id}").body)
+    assert_succeeded(cluster, mission_id, mission, "faithful")
+    listed = json.loads(cluster.get("/missions").body)["missions"]
+    assert mission_id in [m["mission_id"] for m in listed]  # the lag has passed
+
+    injected = profile.ledger.as_dict()
+    with capsys.disabled():
+        print(f"\ninjected during one mission: {profile.ledger.summary()}")
+    assert injected["calls_delayed"] > 0
+    assert injected["gsi_lag_hides"] >= 1
+    assert injected["throttles"] > 0
+    assert injected["transaction_conflicts"] + injected["write_conflicts"] > 0
