@@ -44,6 +44,10 @@ from worker_ami.runner import AppResult, run_app
 
 # How long a worker waits for a mission still being planned (workers can boot that fast locally).
 PLANNING_WAIT_SECONDS = 300.0
+# A retry becomes visible to claims through the retry index (a GSI, eventually consistent: under a
+# second, typically). A worker that queued one looks for work this long before it leaves.
+RETRY_VISIBLE_WITHIN_SECONDS = 5.0
+RETRY_POLL_SECONDS = 0.5
 
 R = TypeVar("R")
 
@@ -142,6 +146,7 @@ class WorkerAgent:
         self._line_offsets: list[int] | None = None
         self._counts_lock = threading.Lock()
         self._verdicts: Counter[Verdict] = Counter()
+        self._last_requeue_at: float | None = None  # when this worker last queued a retry
         # Set by a Spot interruption notice: stop claiming, stop apps, hand work back.
         self.interrupted = threading.Event()
         # Set by a notice or a rebalance recommendation: claim no more transactions.
@@ -304,12 +309,21 @@ class WorkerAgent:
                 # never written (the sweeper requeues it) or a lease nobody renews (it expires).
                 txn = self._retrying("claim", claim)
                 if txn is None:
-                    return
+                    if not self._requeued_recently():
+                        return
+                    # A retry this worker just queued may not be in the retry index yet (a GSI:
+                    # it lags, typically under a second): look again before leaving.
+                    self._sleep(RETRY_POLL_SECONDS)
+                    continue
                 self._run_transaction(owner, mission, txn)
         except Exception:
             # The store stayed unreachable past the backoff, or S3 failed: this slot stops. The
             # lease it held is renewed no more, expires, and the sweeper takes it back.
             logger.exception("slot stopped", extra={"slot": owner})
+
+    def _requeued_recently(self) -> bool:
+        last = self._last_requeue_at
+        return last is not None and self._clock() - last < RETRY_VISIBLE_WITHIN_SECONDS
 
     # ---- one transaction ------------------------------------------------------------------
 
@@ -408,6 +422,7 @@ class WorkerAgent:
                     ),
                 )
                 count("TransactionsRetried")
+                self._last_requeue_at = self._clock()
             elif verdict is Verdict.SUCCEEDED:
                 key = part_key(mission.mission_id, txn.index, txn.claim)
                 self._s3.upload_file(str(output), bucket, key)

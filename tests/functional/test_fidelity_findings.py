@@ -1,6 +1,5 @@
 """What the AWS-fidelity profile finds in product code: behaviour that passes on moto and not
-on AWS. Each test states what AWS would do; a known defect is a strict xfail (the test fails
-today; when the product is fixed it passes, and the marker must go)."""
+on AWS, fixed. Each test states what AWS would do; a defect not yet fixed is a strict xfail."""
 
 from __future__ import annotations
 
@@ -25,13 +24,6 @@ def cluster(tmp_path):
         yield c
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a transaction requeued for a retry enters the sparse retry index (a GSI), which "
-    "lags on AWS: the worker that just failed it finds the cursor exhausted and the retry "
-    "index empty (TransactionStore.claim_next / has_work_left), so every worker terminates "
-    "with retries pending; the sweeper relaunches only after two lease periods",
-)
 def test_workers_still_up_run_the_retries_of_a_flaky_app(cluster: InProcessCluster):
     argv = ["{python}", "-c", FLAKY, "{attempt}", "{output}", "{start}", "{end}"]
     config = kmer_config("flaky", "in.txt", count=5, app={"argv": argv}, max_attempts=3)
@@ -43,8 +35,8 @@ def test_workers_still_up_run_the_retries_of_a_flaky_app(cluster: InProcessClust
     profile = fidelity.active()
     assert profile is not None and profile.ledger.gsi_lag_hides > 0
     rows = json.loads(cluster.get(f"/missions/{mission_id}/transactions").body)["transactions"]
-    # Without the profile (tests/functional/test_mission.py) each is SUCCEEDED after 3 attempts;
-    # with it, today, each is PENDING after 1: the workers left.
+    # As without the profile (tests/functional/test_mission.py): SUCCEEDED after 3 attempts. (Before
+    # the workers looked again for retries they had just queued, each was PENDING after 1.)
     assert [(t["status"], t["attempts"]) for t in rows] == [("SUCCEEDED", 3)] * 5
     mission = json.loads(cluster.get(f"/missions/{mission_id}").body)
     assert mission["status"] == "SUCCEEDED"
