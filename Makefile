@@ -36,8 +36,10 @@ bench: setup
 deploy: setup tools
 	$(BIN)/python -m pytest -q tests/deploy
 
+# Issue 11's size: 4 missions of 100 transactions, 30% of workers lost, 20% Spot notices, every
+# event twice, both handlers crashing once, the AWS-fidelity profile on.
 chaos: setup
-	$(BIN)/lighthpc chaos --json bench/results/chaos.json
+	$(BIN)/lighthpc chaos --missions 4 --transactions 100 --timeout 1200 --json bench/results/chaos.json
 
 lint: setup
 	$(BIN)/ruff check .

@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from local.fidelity import FidelityOptions
 REFERENCES = 240
 SLOW_REF_LENGTH = 4000  # slower slices, so chaos strikes workers mid-transaction
 CHAOS = ChaosOptions(
-    kill_fraction=0.2,
+    kill_fraction=0.3,
     spot_fraction=0.2,
     spot_notice_seconds=3.0,
     duplicate=2,
@@ -118,6 +119,8 @@ def run_suite(options: SuiteOptions, echo: Any = print) -> dict[str, Any]:
             m for p in Path(info.outbox).glob("*.eml") if (m := _mission_of_email(p)) is not None
         )
         runs = _completions(Path(info.workers))
+        stale = _stale_outcomes_counted(missions)
+        concurrent = _concurrent_double_runs(Path(info.workers))
     finally:
         runtime.stop()
     ledger = runtime.chaos.ledger.as_dict() if runtime.chaos else {}
@@ -136,12 +139,15 @@ def run_suite(options: SuiteOptions, echo: Any = print) -> dict[str, Any]:
         "handlers_not_crashed": not_crashed,
         "lost": lost,
         "run_twice": sum(1 for n in runs.values() if n > 1),
+        "stale_outcomes_counted": stale,
+        "concurrent_double_runs": concurrent,
         "emails_per_mission": sorted({emails.get(m, 0) for m in missions}),
         "results_equal": f"{equal}/{len(missions)}",
         "seconds": round(time.monotonic() - began, 1),
         **{f"injected.{name}": n for name, n in injected.items()},
         "faults_not_injected": idle,
         "ok": lost == 0
+        and stale == 0
         and all(emails.get(m, 0) == 1 for m in missions)
         and equal == len(missions)
         and not not_crashed
@@ -212,6 +218,53 @@ def _mission_of_email(path: Path) -> str | None:
     return match.group(1) if match else None
 
 
+def _stale_outcomes_counted(missions: list[str]) -> int:
+    """Transactions whose counted outcome is not their holding claim's (it must be: a stale
+    part, from a claim handed back or taken back, never counts). Read from the store itself:
+    the suite runs in the stack's process."""
+    from chalicelib.context import get_context
+    from chalicelib.layout import part_key
+    from chalicelib.states import TransactionStatus
+
+    store = get_context().store
+    return sum(
+        1
+        for mission_id in missions
+        for t in store.transactions.of(mission_id)
+        if t.status is TransactionStatus.SUCCEEDED
+        and t.part_key != part_key(mission_id, t.index, t.claim)
+    )
+
+
+def _concurrent_double_runs(workers: Path) -> int:
+    """(mission, index) that two workers ran to a success at overlapping times (from their JSON
+    logs: each success is logged at its end with its run time). Sequential re-runs, after a
+    lost worker's lease expired, are expected; overlapping ones mean two held it at once."""
+    runs: dict[tuple[Any, Any], list[tuple[float, float, str]]] = {}
+    for log in workers.glob("*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            if '"transaction succeeded"' not in line:
+                continue
+            try:
+                entry = json.loads(line)
+                end = datetime.strptime(entry["timestamp"], "%Y-%m-%d %H:%M:%S,%f%z").timestamp()
+            except (ValueError, KeyError):
+                continue
+            key = (entry.get("mission_id"), entry.get("index"))
+            runs.setdefault(key, []).append((end - float(entry.get("seconds", 0)), end, log.stem))
+    overlapping = 0
+    for spans in runs.values():
+        spans.sort()
+        reach, reacher = float("-inf"), ""  # the latest end so far, and whose
+        for start, end, worker in spans:
+            if start < reach and worker != reacher:
+                overlapping += 1
+                break
+            if end > reach:
+                reach, reacher = end, worker
+    return overlapping
+
+
 def _completions(workers: Path) -> Counter:
     """(mission, index) -> how many workers ran it to a success (from their JSON logs)."""
     runs: Counter = Counter()
@@ -237,6 +290,8 @@ COLUMNS = [
     ("handlers_not_crashed", "handlers not crashed"),
     ("lost", "lost"),
     ("run_twice", "run twice to completion"),
+    ("stale_outcomes_counted", "stale outcomes counted"),
+    ("concurrent_double_runs", "concurrent double runs"),
     ("emails_per_mission", "emails per mission"),
     ("results_equal", "results equal"),
     ("seconds", "seconds"),

@@ -209,7 +209,12 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     # The suite's own profile unless --fidelity names one (`off`: moto as it is).
     fidelity = CHAOS_FIDELITY if args.fidelity is None else fidelity_options(args.fidelity)
     row = run_suite(
-        SuiteOptions(missions=args.missions, transactions=args.transactions, fidelity=fidelity)
+        SuiteOptions(
+            missions=args.missions,
+            transactions=args.transactions,
+            fidelity=fidelity,
+            timeout_seconds=args.timeout,
+        )
     )
     print(table(row))
     if args.json is not None:
@@ -330,6 +335,9 @@ def _add_runs(commands: Any) -> None:
     suite = commands.add_parser("chaos", help="run missions under chaos and print what survived")
     suite.add_argument("--missions", type=int, default=4)
     suite.add_argument("--transactions", type=int, default=24)
+    suite.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for every mission's email"
+    )
     suite.add_argument("--json", type=Path, default=None, help="also write the row as JSON here")
     suite.add_argument(
         "--fidelity",

@@ -470,6 +470,8 @@ def test_the_chaos_table_shows_what_was_injected() -> None:
         "handlers_not_crashed": [],
         "lost": 0,
         "run_twice": 0,
+        "stale_outcomes_counted": 0,
+        "concurrent_double_runs": 0,
         "emails_per_mission": [1],
         "results_equal": "1/1",
         "seconds": 1.0,
