@@ -258,9 +258,9 @@ class TransactionStore:
 
     def _release(self, txn: Transaction, owner: str, actions: list[Action], now: float) -> None:
         """RUNNING -> PENDING by the lease holder, onto the retry index."""
-        condition = TransactionModel.status.is_in(
-            *transaction_sources(T.PENDING)
-        ) & _claim_of(txn, owner)
+        condition = TransactionModel.status.is_in(*transaction_sources(T.PENDING)) & _claim_of(
+            txn, owner
+        )
         with translated(
             f"release transaction {txn.index}",
             refused=f"transaction {txn.index} is no longer held by {owner}",
