@@ -92,16 +92,23 @@ class FaultInjector:
     @contextmanager
     def installed(self) -> Iterator[FaultInjector]:
         """Every botocore client created meanwhile answers through this injector."""
-        original = botocore.session.Session.create_client
-        injector = self
-
-        def create_client(session: Any, *args: Any, **kwargs: Any) -> Any:
-            client = original(session, *args, **kwargs)
-            client.meta.events.register("before-call.*.*", injector)
-            return client
-
-        botocore.session.Session.create_client = create_client  # type: ignore[method-assign]
-        try:
+        with on_every_client("before-call.*.*", self):
             yield self
-        finally:
-            botocore.session.Session.create_client = original  # type: ignore[method-assign]
+
+
+@contextmanager
+def on_every_client(event: str, handler: Callable[..., Any]) -> Iterator[None]:
+    """Register `handler` for `event` on every botocore client created meanwhile (boto3's and
+    pynamodb's alike: both go through botocore's Session.create_client)."""
+    original = botocore.session.Session.create_client
+
+    def create_client(session: Any, *args: Any, **kwargs: Any) -> Any:
+        client = original(session, *args, **kwargs)
+        client.meta.events.register(event, handler)
+        return client
+
+    botocore.session.Session.create_client = create_client  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        botocore.session.Session.create_client = original  # type: ignore[method-assign]

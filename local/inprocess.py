@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import botocore.session
 from chalice.test import Client
 
 from chalicelib.capacity import mission_instances
 from chalicelib.context import get_context
 from local.embedded import embedded_aws
+from local.faults import on_every_client
 from local.outbox import Email, Outbox
 from local.pump import Queue
 from local.stack import Stack
@@ -47,19 +47,8 @@ class ApiCallCounter:
 
     @contextmanager
     def installed(self) -> Iterator[ApiCallCounter]:
-        original = botocore.session.Session.create_client
-        counter = self
-
-        def create_client(session: Any, *args: Any, **kwargs: Any) -> Any:
-            client = original(session, *args, **kwargs)
-            client.meta.events.register("before-call.*.*", counter)
-            return client
-
-        botocore.session.Session.create_client = create_client  # type: ignore[method-assign]
-        try:
+        with on_every_client("before-call.*.*", self):
             yield self
-        finally:
-            botocore.session.Session.create_client = original  # type: ignore[method-assign]
 
     def reset(self) -> None:
         with self._lock:

@@ -22,13 +22,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import botocore.session
 import pytest
 
 from chalicelib.context import get_context
 from chalicelib.store.models import NEEDS_CARE, MissionModel
 from chalicelib.sweeper import SweepReport, sweep
 from local import inprocess
+from local.faults import on_every_client
 from local.inprocess import InProcessCluster
 from tests.deploy.policies import (
     FUNCTION_POLICY_FILES,
@@ -134,23 +134,17 @@ class Recorder:
 @pytest.fixture
 def recorded(tmp_path) -> Iterator[tuple[InProcessCluster, Recorder]]:
     recorder = Recorder()
-    original = botocore.session.Session.create_client
-
-    def create_client(session: Any, *args: Any, **kwargs: Any) -> Any:
-        client = original(session, *args, **kwargs)
-        client.meta.events.register("provide-client-params.*.*", recorder)
-        return client
-
     listing = inprocess.mission_instances
-    botocore.session.Session.create_client = create_client  # type: ignore[method-assign]
     # A short lease, so that a 1.5 s app outlives a third of it and the heartbeat runs.
     short_lease = {"LEASE_SECONDS": "3"}
     try:
-        with InProcessCluster.running(workdir=tmp_path, env=short_lease) as cluster:
+        with (
+            on_every_client("provide-client-params.*.*", recorder),
+            InProcessCluster.running(workdir=tmp_path, env=short_lease) as cluster,
+        ):
             _attribute(cluster, recorder)
             yield cluster, recorder
     finally:
-        botocore.session.Session.create_client = original  # type: ignore[method-assign]
         inprocess.mission_instances = listing
 
 
