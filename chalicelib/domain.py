@@ -8,13 +8,18 @@ times are datetimes (or epoch seconds for leases, which conditions compare with 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cached_property
 
 from chalicelib.config import MissionConfig, exit_rules, slots_per_instance
 from chalicelib.layout import pinned_input
 from chalicelib.planning import Plan, Slice
 from chalicelib.states import TERMINAL_MISSION, MissionStatus, TransactionStatus
+
+
+def utc(epoch: float) -> datetime:
+    """Epoch seconds (the clock's) as the aware datetime the values carry."""
+    return datetime.fromtimestamp(epoch, tz=UTC)
 
 
 @dataclass(frozen=True)

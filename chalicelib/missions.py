@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from chalicelib.capacity import terminate_mission_instances
 from chalicelib.config import parse_mission_config
 from chalicelib.context import Context
-from chalicelib.domain import Mission, Transaction
+from chalicelib.domain import Mission, Transaction, utc
 from chalicelib.events import send_start_request
 from chalicelib.idempotency import answer_once
 from chalicelib.observability import bind_mission, logger
@@ -24,7 +24,7 @@ PAGE_LIMIT = 1000
 
 def new_mission_id(now: float) -> str:
     """Sortable by creation time, unguessable enough to be a handle."""
-    return f"m-{datetime.fromtimestamp(now, tz=UTC):%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
+    return f"m-{utc(now):%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
 
 
 def submit(
@@ -61,7 +61,7 @@ def _register(ctx: Context, body: bytes | str | None, submitted_by: str | None) 
         status=MissionStatus.AWAITING_INPUT,
         config=config,
         input_key=config.input,
-        created_at=datetime.fromtimestamp(now, tz=UTC),
+        created_at=utc(now),
         submitted_by=submitted_by,
     )
     ctx.store.missions.create(mission)

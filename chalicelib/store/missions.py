@@ -6,24 +6,19 @@ Every status change is a conditional write whose sources come from `chalicelib.s
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
 from chalicelib.config import MissionConfig
-from chalicelib.domain import Mission, Usage
+from chalicelib.domain import Mission, Usage, utc
 from chalicelib.planning import Plan
 from chalicelib.states import MissionStatus, mission_sources
 from chalicelib.store.errors import InputBusy, NotFound, conditional, translated
 from chalicelib.store.models import LISTED, NEEDS_CARE, InputModel, MissionModel
 
 M = MissionStatus
-
-
-def utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=UTC)
 
 
 def mission_of(item: MissionModel) -> Mission:

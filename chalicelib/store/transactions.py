@@ -8,13 +8,12 @@ computed from the plan); every status change is a conditional write whose source
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
-from chalicelib.domain import Mission, Transaction
+from chalicelib.domain import Mission, Transaction, utc
 from chalicelib.layout import FailureMarker, Outcome
 from chalicelib.planning import Slice
 from chalicelib.states import MissionStatus, TransactionStatus, transaction_sources
@@ -23,10 +22,6 @@ from chalicelib.store.models import MissionModel, TransactionModel
 
 T = TransactionStatus
 RETRY_LOOKAHEAD = 10  # retries read per claim when the cursor is exhausted
-
-
-def utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=UTC)
 
 
 def transaction_of(item: TransactionModel) -> Transaction:
@@ -69,6 +64,10 @@ class TransactionStore:
     def __init__(self, atomic: Callable[[], TransactWrite]) -> None:
         # A DynamoDB TransactWriteItems: several items written all or nothing.
         self._atomic = atomic
+        # Missions whose cursor this process found exhausted: that is for good (the plan's
+        # count is fixed, and a mission that is not RUNNING never runs again), so later claims
+        # skip the conditional ADD, a write (1 WCU even when refused) on the hottest item.
+        self._exhausted: set[str] = set()
 
     # ---- reads ------------------------------------------------------------------------------
 
@@ -123,7 +122,12 @@ class TransactionStore:
         transaction and no query grows with the mission. Transactions sent back for another
         attempt are found through the sparse retry index.
         """
-        while (index := self._advance_cursor(mission.mission_id)) is not None:
+        while mission.mission_id not in self._exhausted:
+            index = self._advance_cursor(mission.mission_id)
+            if index is None:
+                if mission.status is MissionStatus.RUNNING:  # read RUNNING: it cannot come back
+                    self._exhausted.add(mission.mission_id)
+                break
             claimed = self._claim(
                 mission.mission_id,
                 index,

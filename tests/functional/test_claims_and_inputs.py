@@ -10,7 +10,6 @@ from chalicelib.context import get_context
 from chalicelib.layout import part_key
 from local.inprocess import InProcessCluster
 from tests.functional.test_mission import (
-    SAMPLE,
     assert_succeeded,
     kmer_config,
     single_process_result,
@@ -88,4 +87,3 @@ def test_a_key_a_running_mission_reads_cannot_be_bound_again(cluster: InProcessC
     cluster.deliver_result_events()
     assert mission(cluster, mission_id)["status"] == "SUCCEEDED"
     assert submit(cluster, kmer_config("next", "held.fa", count=2))  # free once it ended
-    assert SAMPLE
