@@ -17,9 +17,9 @@ from typing import Any
 from chalice import Chalice, ConvertToMiddleware, IAMAuthorizer, Response
 from chalice.app import CloudWatchEvent, Rate, Request, SQSEvent
 
-from chalicelib import auth, missions
+from chalicelib import auth, missions, openapi
 from chalicelib.batch import process_sqs_batch
-from chalicelib.config import FieldError, RequestInvalid
+from chalicelib.config import parse_query_int
 from chalicelib.context import get_context
 from chalicelib.errors import ApiError
 from chalicelib.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -58,7 +58,9 @@ def authenticate(request: Request, get_response: Callable[[Request], Response]) 
     if request is None:  # not a REST event Chalice recognises: it answers that itself
         return get_response(request)
     try:
-        request.context[CALLER] = auth.authenticate(request.context, get_context().settings.stage)
+        settings = get_context().settings
+        principal = auth.authenticate(request.context, settings.stage)
+        request.context[CALLER] = auth.caller_of(principal, settings.stage, settings.operators)
     except auth.Unauthenticated as e:
         return _error(e)
     return get_response(request)
@@ -89,14 +91,9 @@ def answers(status: int) -> Callable[[Callable[..., dict[str, Any]]], Callable[.
     return decorate
 
 
-def _int_param(name: str, default: int) -> int:
-    value = (app.current_request.query_params or {}).get(name)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError as e:
-        raise RequestInvalid([FieldError(name, "must be an integer")]) from e
+def _int_param(name: str, default: int, minimum: int) -> int:
+    query = app.current_request.query_params or {}
+    return parse_query_int(name, query.get(name), default, minimum)
 
 
 # ---- REST API ("MissionCfg") -------------------------------------------------------------
@@ -114,27 +111,41 @@ def create_mission() -> dict[str, Any]:
 @app.route("/missions", methods=["GET"], authorizer=iam)
 @answers(200)
 def list_missions() -> dict[str, Any]:
-    return missions.list_missions(get_context())
+    return missions.list_missions(get_context(), app.current_request.context[CALLER])
+
+
+@app.route("/me", methods=["GET"], authorizer=iam)
+@answers(200)
+def who_am_i() -> dict[str, Any]:
+    return missions.caller_view(app.current_request.context[CALLER])
 
 
 @app.route("/missions/{mission_id}", methods=["GET"], authorizer=iam)
 @answers(200)
 def get_mission(mission_id: str) -> dict[str, Any]:
-    return missions.describe(get_context(), mission_id)
+    return missions.describe(get_context(), mission_id, app.current_request.context[CALLER])
 
 
 @app.route("/missions/{mission_id}", methods=["DELETE"], authorizer=iam)
 @answers(200)
 def cancel_mission(mission_id: str) -> dict[str, Any]:
-    return missions.cancel(get_context(), mission_id)
+    return missions.cancel(get_context(), mission_id, app.current_request.context[CALLER])
 
 
 @app.route("/missions/{mission_id}/transactions", methods=["GET"], authorizer=iam)
 @answers(200)
 def get_transactions(mission_id: str) -> dict[str, Any]:
-    after = _int_param("after", -1)
-    limit = min(_int_param("limit", missions.PAGE_LIMIT), missions.PAGE_LIMIT)
-    return missions.transactions(get_context(), mission_id, after=after, limit=limit)
+    after = _int_param("after", -1, minimum=-1)
+    limit = min(_int_param("limit", missions.PAGE_LIMIT, minimum=1), missions.PAGE_LIMIT)
+    caller = app.current_request.context[CALLER]
+    return missions.transactions(get_context(), mission_id, caller, after=after, limit=limit)
+
+
+@app.route(openapi.ROUTE, methods=["GET"], authorizer=iam)
+@answers(200)
+def get_openapi() -> dict[str, Any]:
+    """This API's OpenAPI description (chalicelib/openapi.json); behind SigV4 like every route."""
+    return openapi.document()
 
 
 # ---- Events ------------------------------------------------------------------------------

@@ -6,12 +6,19 @@ caller in `requestContext.identity`. This module is the second line: outside the
 request whose identity names no IAM principal is refused here too, so a route deployed without its
 authorizer (or a test, or a misconfigured proxy) fails closed instead of open.
 
+Then `Caller` says what the authenticated principal may see: its own missions (the tenancy rule:
+a mission belongs to the principal that submitted it), or every mission for an operator, and,
+in deployed stages, only inputs under its own prefix of the source bucket.
+
 Plain functions over the request context dict, so unit tests need neither Chalice nor AWS.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.errors import ApiError
@@ -20,6 +27,11 @@ LOCAL_STAGE = "local"
 LOCAL_CALLER = "local"  # `submitted_by` of missions submitted without an IAM identity, locally
 # The scheme a client must use, sent in WWW-Authenticate with the 401 (RFC 9110 section 11.6.1).
 SIGV4_SCHEME = "AWS4-HMAC-SHA256"
+INPUTS_ROOT = "inputs/"  # per-caller input prefixes live under it: inputs/<account>/<name>/
+# arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION: the role an assumed-role session acts as.
+_ASSUMED_ROLE = re.compile(
+    r"^arn:(?P<partition>[\w-]+):sts::(?P<account>\d+):assumed-role/(?P<role>[^/]+)/"
+)
 
 
 class Unauthenticated(ApiError):
@@ -82,3 +94,65 @@ def authenticate(request_context: Mapping[str, Any] | None, stage: str) -> str:
 
 def _text(value: Any) -> str | None:
     return (value.strip() or None) if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated principal and what it may reach.
+
+    `principal` owns the missions it submits. An `operator` sees and cancels every mission and
+    may bind any input. `input_prefix`, when set, is the only part of the source bucket whose
+    objects this caller may bind as a mission's input (None: any key, as in the local stage).
+    """
+
+    principal: str
+    operator: bool = False
+    input_prefix: str | None = None
+
+    def owns(self, submitted_by: str | None) -> bool:
+        return self.operator or submitted_by == self.principal
+
+    def may_bind(self, input_key: str) -> bool:
+        return self.operator or self.input_prefix is None or input_key.startswith(self.input_prefix)
+
+
+def caller_of(principal: str, stage: str, operators: Iterable[str]) -> Caller:
+    """What `principal` may reach in `stage`, `operators` being the stage's operator patterns.
+
+    The local stage's unsigned caller is its machine's one user, and operates it: it sees every
+    mission, older ones stored without a submitter included.
+    """
+    local_user = stage == LOCAL_STAGE and principal == LOCAL_CALLER
+    return Caller(
+        principal=principal,
+        operator=local_user or is_operator(principal, operators),
+        input_prefix=None if stage == LOCAL_STAGE else input_prefix(principal),
+    )
+
+
+def is_operator(principal: str, operators: Iterable[str]) -> bool:
+    """Whether the principal matches an operator pattern (fnmatch globs over ARNs).
+
+    An assumed-role session also matches as its role's ARN (arn:aws:iam::ACCOUNT:role/NAME), so
+    "arn:aws:iam::111122223333:role/lighthpc-operator" admits every session of that role.
+    """
+    names = [principal]
+    role = _ASSUMED_ROLE.match(principal)
+    if role:
+        names.append(f"arn:{role['partition']}:iam::{role['account']}:role/{role['role']}")
+    return any(fnmatch.fnmatchcase(name, pattern) for name in names for pattern in operators)
+
+
+def input_prefix(principal: str) -> str:
+    """The caller's own folder in the source bucket: inputs/ACCOUNT/RESOURCE/.
+
+    From the ARN's account and resource (user/NAME, assumed-role/ROLE/SESSION, role/NAME), so it
+    is stable for a principal and different between two principals; "ACCOUNT:CALLER" without an
+    ARN gives inputs/ACCOUNT/CALLER/. Characters S3 treats specially never occur in IAM names.
+    """
+    parts = principal.split(":", 5)
+    if len(parts) == 6 and parts[0] == "arn":
+        account, resource = parts[4], parts[5]
+    else:
+        account, _, resource = principal.partition(":")
+    return f"{INPUTS_ROOT}{account or 'unknown'}/{resource.strip('/')}/"

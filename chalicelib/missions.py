@@ -8,8 +8,9 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
+from chalicelib.auth import LOCAL_CALLER, Caller
 from chalicelib.capacity import terminate_mission_instances
-from chalicelib.config import parse_mission_config
+from chalicelib.config import ConfigInvalid, FieldError, parse_mission_config
 from chalicelib.context import Context
 from chalicelib.domain import Mission, Transaction, utc
 from chalicelib.events import send_start_request
@@ -17,9 +18,38 @@ from chalicelib.idempotency import answer_once
 from chalicelib.observability import bind_mission, logger
 from chalicelib.results import settle
 from chalicelib.states import MissionStatus, TransactionStatus
+from chalicelib.store import NotFound
 
 LIST_LIMIT = 100
 PAGE_LIMIT = 1000
+
+
+class InputNotYours(ConfigInvalid):
+    """A 403: the config names an input outside the caller's own prefix of the source bucket."""
+
+    STATUS_CODE = 403
+    summary = "input not yours"
+
+
+def caller_view(caller: Caller) -> dict[str, Any]:
+    """GET /me: who the API takes the caller to be, and where its inputs go."""
+    return {
+        "principal": caller.principal,
+        "operator": caller.operator,
+        "input_prefix": caller.input_prefix,
+    }
+
+
+def visible(ctx: Context, mission_id: str, caller: Caller) -> Mission:
+    """The mission, if `caller` owns it or is an operator; NotFound (a 404) otherwise.
+
+    A 404 rather than a 403, so a caller learns nothing about missions it does not own, not even
+    whether an id exists.
+    """
+    mission = ctx.store.missions.get(mission_id)
+    if not caller.owns(mission.submitted_by):
+        raise NotFound(f"no mission {mission_id!r}")
+    return mission
 
 
 def new_mission_id(now: float) -> str:
@@ -30,30 +60,38 @@ def new_mission_id(now: float) -> str:
 def submit(
     ctx: Context,
     body: bytes | str | None,
-    submitted_by: str | None = None,
+    caller: Caller | None = None,
     idempotency_key: str | None = None,
     lambda_context: Any = None,
 ) -> dict[str, Any]:
     """Validate and store a config; ask the scheduler to start it if the input is already in.
 
-    `submitted_by` is the authenticated caller (chalicelib.auth), recorded with the mission.
+    `caller` is the authenticated caller (chalicelib.auth): it owns the mission, and may bind
+    only inputs under its own prefix (InputNotYours, a 403, otherwise).
     With an `idempotency_key`, a retried request gets the first answer (chalicelib.idempotency).
     Raises ConfigInvalid (nothing written), InputBusy (another mission awaits that input) or
     Conflict (the key was used with another body, or its first request is still running).
     """
+    caller = caller or Caller(LOCAL_CALLER)
     return answer_once(
         ctx.settings.idempotency_table,
         ctx.aws.dynamodb,
         idempotency_key,
-        submitted_by or "",
+        caller.principal,
         body,
-        lambda: _register(ctx, body, submitted_by),
+        lambda: _register(ctx, body, caller),
         lambda_context,
     )
 
 
-def _register(ctx: Context, body: bytes | str | None, submitted_by: str | None) -> dict[str, Any]:
+def _register(ctx: Context, body: bytes | str | None, caller: Caller) -> dict[str, Any]:
     config = parse_mission_config(body, ctx.settings)
+    if not caller.may_bind(config.input):
+        reason = (
+            f"{config.input!r} is outside your folder of the source bucket: upload your input"
+            f" under {caller.input_prefix!r} and name that key"
+        )
+        raise InputNotYours([FieldError("input", reason)])
     now = ctx.clock()
     mission = Mission(
         mission_id=new_mission_id(now),
@@ -62,7 +100,7 @@ def _register(ctx: Context, body: bytes | str | None, submitted_by: str | None) 
         config=config,
         input_key=config.input,
         created_at=utc(now),
-        submitted_by=submitted_by,
+        submitted_by=caller.principal,
     )
     ctx.store.missions.create(mission)
     bind_mission(mission.mission_id)
@@ -80,8 +118,8 @@ def _register(ctx: Context, body: bytes | str | None, submitted_by: str | None) 
     }
 
 
-def describe(ctx: Context, mission_id: str) -> dict[str, Any]:
-    mission = ctx.store.missions.get(mission_id)
+def describe(ctx: Context, mission_id: str, caller: Caller) -> dict[str, Any]:
+    mission = visible(ctx, mission_id, caller)
     counts = Counter(t.status for t in ctx.store.transactions.of(mission_id))
     # Never-claimed transactions have no item yet: they are PENDING by construction.
     counts[TransactionStatus.PENDING] += mission.total - sum(counts.values())
@@ -119,12 +157,13 @@ def mission_summary(ctx: Context, mission: Mission) -> dict[str, Any]:
     }
 
 
-def cancel(ctx: Context, mission_id: str) -> dict[str, Any]:
+def cancel(ctx: Context, mission_id: str, caller: Caller) -> dict[str, Any]:
     """Stop a mission: no new claims (claims need RUNNING), its instances terminated, one email.
 
-    Raises NotFound, or Conflict if the mission already finished.
+    Raises NotFound (also for a mission the caller does not own), or Conflict if the mission
+    already finished.
     """
-    mission = ctx.store.missions.get(mission_id)
+    mission = visible(ctx, mission_id, caller)
     bind_mission(mission_id)
     ctx.store.missions.cancel(mission, ctx.clock())
     terminated = terminate_mission_instances(ctx.aws.ec2, mission_id)
@@ -136,19 +175,22 @@ def cancel(ctx: Context, mission_id: str) -> dict[str, Any]:
     }
 
 
-def list_missions(ctx: Context) -> dict[str, Any]:
-    missions = ctx.store.missions.newest(LIST_LIMIT)
+def list_missions(ctx: Context, caller: Caller) -> dict[str, Any]:
+    """The newest missions the caller may see: its own, or every one for an operator."""
+    owner = None if caller.operator else caller.principal
+    missions = ctx.store.missions.newest(LIST_LIMIT, submitted_by=owner)
     return {"missions": [mission_summary(ctx, m) for m in missions]}
 
 
 def transactions(
-    ctx: Context, mission_id: str, after: int = -1, limit: int = PAGE_LIMIT
+    ctx: Context, mission_id: str, caller: Caller, after: int = -1, limit: int = PAGE_LIMIT
 ) -> dict[str, Any]:
     """A page of transactions after index `after`; never-claimed ones are shown from the plan.
 
-    Raises NotFound for an unknown mission (rather than an empty list).
+    Raises NotFound for an unknown mission, or one the caller does not own (rather than an
+    empty list).
     """
-    mission = ctx.store.missions.get(mission_id)
+    mission = visible(ctx, mission_id, caller)
     first, last = after + 1, min(after + limit, mission.total - 1)
     if mission.total == 0 or first > last:
         return {"transactions": [], "next_after": None}

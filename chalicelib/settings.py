@@ -30,6 +30,12 @@ def _words(value: str | None) -> tuple[str, ...]:
     return tuple(w for w in (value or "").replace(",", " ").split() if w)
 
 
+def _default_operators(stage: str) -> str:
+    """Deployed stages: every session of the role lighthpc-<stage>-operator, in any account the
+    API trusts (API Gateway admits only principals its resource policy and IAM allow)."""
+    return "" if stage == "local" else f"arn:aws:iam::*:role/lighthpc-{stage}-operator"
+
+
 @dataclass(frozen=True)
 class Settings:
     stage: str
@@ -50,6 +56,9 @@ class Settings:
     # programs on this allow list (plus the built-in apps).
     allow_inline_argv: bool
     allowed_programs: tuple[str, ...]
+    # Principals (fnmatch globs over IAM ARNs; an assumed-role session also matches as its role)
+    # that see and cancel every mission. Everyone else sees only the missions it submitted.
+    operators: tuple[str, ...]
     # Guard rails that bound what one mission may ask for.
     max_transactions: int
     max_instances: int
@@ -84,6 +93,7 @@ class Settings:
             worker_subnets=_words(e.get("WORKER_SUBNETS")),
             allow_inline_argv=_flag(e.get("ALLOW_INLINE_ARGV"), default=stage == "local"),
             allowed_programs=_words(e.get("ALLOWED_PROGRAMS")),
+            operators=_words(e.get("OPERATORS", _default_operators(stage))),
             max_transactions=int(e.get("MAX_TRANSACTIONS", "100000")),
             max_instances=int(e.get("MAX_INSTANCES", "1000")),
             max_input_bytes=int(e.get("MAX_INPUT_BYTES", str(5 * 1024**3))),

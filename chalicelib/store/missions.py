@@ -75,10 +75,15 @@ class MissionStore:
         with translated(f"read mission {mission_id}", missing=f"no mission {mission_id!r}"):
             return mission_of(MissionModel.get(mission_id, consistent_read=True))
 
-    def newest(self, limit: int) -> list[Mission]:
-        """The newest `limit` missions, newest first: one index query and one batch read."""
+    def newest(self, limit: int, submitted_by: str | None = None) -> list[Mission]:
+        """The newest `limit` missions (of one submitter, if named), newest first: one index
+        query and one batch read."""
         with translated("list missions"):
-            newest = MissionModel.by_creation.query(LISTED, scan_index_forward=False, limit=limit)
+            if submitted_by is None:
+                index, hash_key = MissionModel.by_creation, LISTED
+            else:
+                index, hash_key = MissionModel.by_owner, submitted_by
+            newest = index.query(hash_key, scan_index_forward=False, limit=limit)
             items = list(MissionModel.batch_get([m.mission_id for m in newest]))
         missions = [mission_of(item) for item in items]
         missions.sort(key=lambda m: m.created_at, reverse=True)

@@ -48,6 +48,18 @@ class CreatedIndex(GlobalSecondaryIndex["MissionModel"]):
     created_at = UTCDateTimeAttribute(range_key=True)
 
 
+class OwnerIndex(GlobalSecondaryIndex["MissionModel"]):
+    """A caller's own missions by creation time (GET /missions for a caller who is not an
+    operator). Sparse over `submitted_by`; keys only, like the created index."""
+
+    class Meta:
+        index_name = "owner-index"
+        projection = KeysOnlyProjection()
+
+    submitted_by = UnicodeAttribute(hash_key=True)
+    created_at = UTCDateTimeAttribute(range_key=True)
+
+
 class CareIndex(GlobalSecondaryIndex["MissionModel"]):
     """Sparse: the missions the sweeper must look at, from creation until their email is sent
     (only they carry `needs_care`). Keeps each sweep proportional to live missions, not to the
@@ -108,6 +120,7 @@ class MissionModel(_RetriesTransient, Model):
     needs_care = UnicodeAttribute(null=True)  # NEEDS_CARE until notified_at is set
 
     by_creation = CreatedIndex()
+    by_owner = OwnerIndex()
     needing_care = CareIndex()
 
 

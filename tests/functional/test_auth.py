@@ -17,6 +17,7 @@ import boto3
 import chalice.local
 import pytest
 
+from chalicelib.auth import input_prefix
 from chalicelib.context import get_context
 from local.inprocess import InProcessCluster
 from tests.functional.test_mission import kmer_config
@@ -29,13 +30,9 @@ ALICE = "arn:aws:sts::111122223333:assumed-role/lighthpc-submitter/alice"
 JSON = {"Content-Type": "application/json"}
 
 
-@pytest.fixture
-def dev(tmp_path) -> Iterator[InProcessCluster]:
-    """A whole lighthpc in stage dev (tables lighthpc-dev-*, the dev stage's config.json)."""
-    with InProcessCluster.running(stage="dev", workdir=tmp_path) as cluster:
-        assert get_context().settings.stage == "dev"
-        assert not get_context().settings.allow_inline_argv
-        yield cluster
+def alices(name: str) -> str:
+    """A key in Alice's own folder of the source bucket: the only inputs she may bind in dev."""
+    return input_prefix(ALICE) + name
 
 
 @contextmanager
@@ -91,7 +88,7 @@ def routes(mission_id: str) -> list[tuple[str, str, Any]]:
 
 def test_dev_refuses_every_route_without_an_iam_identity(dev: InProcessCluster):
     with signed_as(ALICE):
-        status, created = call(dev, "POST", "/missions", kmer_config("signed", "s.fa"))
+        status, created = call(dev, "POST", "/missions", kmer_config("signed", alices("s.fa")))
     assert status == 201, created
     mission_id = created["mission_id"]
     before = stored_missions(dev)
@@ -114,7 +111,7 @@ def test_dev_refuses_every_route_without_an_iam_identity(dev: InProcessCluster):
 
 def test_dev_admits_a_signed_caller_and_records_who_submitted(dev: InProcessCluster):
     with signed_as(ALICE):
-        status, created = call(dev, "POST", "/missions", kmer_config("alice's", "alice.fa"))
+        status, created = call(dev, "POST", "/missions", kmer_config("alice's", alices("alice.fa")))
         assert status == 201, created
         assert created["submitted_by"] == ALICE
         mission_id = created["mission_id"]
@@ -168,7 +165,7 @@ def test_dev_refuses_inline_argv_off_the_allow_list_but_runs_built_in_apps(
     argv = ["/usr/bin/python3", "-c", "print('{index}')"]
     with signed_as(ALICE):
         status, answer = call(
-            dev, "POST", "/missions", kmer_config("inline", "inline.fa", app={"argv": argv})
+            dev, "POST", "/missions", kmer_config("inline", alices("inline.fa"), app={"argv": argv})
         )
         assert status == 400, answer
         assert answer["error"] == "invalid mission config"
@@ -177,20 +174,22 @@ def test_dev_refuses_inline_argv_off_the_allow_list_but_runs_built_in_apps(
         assert "'/usr/bin/python3' is not on this stage's allow list" in field["reason"]
         assert stored_missions(dev) == []
 
-        status, created = call(dev, "POST", "/missions", kmer_config("built-in", "builtin.fa"))
+        status, created = call(
+            dev, "POST", "/missions", kmer_config("built-in", alices("builtin.fa"))
+        )
         assert status == 201, created
         assert created["submitted_by"] == ALICE
 
 
 def test_inline_argv_runs_in_the_local_stage(cluster: InProcessCluster):
     argv = ["/usr/bin/python3", "-c", "print('{index}')"]
-    config = kmer_config("inline", "inline.fa", app={"argv": argv})
+    config = kmer_config("inline", alices("inline.fa"), app={"argv": argv})
     status, created = call(cluster, "POST", "/missions", config)
     assert status == 201, created
 
 
 def test_dev_limits_the_size_of_a_mission_config(dev: InProcessCluster):
-    config = kmer_config("big", "big.fa")
+    config = kmer_config("big", alices("big.fa"))
     config["name"] = "x" * 70_000  # over the 64 KiB body limit (and the name's own limit)
     with signed_as(ALICE):
         status, answer = call(dev, "POST", "/missions", json.dumps(config).encode())

@@ -43,6 +43,10 @@ class FakeApi(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         FakeApi.seen.append(("GET", self.path, dict(self.headers), b""))
+        if self.path == "/api/me":
+            prefix = "inputs/111122223333/user/alice/"
+            self._answer(200, {"principal": "alice", "operator": False, "input_prefix": prefix})
+            return
         self._answer(
             200,
             {
@@ -120,6 +124,28 @@ def test_submit_signs_posts_with_a_key_and_uploads_where_the_api_says(deployed, 
     assert (method, path) == ("POST", "/api/missions")
     assert headers["Idempotency-Key"].startswith("cli-")
     assert "idempotency-key" in headers["Authorization"].lower()  # the key is signed too
+
+
+def test_submit_without_an_input_key_uploads_into_the_callers_own_folder(deployed, tmp_path):
+    config = tmp_path / "mission.json"
+    config.write_text(json.dumps({"name": "x"}))
+    sample = tmp_path / "reads.fa"
+    sample.write_text(">a\nACGT\n")
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="eu-west-1")
+        s3.create_bucket(
+            Bucket="deployed-source",
+            CreateBucketConfiguration={"LocationConstraint": "eu-west-1"},
+        )
+        args = ["--api", deployed, "--region", "eu-west-1", "submit", str(sample)]
+        assert main([*args, "--config", str(config)]) == 0
+        key = "inputs/111122223333/user/alice/reads.fa"
+        assert s3.get_object(Bucket="deployed-source", Key=key)["Body"].read() == b">a\nACGT\n"
+    assert [(m, p) for m, p, _, _ in FakeApi.seen] == [
+        ("GET", "/api/me"),
+        ("POST", "/api/missions"),
+    ]
+    assert json.loads(FakeApi.seen[1][3])["input"] == key
 
 
 def test_no_credentials_is_a_clear_error(deployed, monkeypatch, capsys, tmp_path):

@@ -8,8 +8,11 @@ from chalicelib.auth import (
     LOCAL_CALLER,
     Unauthenticated,
     authenticate,
+    caller_of,
     iam_principal,
+    input_prefix,
 )
+from chalicelib.settings import Settings
 
 USER_ARN = "arn:aws:iam::111122223333:user/alice"
 ROLE_ARN = "arn:aws:sts::111122223333:assumed-role/lighthpc-submitter/ci-run-42"
@@ -123,3 +126,54 @@ def test_every_route_is_behind_iam_authorization():
     }
     assert len(methods) == 5, methods
     assert {key: security for key, security in methods.items() if security != [{"sigv4": []}]} == {}
+
+
+# ---- tenancy: what an authenticated caller may reach -------------------------------------
+
+OPERATOR_ROLE = "arn:aws:iam::111122223333:role/lighthpc-dev-operator"
+
+
+@pytest.mark.parametrize(
+    ("principal", "operator"),
+    [
+        ("arn:aws:sts::111122223333:assumed-role/lighthpc-dev-operator/carol", True),
+        (OPERATOR_ROLE, True),
+        ("arn:aws:sts::444455556666:assumed-role/lighthpc-dev-operator/x", True),  # any account
+        ("arn:aws:sts::111122223333:assumed-role/lighthpc-dev-operator-not/carol", False),
+        ("arn:aws:sts::111122223333:assumed-role/lighthpc-prod-operator/carol", False),
+        ("arn:aws:iam::111122223333:user/lighthpc-dev-operator", False),
+        (ROLE_ARN, False),
+        ("111122223333:AROAEXAMPLE:carol", False),
+    ],
+)
+def test_the_default_operator_is_every_session_of_the_stage_operator_role(principal, operator):
+    settings = Settings.from_env({"LIGHTHPC_STAGE": "dev"})
+    assert settings.operators == ("arn:aws:iam::*:role/lighthpc-dev-operator",)
+    assert caller_of(principal, "dev", settings.operators).operator is operator
+
+
+def test_operators_are_configurable_and_local_has_none_but_its_own_user():
+    settings = Settings.from_env({"LIGHTHPC_STAGE": "prod", "OPERATORS": f"{USER_ARN}, {ROLE_ARN}"})
+    assert settings.operators == (USER_ARN, ROLE_ARN)
+    assert caller_of(USER_ARN, "prod", settings.operators).operator
+    assert not caller_of(OPERATOR_ROLE, "prod", settings.operators).operator
+    assert Settings.from_env({}).operators == ()
+    assert caller_of(LOCAL_CALLER, "local", ()).operator
+    assert not caller_of(LOCAL_CALLER, "dev", ()).operator  # "local" is special only locally
+    assert not caller_of(USER_ARN, "local", ()).operator
+
+
+def test_each_principal_has_its_own_input_folder_outside_the_local_stage():
+    alice = caller_of(USER_ARN, "dev", ())
+    session = caller_of(ROLE_ARN, "dev", ())
+    assert alice.input_prefix == "inputs/111122223333/user/alice/"
+    assert session.input_prefix == "inputs/111122223333/assumed-role/lighthpc-submitter/ci-run-42/"
+    assert input_prefix("111122223333:AIDAEXAMPLE") == "inputs/111122223333/AIDAEXAMPLE/"
+    assert alice.may_bind("inputs/111122223333/user/alice/run/1.fa")
+    assert not alice.may_bind("inputs/111122223333/user/alice2/1.fa")  # a folder, not a prefix
+    assert not alice.may_bind(session.input_prefix + "x.fa")
+    assert not alice.may_bind("samples/x.fa")
+    assert caller_of(USER_ARN, "local", ()).may_bind("samples/x.fa")  # one user: any key
+    operator = caller_of(OPERATOR_ROLE, "dev", ("arn:aws:iam::*:role/lighthpc-dev-operator",))
+    assert operator.may_bind("samples/x.fa") and operator.owns(None) and operator.owns(USER_ARN)
+    assert alice.owns(USER_ARN) and not alice.owns(ROLE_ARN) and not alice.owns(None)
