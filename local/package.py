@@ -3,7 +3,9 @@
 Runs `chalice package` with infra/resources.yaml merged in, then pins the template's Stage
 parameter to the stage it was packaged for: the functions' environment comes from that
 Chalice stage (.chalice/config.json), so deploying the package under another stage name would
-point one stage's policy at another stage's resources.
+point one stage's policy at another stage's resources. Last, it drops from deployment.zip what
+the Lambda Python runtime already carries (boto3 and botocore with their dependencies, pulled in
+by pynamodb): 16 of the package's 20 MB, and the cold start's unzip with them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,19 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 MERGE_TEMPLATE = ROOT / "infra" / "resources.yaml"
+# Top-level names in site-packages of the distributions every Lambda Python runtime ships in
+# /var/runtime (boto3 and its dependencies). The code uses no API younger than that runtime's
+# boto3 (S3 checksums, 2022, are the youngest).
+RUNTIME_PROVIDED = (
+    "boto3",
+    "botocore",
+    "s3transfer",
+    "jmespath",
+    "dateutil",
+    "urllib3",
+    "six",
+    "python_dateutil",
+)
 
 
 def build(stage: str, out: Path) -> Path:
@@ -49,7 +65,24 @@ def build(stage: str, out: Path) -> Path:
     pin_stage(document, stage)
     bind_queues(document, stage)
     template.write_text(yaml.safe_dump(document, sort_keys=False))
+    leave_out_runtime_provided(out / "deployment.zip")
     return template
+
+
+def provided_by_runtime(name: str) -> bool:
+    """Whether a path in the zip belongs to a distribution of RUNTIME_PROVIDED."""
+    top = name.split("/", 1)[0]
+    stem = top.removesuffix(".py").split("-", 1)[0]
+    return stem in RUNTIME_PROVIDED and (top.endswith((".dist-info", ".py")) or "/" in name)
+
+
+def leave_out_runtime_provided(archive: Path) -> None:
+    lean = archive.with_suffix(".lean.zip")
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(lean, "w") as target:
+        for info in source.infolist():
+            if not provided_by_runtime(info.filename):
+                target.writestr(info, source.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    lean.replace(archive)
 
 
 def pin_stage(document: dict[str, Any], stage: str) -> None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import botocore
 import pytest
 import yaml
 
-from local.package import build
+import app
+from local.package import build, provided_by_runtime
 
 STAGE = "prod"
 
@@ -182,7 +185,8 @@ def test_the_api_requires_iam_authorization(template):
     api = of_type(template, "AWS::Serverless::Api")["RestAPI"]["Properties"]
     paths = api["DefinitionBody"]["paths"]
     methods = [m for path in paths.values() for m in path.values()]
-    assert len(methods) == 5
+    routes = [m for route in app.app.routes.values() for m in route]  # every route of app.py
+    assert len(methods) == len(routes) >= 7
     assert all(m.get("security") == [{"sigv4": []}] for m in methods), methods
     scheme = api["DefinitionBody"]["securityDefinitions"]["sigv4"]
     assert scheme["x-amazon-apigateway-authtype"] == "awsSigv4"
@@ -222,3 +226,35 @@ def test_queues_outlast_their_functions_and_the_planning_lease_fits_between(temp
     scheduler_timeout = functions["LightScheduler"]["Properties"]["Timeout"]
     assert scheduler_timeout >= 300  # time to count the lines of a large input
     assert scheduler_timeout < PLANNING_LEASE_SECONDS < visibility["LightScheduler"]
+
+
+def test_the_package_leaves_out_what_the_lambda_runtime_has_and_still_imports(packaged, tmp_path):
+    """At most 10 MB, no boto3/botocore; unzipped beside only the runtime's libraries (as in
+    /var/runtime), `import app` works, as Lambda's cold start does it."""
+    archive = packaged.parent / "deployment.zip"
+    assert archive.stat().st_size <= 10 * 1024 * 1024, archive.stat().st_size
+    with zipfile.ZipFile(archive) as zipped:
+        names = zipped.namelist()
+        zipped.extractall(tmp_path / "task")
+    tops = {name.split("/", 1)[0] for name in names}
+    assert not [t for t in tops if provided_by_runtime(t + "/")], tops
+    assert {"app.py", "chalicelib", "pynamodb", "aws_lambda_powertools", "pydantic"} <= tops
+
+    runtime = tmp_path / "runtime"  # stands in for /var/runtime: boto3 and its dependencies
+    runtime.mkdir()
+    site = Path(botocore.__file__).parent.parent
+    for entry in site.iterdir():
+        if provided_by_runtime(entry.name + ("/" if entry.is_dir() else "")):
+            (runtime / entry.name).symlink_to(entry)
+    probe = (
+        "import sys; sys.path[:0] = sys.argv[1:]; import app, chalicelib.store, botocore;"
+        "assert botocore.__file__.startswith(sys.argv[2]), botocore.__file__; print('ok')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe, str(tmp_path / "task"), str(runtime)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
