@@ -59,6 +59,7 @@ def build(stage: str, out: Path) -> Path:
         cwd=ROOT,
         env=env,
         check=True,
+        stdout=sys.stderr,  # chalice's progress; stdout is the template's path (main)
     )
     template = out / "sam.yaml"
     document = yaml.safe_load(template.read_text())
