@@ -36,6 +36,14 @@ BENCH_ENV = {
 }
 
 
+# Each table's key attributes, so the hot-spot counter names items by their keys.
+TABLE_KEYS = {
+    "lighthpc-local-missions": ("mission_id",),
+    "lighthpc-local-transactions": ("mission_id", "index"),
+    "lighthpc-local-inputs": ("input_key",),
+}
+
+
 def drain(queue_url: str, handler: Any) -> int:
     """Lambda's poller, inline: every queued message to the handler (local.pump's delivery)."""
     from chalicelib.context import get_context
@@ -145,11 +153,13 @@ def phase_lifecycle(n: int) -> dict:
     from chalicelib.context import get_context, reset_process_state
     from chalicelib.missions import submit
     from local.embedded import embedded_aws
+    from local.hotspots import HotspotCounter
     from local.inprocess import ApiCallCounter, agent_for
 
     counter = ApiCallCounter()
+    hotspots = HotspotCounter(TABLE_KEYS)
     phases: dict[str, int] = {}
-    with embedded_aws(env=BENCH_ENV) as embedded, counter.installed():
+    with embedded_aws(env=BENCH_ENV) as embedded, counter.installed(), hotspots.installed():
         stack = embedded.stack
         reset_process_state()
         ctx = get_context()
@@ -164,6 +174,7 @@ def phase_lifecycle(n: int) -> dict:
         mission_id = created["mission_id"]
         instances = mission_instances(ctx.aws.ec2, mission_id, ["running"])
         counter.reset()
+        hotspots.reset()
         workdir = Path(tempfile.mkdtemp(prefix="bench-life-"))
         agents = [agent_for(i, workdir / i["InstanceId"]) for i in instances]
         threads = [threading.Thread(target=agent.run) for agent in agents]
@@ -179,11 +190,17 @@ def phase_lifecycle(n: int) -> dict:
         phases["results"] = len(counter.calls)
         mission = ctx.store.missions.get(mission_id)
         assert mission.status == "SUCCEEDED", mission.status
+    item, writes = hotspots.hottest_item()
+    prefix, requests = hotspots.hottest_prefix()
     return {
         "n": n,
         "calls": phases,
         "per_transaction": sum(phases.values()) / n,
         "worker_seconds": worker_seconds,
+        "hottest_item": item,
+        "hot_item_writes_per_transaction": writes / n,
+        "hottest_prefix": prefix,
+        "hot_prefix_requests_per_transaction": requests / n,
     }
 
 
