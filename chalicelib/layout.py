@@ -3,6 +3,8 @@
 - object keys in the result bucket (parts sort by index; each names the claim that made it);
 - the failure marker: what a transaction out of attempts reports, through the same event path
   as a part (written by the worker and the sweeper, read by result_processor);
+- the part stamp: what a worker vouches for about a part it uploads (its sha256, exit code and
+  run seconds), carried as the part's S3 metadata and checked by the merge;
 - the tags that tie an EC2 instance to its stage and mission.
 
 Pure: no AWS here, so the worker imports it without the control side's launch code.
@@ -10,9 +12,12 @@ Pure: no AWS here, so the worker imports it without the control side's launch co
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 PARTS_PREFIX = "parts/"
 INDEX_DIGITS = 8  # zero-padded, so keys sort in index order
@@ -40,6 +45,11 @@ def failure_key(mission_id: str, index: int, claim: int) -> str:
 
 def result_key(mission_id: str) -> str:
     return f"{RESULTS_PREFIX}{mission_id}/result.out"
+
+
+def manifest_key(mission_id: str) -> str:
+    """The receipt of the merged result, next to it (`chalicelib.receipt`)."""
+    return f"{RESULTS_PREFIX}{mission_id}/manifest.json"
 
 
 def pinned_input(version: str | None, etag: str | None) -> dict[str, str]:
@@ -95,6 +105,61 @@ class FailureMarker:
             attempts=attempts if _is_int(attempts) else 0,
             timed_out=data.get("timed_out") is True,
         )
+
+
+# S3 user metadata (x-amz-meta-<name>) of a part, and of a manifest (its own sha256).
+SHA256_METADATA = "sha256"
+EXIT_CODE_METADATA = "exit-code"
+SECONDS_METADATA = "seconds"
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_HASH_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PartStamp:
+    """What a worker vouches for about a part it uploads: the sha256 of its bytes, and the app's
+    exit code and run seconds. It travels with the part as S3 metadata, so the merge reads it in
+    the same GetObject as the bytes (no race with the worker's own record in the store), and a
+    part whose bytes no longer match it is never merged."""
+
+    sha256: str  # hex
+    exit_code: int | None
+    seconds: float
+
+    @classmethod
+    def of_file(cls, path: Path, exit_code: int | None, seconds: float) -> PartStamp:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                digest.update(chunk)
+        return cls(digest.hexdigest(), exit_code, round(seconds, 3))
+
+    def upload_args(self) -> dict[str, object]:
+        """`ExtraArgs` of the part's upload. ChecksumAlgorithm makes botocore send a SHA-256 of
+        every request body, which S3 checks (a body corrupted on the way is refused); the stamp
+        covers the whole part whether it goes up in one PUT or in several parts."""
+        return {
+            "ChecksumAlgorithm": "SHA256",
+            "Metadata": {
+                SHA256_METADATA: self.sha256,
+                EXIT_CODE_METADATA: "" if self.exit_code is None else str(self.exit_code),
+                SECONDS_METADATA: f"{self.seconds:.3f}",
+            },
+        }
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str]) -> PartStamp | None:
+        """The stamp of a part's metadata; None if it carries no well-formed sha256."""
+        sha256 = metadata.get(SHA256_METADATA, "")
+        if not _SHA256_HEX.match(sha256):
+            return None
+        code, seconds = metadata.get(EXIT_CODE_METADATA, ""), metadata.get(SECONDS_METADATA, "")
+        try:
+            exit_code = int(code) if code else None
+            run_seconds = float(seconds) if seconds else 0.0
+        except ValueError:
+            exit_code, run_seconds = None, 0.0
+        return cls(sha256, exit_code, run_seconds if math.isfinite(run_seconds) else 0.0)
 
 
 def _is_int(value: object) -> bool:

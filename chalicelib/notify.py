@@ -58,6 +58,10 @@ class MissionReport:
     submitted_by: str | None = None
     # Failed transactions left out of `failures` (the report keeps only the first few in memory).
     more_failures: int = 0
+    # The receipt next to the result (chalicelib.receipt): where it is, and its sha256 (hex), so
+    # the email the owner keeps pins it.
+    manifest_uri: str | None = None
+    manifest_sha256: str | None = None
 
 
 def printable(text: str) -> str:
@@ -145,6 +149,12 @@ def email_body(report: MissionReport) -> str:
         " list prices, Spot at a typical discount)",
         f"Result:           {clip(report.result_uri or '(none)', MAX_FIELD_BYTES)}",
     ]
+    if report.manifest_uri:  # in the head, which the failure list's budget never cuts
+        lines += [
+            f"Receipt:          {clip(report.manifest_uri, MAX_FIELD_BYTES)}",
+            f"Receipt sha256:   {clip(report.manifest_sha256 or '(not found)', MAX_FIELD_BYTES)}",
+            f"Check it with:    lighthpc verify {clip(report.mission_id, MAX_FIELD_BYTES)}",
+        ]
     if report.submitted_by:
         lines.append(f"Submitted by:     {clip(report.submitted_by, MAX_FIELD_BYTES)}")
     if report.error:

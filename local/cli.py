@@ -6,6 +6,7 @@
     lighthpc watch ID                 a live progress bar, then the email
     lighthpc status [ID]              missions, or one mission
     lighthpc cancel ID                cancel a mission
+    lighthpc verify ID                check a merged result against its receipt
 
 Everything but `up` and `demo` talks to a running `lighthpc up` through HTTP and S3, found through
 `<home>/stack.json` (home: `--home`, `$LIGHTHPC_HOME` or `.lighthpc`), or, with `--api URL`, to a
@@ -31,11 +32,13 @@ from local.client import (
     DeployedApi,
     Target,
     api,
+    describe_verification,
     explain,
     find_email,
     post_once,
     require_stack,
     s3_client,
+    verify_mission,
     watch,
 )
 from local.fidelity import FidelityInvalid, FidelityOptions
@@ -201,6 +204,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         f"{body['instances_terminated']} instance(s) terminated"
     )
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 0 only if the result (and with --parts every part object) matches the manifest."""
+    info = target(args)
+    verification = verify_mission(info, args.mission_id, args.parts, args.manifest_sha256)
+    print(describe_verification(verification))
+    return 1 if verification.problems else 0
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
@@ -381,6 +392,23 @@ def _add_mission_commands(commands: Any) -> None:
     cancel = commands.add_parser("cancel", help="cancel a mission")
     cancel.add_argument("mission_id")
     cancel.set_defaults(func=cmd_cancel)
+
+    verify = commands.add_parser(
+        "verify", help="check a merged result against its manifest (the receipt)"
+    )
+    verify.add_argument("mission_id")
+    verify.add_argument(
+        "--parts",
+        action="store_true",
+        help="also check every part object still under parts/ against the manifest",
+    )
+    verify.add_argument(
+        "--manifest-sha256",
+        metavar="HEX",
+        default=None,
+        help="the manifest's sha256 as the email gives it: the manifest must have it",
+    )
+    verify.set_defaults(func=cmd_verify)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -233,6 +233,144 @@ def watch(info: Target, mission_id: str, timeout: float, out: TextIO | None = sy
         time.sleep(0.5)
 
 
+# ---- receipts ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What `lighthpc verify` found: the objects checked and every problem (none: verified)."""
+
+    result_uri: str
+    manifest_uri: str
+    manifest_sha256: str  # of the manifest's bytes as read
+    result_bytes: int | None
+    result_sha256: str | None
+    transactions: int
+    parts: int
+    parts_checked: bool
+    problems: list[Any]  # chalicelib.receipt.Problem
+
+
+def verify_receipt(
+    s3: Any,
+    bucket: str,
+    mission_id: str,
+    check_parts: bool = False,
+    expected_manifest_sha256: str | None = None,
+) -> Verification:
+    """Check a mission's merged result (and, with `check_parts`, its part objects under parts/)
+    against its manifest, reading each object once, streamed."""
+    import hashlib
+
+    from chalicelib.layout import SHA256_METADATA, manifest_key, result_key
+    from chalicelib.receipt import Problem, lines, verify
+
+    mkey, rkey = manifest_key(mission_id), result_key(mission_id)
+    try:
+        response = s3.get_object(Bucket=bucket, Key=mkey)
+    except s3.exceptions.NoSuchKey as e:
+        raise CliError(f"mission {mission_id} has no receipt at s3://{bucket}/{mkey}") from e
+    digest = hashlib.sha256()
+    footer: dict[str, Any] = {}
+    counts = {"transactions": 0, "parts": 0}
+
+    def manifest() -> Any:
+        for line in lines(response["Body"], digest):
+            if b'"kind":"transaction"' in line:
+                counts["transactions"] += 1
+                counts["parts"] += b'"part":null' not in line
+            elif b'"kind":"result"' in line:
+                footer.update(json.loads(line))
+            yield line
+
+    def read_part(key: str) -> Any:
+        try:
+            return s3.get_object(Bucket=bucket, Key=key)["Body"]
+        except s3.exceptions.NoSuchKey:
+            return None
+
+    def read_result() -> Any:
+        try:
+            return s3.get_object(Bucket=bucket, Key=rkey)["Body"]
+        except s3.exceptions.NoSuchKey:
+            return _Empty()
+
+    problems = verify(manifest(), read_result, read_part if check_parts else None)
+    sha256 = digest.hexdigest()
+    stored = response.get("Metadata", {}).get(SHA256_METADATA)
+    if stored != sha256:
+        problems.append(
+            Problem(f"the manifest's sha256 is {sha256}, its metadata says {stored}", key=mkey)
+        )
+    if expected_manifest_sha256 and expected_manifest_sha256.lower() != sha256:
+        problems.append(
+            Problem(
+                f"the manifest's sha256 is {sha256}, not {expected_manifest_sha256} (the email's)",
+                key=mkey,
+            )
+        )
+    return Verification(
+        result_uri=f"s3://{bucket}/{rkey}",
+        manifest_uri=f"s3://{bucket}/{mkey}",
+        manifest_sha256=sha256,
+        result_bytes=footer.get("bytes"),
+        result_sha256=footer.get("sha256"),
+        transactions=counts["transactions"],
+        parts=counts["parts"],
+        parts_checked=check_parts,
+        problems=problems,
+    )
+
+
+class _Empty:
+    """A result that is not there reads as no bytes (and fails the check)."""
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+
+def verify_mission(
+    info: Target,
+    mission_id: str,
+    check_parts: bool = False,
+    expected_manifest_sha256: str | None = None,
+) -> Verification:
+    """`verify_receipt` for a mission the API knows: its result names the bucket."""
+    status, mission = api(info, "GET", f"/missions/{mission_id}")
+    if status != 200:
+        raise CliError(explain(status, mission))
+    if not mission.get("result"):
+        raise CliError(f"mission {mission_id} ({mission['status']}) has no merged result")
+    bucket = mission["result"].removeprefix("s3://").split("/", 1)[0]
+    return verify_receipt(
+        s3_client(info), bucket, mission_id, check_parts, expected_manifest_sha256
+    )
+
+
+def describe_verification(v: Verification) -> str:
+    parts = " (every part object in S3 checked too)" if v.parts_checked else ""
+    head = [
+        f"result    {v.result_uri}  ({v.result_bytes} bytes, sha256 {v.result_sha256})",
+        f"manifest  {v.manifest_uri}  (sha256 {v.manifest_sha256}; the email's"
+        ' "Receipt sha256" must be this)',
+    ]
+    if not v.problems:
+        return "\n".join(
+            [
+                *head,
+                f"ok: the result matches its manifest: {v.transactions} transactions,"
+                f" {v.parts} parts{parts}",
+            ]
+        )
+    return "\n".join(
+        [
+            *head,
+            *(f"MISMATCH {p}" for p in v.problems),
+            f"FAILED: {len(v.problems)} problem(s){parts}",
+        ]
+    )
+
+
 def find_email(info: RuntimeInfo, mission_id: str, wait: float = 10.0) -> Path | None:
     deadline = time.monotonic() + wait
     while True:

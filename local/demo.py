@@ -2,8 +2,9 @@
 
 It starts the stack (as `lighthpc up` does), then acts as a user: POSTs the config over HTTP,
 uploads a FASTA sample over S3, shows progress, prints the email from the outbox, downloads the
-merged result and compares it with the same computation run in this process. Exit 0 only if the
-mission succeeded, exactly one email came, and the result is equal.
+merged result and compares it with the same computation run in this process, and checks the
+result and every part against the mission's receipt (as `lighthpc verify --parts` does). Exit 0
+only if the mission succeeded, exactly one email came, the result is equal and it verifies.
 """
 
 from __future__ import annotations
@@ -72,7 +73,14 @@ def _verdict(checks: dict[str, bool], began: float, merged: bytes) -> int:
 def run_demo(
     home: Path | None, transactions: int, references: int, workers: int, api_port: int
 ) -> int:
-    from local.client import api, find_email, s3_client, watch
+    from local.client import (
+        api,
+        describe_verification,
+        find_email,
+        s3_client,
+        verify_mission,
+        watch,
+    )
     from local.runtime import LocalRuntime
 
     began = time.monotonic()
@@ -105,10 +113,15 @@ def run_demo(
         emails = sorted(Path(info.outbox).glob(f"*-{mission_id}.eml"))
         if email is not None:
             print(f"\n--- {email} ---\n{email.read_text()}")
-        merged = b""
+        merged, verified = b"", False
         if mission["result"]:
             bucket, key = mission["result"].removeprefix("s3://").split("/", 1)
             merged = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            verification = verify_mission(info, mission_id, check_parts=True)
+            step("lighthpc verify --parts:\n" + describe_verification(verification))
+            verified = not verification.problems and (
+                email is not None and verification.manifest_sha256 in email.read_text()
+            )
         _, listed = api(info, "GET", f"/missions/{mission_id}/transactions")
     finally:
         runtime.stop()
@@ -123,6 +136,7 @@ def run_demo(
             "exactly one email in the outbox": len(emails) == 1,
             "merged result equals the single-process run": merged
             == expected_result(sample, references),
+            "result and parts verified against the receipt the email names": verified,
         },
         began,
         merged,
@@ -131,6 +145,7 @@ def run_demo(
 
 def run_demo_in_process(transactions: int, references: int, workers: int) -> int:
     """The same mission inside one process on moto's mock, handlers called directly."""
+    from local.client import describe_verification, verify_receipt
     from local.inprocess import InProcessCluster
 
     began = time.monotonic()
@@ -155,12 +170,21 @@ def run_demo_in_process(transactions: int, references: int, workers: int) -> int
         for email in emails:
             print(f"\n--- email ---\nSubject: {email.subject}\n\n{email.body}")
         merged = cluster.result(mission["result"]) if mission["result"] else b""
+        verified = False
+        if mission["result"]:
+            bucket = mission["result"].removeprefix("s3://").split("/", 1)[0]
+            verification = verify_receipt(cluster.s3, bucket, mission_id, check_parts=True)
+            step("lighthpc verify --parts:\n" + describe_verification(verification))
+            verified = not verification.problems and any(
+                verification.manifest_sha256 in e.body for e in emails
+            )
     return _verdict(
         {
             "mission SUCCEEDED": mission["status"] == "SUCCEEDED",
             "exactly one email": len(emails) == 1,
             "merged result equals the single-process run": merged
             == expected_result(sample, references),
+            "result and parts verified against the receipt the email names": verified,
         },
         began,
         merged,

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from chalicelib.apps import BUILTIN_APPS, builtin_argv, render_argv
 from chalicelib.config import ArgvApp, LinesSplit
 from chalicelib.domain import Mission, Transaction
-from chalicelib.layout import MISSION_TAG, FailureMarker, failure_key, part_key
+from chalicelib.layout import MISSION_TAG, FailureMarker, PartStamp, failure_key, part_key
 from chalicelib.observability import bind_mission, count, flush_metrics, logger
 from chalicelib.pricing import estimated_cost
 from chalicelib.settings import Settings
@@ -425,7 +425,9 @@ class WorkerAgent:
                 self._last_requeue_at = self._clock()
             elif verdict is Verdict.SUCCEEDED:
                 key = part_key(mission.mission_id, txn.index, txn.claim)
-                self._s3.upload_file(str(output), bucket, key)
+                # The part's sha256, exit code and seconds go with it; the merge checks them.
+                stamp = PartStamp.of_file(output, result.exit_code, result.seconds)
+                self._s3.upload_file(str(output), bucket, key, ExtraArgs=stamp.upload_args())
                 self._finish(txn, owner, TransactionStatus.SUCCEEDED, result, None, key)
             else:
                 marker = FailureMarker(

@@ -244,6 +244,18 @@ def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> list[SweepRe
     cluster.deliver_result_events()
     assert mission(cluster, beat)["status"] == "SUCCEEDED"
 
+    # A part changed in S3 before the merge (its worker's stamp copied): never merged, and the
+    # mission fails naming it.
+    forged = submit(cluster, kmer_config("forged", "forged.fa", count=2))
+    cluster.upload("forged.fa", SAMPLE)
+    cluster.deliver_source_events()
+    cluster.run_workers(forged)
+    results, part = cluster.stack.outputs["ResultBucketName"], f"parts/{forged}/00000001.1.out"
+    stamp = cluster.s3.head_object(Bucket=results, Key=part)["Metadata"]
+    cluster.s3.put_object(Bucket=results, Key=part, Body=b"forged\n", Metadata=stamp)
+    cluster.deliver_result_events()
+    assert mission(cluster, forged)["status"] == "FAILED"
+
     # Lines mode: the scheduler counts the input's lines, each worker cuts its slices.
     lines = submit(
         cluster,

@@ -218,7 +218,9 @@ class FakeS3:
         self.while_downloading()
         Path(filename).write_bytes(self.objects[bucket, key])
 
-    def upload_file(self, filename: str, bucket: str, key: str) -> None:
+    def upload_file(
+        self, filename: str, bucket: str, key: str, ExtraArgs: dict | None = None
+    ) -> None:
         self.while_uploading()
         self.objects[bucket, key] = Path(filename).read_bytes()
 
