@@ -32,8 +32,17 @@ from chalicelib.pricing import vcpus
 from chalicelib.settings import Settings
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# The same rules for the published JSON schema (chalicelib/openapi.py): what the validators below
+# check that a schema can say. Never stricter than the validators (the fuzz test holds them to it).
+_SCHEMA_NO_CONTROL = {"pattern": "^[^\\x00-\\x1f\\x7f]*$"}
+_SCHEMA_NOT_BLANK = {"pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"}
+_SCHEMA_S3_KEY = {"pattern": "^[^/\\x00-\\x1f\\x7f][^\\x00-\\x1f\\x7f]*$"}
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_BODY_BYTES = 64 * 1024
+# The deepest valid config nests 3 containers (`app.params.k`, `exit_rules.0.action`); deeper
+# bodies are refused before anything recurses over them (json's C scanner raises RecursionError
+# near 1000 levels, and a body of 64 KiB holds 32,000).
+MAX_NESTING = 8
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,23 @@ class RequestInvalid(ConfigInvalid):
     summary = "invalid request"
 
 
+_DECIMAL = re.compile(r"-?[0-9]{1,19}")  # ASCII only: int() also takes " 3", "+3", "1_0", "٣"
+QUERY_INT_MAX = 2**63 - 1
+
+
+def parse_query_int(name: str, text: str | None, default: int, minimum: int) -> int:
+    """A query parameter that is an integer from `minimum` to 2**63 - 1, or its default."""
+    if text is None:
+        return default
+    reason = f"must be an integer from {minimum} to {QUERY_INT_MAX}"
+    if not _DECIMAL.fullmatch(text):
+        raise RequestInvalid([FieldError(name, reason)])
+    value = int(text)
+    if not minimum <= value <= QUERY_INT_MAX:
+        raise RequestInvalid([FieldError(name, reason)])
+    return value
+
+
 class _Strict(BaseModel):
     # strict: JSON `true` is not the integer 1 and "3" is not 3 (validated from JSON text).
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -87,8 +113,8 @@ _MAX_NUMBER_DIGITS = 100
 
 
 class Interval(_Strict):
-    start: int
-    end: int
+    start: int = Field(json_schema_extra={"minimum": INTERVAL_MIN, "maximum": INTERVAL_MAX})
+    end: int = Field(json_schema_extra={"minimum": INTERVAL_MIN, "maximum": INTERVAL_MAX})
 
     @field_validator("start", "end")
     @classmethod
@@ -155,7 +181,11 @@ class SeqStatsApp(_Strict):
     params: SeqStatsParams = SeqStatsParams()
 
 
-ArgvElement = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+ArgvElement = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=4096),
+    Field(json_schema_extra=_SCHEMA_NO_CONTROL),
+]
 
 
 class ArgvApp(_Strict):
@@ -191,7 +221,9 @@ def _app_tag(value: Any) -> str | None:
         return getattr(value, "builtin", "argv")
     if isinstance(value, dict):
         if "builtin" in value:
-            return value["builtin"] if value["builtin"] in BUILTIN_APPS else None
+            # Any JSON value may stand here: a list or an object is unhashable (no TypeError).
+            builtin = value["builtin"]
+            return builtin if isinstance(builtin, str) and builtin in BUILTIN_APPS else None
         if "argv" in value:
             return "argv"
     return None
@@ -216,7 +248,9 @@ InstanceType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]*\.[a-z
 
 
 class Instances(_Strict):
-    types: list[InstanceType] = Field(default=["c5.large"], min_length=1, max_length=20)
+    types: list[InstanceType] = Field(
+        default=["c5.large"], min_length=1, max_length=20, json_schema_extra={"uniqueItems": True}
+    )
     market: Literal["spot", "on-demand"] = "spot"
     on_demand_fallback: bool = False
     # validate_default: the stage's cap applies to the default too.
@@ -254,11 +288,17 @@ class Timeouts(_Strict):
     mission_seconds: int = Field(default=86400, ge=60, le=14 * 86400)
 
 
-InputKey = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+InputKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=1024), Field(json_schema_extra=_SCHEMA_S3_KEY)
+]
 
 
 class MissionConfig(_Strict):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    name: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=128),
+        Field(json_schema_extra=_SCHEMA_NOT_BLANK),
+    ]
     input: InputKey
     split: Split
     app: AppSpec
@@ -335,12 +375,17 @@ def parse_mission_config(body: bytes | str | None, settings: Settings) -> Missio
     if len(raw) > MAX_BODY_BYTES:
         reason = f"request body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}"
         raise ConfigInvalid([FieldError("(body)", reason)])
+    too_deep = FieldError("(body)", f"JSON nested more than {MAX_NESTING} levels deep")
     try:
         data = json.loads(raw, parse_int=_parse_int)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigInvalid([FieldError("(body)", f"not valid JSON: {e}")]) from e
+    except RecursionError as e:
+        raise ConfigInvalid([too_deep]) from e
     if not isinstance(data, dict):
         raise ConfigInvalid([FieldError("(body)", "must be a JSON object")])
+    if _nesting(data) > MAX_NESTING:
+        raise ConfigInvalid([too_deep])
     too_long = list(_too_long_numbers(data, ()))
     if too_long:
         raise ConfigInvalid(too_long)
@@ -349,6 +394,18 @@ def parse_mission_config(body: bytes | str | None, settings: Settings) -> Missio
     except ValidationError as e:
         errors = [FieldError(_field_name(tuple(err["loc"])), _reason(err)) for err in e.errors()]
         raise ConfigInvalid(errors) from e
+
+
+def _nesting(value: Any) -> int:
+    """How many containers deep `value` goes; iterative, so any depth is safe to measure."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            items = node.values() if isinstance(node, dict) else node
+            stack.extend((item, depth + 1) for item in items)
+    return deepest
 
 
 @dataclass(frozen=True)

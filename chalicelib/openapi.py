@@ -1,0 +1,394 @@
+"""The REST API's OpenAPI 3.1 description, served by `GET /openapi.json`.
+
+`chalicelib/openapi.json` is the description: checked in, packaged with the Lambda (everything
+in chalicelib/ is) and read once per process by `document()`. `build()` makes it from the
+routes' contract written out below and from the pydantic models (the mission config's schema is
+`MissionConfig.model_json_schema()`, the statuses are the state enums), and a unit test keeps
+the two equal: after changing a model or a route, regenerate with `python -m chalicelib.openapi`.
+
+The fuzz test (tests/functional/test_fuzz_api.py) generates requests from this file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from chalicelib.apps import BUILTIN_APPS
+from chalicelib.config import MAX_BODY_BYTES, MAX_NESTING, QUERY_INT_MAX, MissionConfig
+from chalicelib.idempotency import _KEY as IDEMPOTENCY_KEY
+from chalicelib.idempotency import HEADER as IDEMPOTENCY_HEADER
+from chalicelib.idempotency import KEEP_ANSWERS_SECONDS
+from chalicelib.missions import PAGE_LIMIT
+from chalicelib.states import MissionStatus, TransactionStatus
+
+PATH = Path(__file__).with_name("openapi.json")
+ROUTE = "/openapi.json"
+VERSION = "0.1.0"
+_REF = "#/components/schemas/{model}"
+
+
+@cache
+def document() -> dict[str, Any]:
+    """The checked-in description, as served."""
+    return json.loads(PATH.read_text(encoding="utf-8"))
+
+
+def render(spec: dict[str, Any]) -> str:
+    return json.dumps(spec, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(model=name)}
+
+
+def _json(schema: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None, **extra: Any) -> dict:
+    # Answers may gain fields; clients ignore the ones they do not know.
+    return {"type": "object", "properties": properties, "required": required or [], **extra}
+
+
+TIME = {"type": "string", "format": "date-time"}
+TEXT = {"type": "string"}
+
+
+def _schemas() -> dict[str, Any]:
+    config = MissionConfig.model_json_schema(ref_template=_REF)
+    schemas: dict[str, Any] = config.pop("$defs")
+    config["description"] = (
+        "A mission: its input (a key in the stage's source bucket), how to split the work into"
+        " transactions, the app each transaction runs and on what instances. Stages add limits"
+        " no schema shows (at most MAX_TRANSACTIONS transactions and MAX_INSTANCES instances;"
+        " deployed stages run only built-in apps or allowed programs); the 400 names the field."
+        f" The body is at most {MAX_BODY_BYTES} bytes, nested at most {MAX_NESTING} deep."
+        f" Built-in apps: {', '.join(sorted(BUILTIN_APPS))}."
+    )
+    schemas["MissionConfig"] = config
+    summary = {
+        "mission_id": {**TEXT, "description": "m-YYYYmmddHHMMSS-<8 hex digits>"},
+        "name": TEXT,
+        "status": {"type": "string", "enum": [s.value for s in MissionStatus]},
+        "error": _nullable(TEXT),
+        "submitted_by": _nullable(TEXT),
+        "created_at": TIME,
+        "started_at": _nullable(TIME),
+        "running_at": _nullable(TIME),
+        "finished_at": _nullable(TIME),
+        "notified_at": _nullable(TIME),
+        "result": _nullable({**TEXT, "description": "s3:// URI of the merged result"}),
+    }
+    schemas["MissionSummary"] = _object(summary, list(summary))
+    schemas["MissionCreated"] = {
+        "allOf": [
+            _ref("MissionSummary"),
+            _object(
+                {
+                    "upload": _object(
+                        {"bucket": TEXT, "key": TEXT, "uri": TEXT},
+                        ["bucket", "key", "uri"],
+                        description="Where to upload the input; the upload starts the mission.",
+                    )
+                },
+                ["upload"],
+            ),
+        ]
+    }
+    counts = {s.value: {"type": "integer", "minimum": 0} for s in TransactionStatus}
+    counts["total"] = {"type": "integer", "minimum": 0}
+    schemas["Mission"] = {
+        "allOf": [
+            _ref("MissionSummary"),
+            _object(
+                {
+                    "transactions": _object(counts, list(counts)),
+                    "instances": {"type": "integer", "minimum": 0},
+                    "instance_seconds": {"type": "number", "minimum": 0},
+                    "estimated_cost_usd": {"type": "number", "minimum": 0},
+                    "launch_errors": _nullable(TEXT),
+                    "input": _object(
+                        {
+                            "key": TEXT,
+                            "etag": _nullable(TEXT),
+                            "bytes": _nullable({"type": "integer", "minimum": 0}),
+                        },
+                        ["key", "etag", "bytes"],
+                    ),
+                    "config": _ref("MissionConfig"),
+                },
+                ["transactions", "instances", "instance_seconds", "estimated_cost_usd", "config"],
+            ),
+        ]
+    }
+    schemas["MissionCancelled"] = {
+        "allOf": [
+            _ref("MissionSummary"),
+            _object(
+                {"instances_terminated": {"type": "integer", "minimum": 0}},
+                ["instances_terminated"],
+            ),
+        ]
+    }
+    schemas["MissionList"] = _object(
+        {"missions": {"type": "array", "items": _ref("MissionSummary")}},
+        ["missions"],
+        description="The newest missions the caller may see (its own; an operator's: all).",
+    )
+    transaction = {
+        "index": {"type": "integer", "minimum": 0},
+        "status": {"type": "string", "enum": [s.value for s in TransactionStatus]},
+        "start": {"type": "integer"},
+        "end": {"type": "integer"},
+        "attempts": {"type": "integer", "minimum": 0},
+        "lease_owner": _nullable(TEXT),
+        "exit_code": _nullable({"type": "integer"}),
+        "error": _nullable(TEXT),
+        "started_at": _nullable(TIME),
+        "finished_at": _nullable(TIME),
+        "run_seconds": _nullable({"type": "number"}),
+    }
+    schemas["Transaction"] = _object(transaction, ["index", "status", "start", "end"])
+    schemas["TransactionPage"] = _object(
+        {
+            "transactions": {"type": "array", "items": _ref("Transaction")},
+            "next_after": _nullable(
+                {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Pass as `after` for the next page; null on the last page.",
+                }
+            ),
+        },
+        ["transactions", "next_after"],
+    )
+    schemas["Caller"] = _object(
+        {
+            "principal": {**TEXT, "description": "The IAM principal (`local` locally)."},
+            "operator": {"type": "boolean", "description": "Sees and cancels every mission."},
+            "input_prefix": _nullable(
+                {**TEXT, "description": "The only keys this caller may name as `input`."}
+            ),
+        },
+        ["principal", "operator", "input_prefix"],
+    )
+    schemas["FieldError"] = _object(
+        {
+            "field": {
+                **TEXT,
+                "description": "Dotted path in the body (`split.count`, `instances.types.0`),"
+                " `(body)` for the body as a whole, or the query parameter or header.",
+            },
+            "reason": TEXT,
+        },
+        ["field", "reason"],
+    )
+    schemas["FieldErrors"] = _object(
+        {
+            "error": {
+                **TEXT,
+                "description": "`invalid mission config`, `invalid request` (a query parameter"
+                " or header) or `input not yours`",
+            },
+            "fields": {"type": "array", "items": _ref("FieldError"), "minItems": 1},
+        },
+        ["error", "fields"],
+    )
+    schemas["Error"] = _object(
+        {
+            "error": TEXT,
+            "mission_id": _nullable(
+                {**TEXT, "description": "On a busy input: the mission that holds it."}
+            ),
+        },
+        ["error"],
+    )
+    schemas["Unauthenticated"] = _object(
+        {"error": TEXT, "reason": TEXT, "stage": TEXT}, ["error", "reason", "stage"]
+    )
+    schemas["ChaliceError"] = _object(
+        {"Code": TEXT, "Message": TEXT},
+        ["Code", "Message"],
+        description="Chalice's own answer, e.g. to a body that is not application/json.",
+    )
+    return schemas
+
+
+def _responses(ok: int, schema: str, description: str, *errors: int) -> dict[str, Any]:
+    known = {
+        400: _json("FieldErrors", "Invalid: each bad field with its reason; nothing written."),
+        401: {
+            **_json("Unauthenticated", "No SigV4-authenticated caller (deployed stages)."),
+            "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+        },
+        403: _json("FieldErrors", "The input key is outside the caller's own prefix."),
+        404: _json("Error", "No such mission (or not the caller's)."),
+        409: _json("Error", "Conflict: see `error`; nothing written."),
+        415: _json("ChaliceError", "The body is not application/json."),
+    }
+    return {str(ok): _json(schema, description), **{str(code): known[code] for code in errors}}
+
+
+MISSION_ID = {
+    "name": "mission_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1},
+    "description": "As POST /missions answered it: m-YYYYmmddHHMMSS-<8 hex digits>.",
+}
+
+
+def _paths() -> dict[str, Any]:
+    idempotency_key = {
+        "name": IDEMPOTENCY_HEADER,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY.pattern}$"},
+        "description": "A retry with the same key and body gets the first answer again (for"
+        f" {KEEP_ANSWERS_SECONDS // 3600} hours); the same key with another body is a 409.",
+    }
+    page = {
+        "after": {
+            "description": "Transactions after this index (-1: from the first).",
+            "schema": {"type": "integer", "minimum": -1, "maximum": QUERY_INT_MAX, "default": -1},
+        },
+        "limit": {
+            "description": f"Transactions per page; more than {PAGE_LIMIT} count as {PAGE_LIMIT}.",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": QUERY_INT_MAX,
+                "default": PAGE_LIMIT,
+            },
+        },
+    }
+    return {
+        "/missions": {
+            "post": {
+                "operationId": "createMission",
+                "summary": "Submit a mission config",
+                "description": "Stores the mission (AWAITING_INPUT) and binds its input key;"
+                " the mission starts once the input is uploaded to the answer's `upload`.",
+                "parameters": [idempotency_key],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("MissionConfig")}},
+                },
+                "responses": _responses(201, "MissionCreated", "Stored.", 400, 401, 403, 409, 415),
+            },
+            "get": {
+                "operationId": "listMissions",
+                "summary": "The newest missions, newest first",
+                "responses": _responses(200, "MissionList", "The missions.", 401),
+            },
+        },
+        "/me": {
+            "get": {
+                "operationId": "whoAmI",
+                "summary": "Who the API takes the caller to be, and where its inputs go",
+                "responses": _responses(200, "Caller", "The caller.", 401),
+            }
+        },
+        "/missions/{mission_id}": {
+            "parameters": [MISSION_ID],
+            "get": {
+                "operationId": "describeMission",
+                "summary": "A mission: status, counts by transaction status, cost, config",
+                "responses": _responses(200, "Mission", "The mission.", 401, 404),
+            },
+            "delete": {
+                "operationId": "cancelMission",
+                "summary": "Cancel a mission: no new claims, its instances terminated",
+                "responses": _responses(200, "MissionCancelled", "Cancelled.", 401, 404, 409),
+            },
+        },
+        "/missions/{mission_id}/transactions": {
+            "parameters": [MISSION_ID],
+            "get": {
+                "operationId": "listTransactions",
+                "summary": "A page of a mission's transactions, in index order",
+                "parameters": [
+                    {"name": name, "in": "query", "required": False, **spec}
+                    for name, spec in page.items()
+                ],
+                "responses": _responses(200, "TransactionPage", "The page.", 400, 401, 404),
+            },
+        },
+        ROUTE: {
+            "get": {
+                "operationId": "getOpenApi",
+                "summary": "This description",
+                "responses": {
+                    "200": {
+                        "description": "The OpenAPI 3.1 description of the API.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "401": _responses(200, "Error", "", 401)["401"],
+                },
+            }
+        },
+    }
+
+
+def build() -> dict[str, Any]:
+    """The description, from the models and the routes' contract."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "lighthpc",
+            "version": VERSION,
+            "description": "A serverless HPC scheduler: submit a mission config, upload its"
+            " input, follow its transactions. Deployed stages take only requests signed with"
+            " AWS SigV4 (service execute-api) by an IAM principal allowed to invoke the API;"
+            " `lighthpc up` serves the same API on 127.0.0.1 without signatures.",
+        },
+        "servers": [
+            {"url": "http://127.0.0.1:8000", "description": "lighthpc up (the local stage)"},
+            {
+                "url": "https://{api}.execute-api.{region}.amazonaws.com/api",
+                "description": "A deployed stage: its stack's EndpointURL",
+                "variables": {"api": {"default": "API_ID"}, "region": {"default": "us-east-1"}},
+            },
+        ],
+        "security": [{"sigv4": []}],
+        "paths": _paths(),
+        "components": {
+            "securitySchemes": {
+                "sigv4": {
+                    "type": "apiKey",
+                    "name": "Authorization",
+                    "in": "header",
+                    "description": "AWS Signature Version 4 (service execute-api).",
+                    "x-amazon-apigateway-authtype": "awsSigv4",
+                }
+            },
+            "schemas": _schemas(),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write chalicelib/openapi.json from `build()`; with --check, only say whether it differs."""
+    args = sys.argv[1:] if argv is None else argv
+    text = render(build())
+    if "--check" in args:
+        current = PATH.read_text(encoding="utf-8") if PATH.exists() else ""
+        if current != text:
+            print(f"{PATH} is out of date: run python -m chalicelib.openapi", file=sys.stderr)
+            return 1
+        return 0
+    PATH.write_text(text, encoding="utf-8")
+    print(f"wrote {PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
