@@ -53,6 +53,7 @@ class Mission:
     estimated_cost: float = 0.0  # USD
     result_key: str | None = None
     error: str | None = None  # why the mission failed as a whole
+    cancelled_by: str | None = None  # the caller whose DELETE cancelled it
 
     @cached_property
     def plan(self) -> Plan:
@@ -106,6 +107,7 @@ class Transaction:
     finished_at: datetime | None = None
     run_seconds: float | None = None
     part_key: str | None = None
+    counted: bool = False  # its outcome is in the mission's counters (result_processor set it)
 
     @classmethod
     def pending(cls, mission_id: str, s: Slice) -> Transaction:

@@ -4,20 +4,19 @@ dicts (the JSON bodies), raising `chalicelib.errors.ApiError`s for the answers t
 from __future__ import annotations
 
 import secrets
-from collections import Counter
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from chalicelib.auth import LOCAL_CALLER, Caller
-from chalicelib.capacity import terminate_mission_instances
 from chalicelib.config import ConfigInvalid, FieldError, parse_mission_config
 from chalicelib.context import Context
 from chalicelib.domain import Mission, Transaction, utc
 from chalicelib.events import send_start_request
 from chalicelib.idempotency import answer_once
 from chalicelib.observability import bind_mission, logger
-from chalicelib.results import settle
-from chalicelib.states import MissionStatus, TransactionStatus
+from chalicelib.results import cancel_settled, send_report, stop_instances, transaction_counts
+from chalicelib.states import MissionStatus, shown_status
 from chalicelib.store import NotFound
 
 LIST_LIMIT = 100
@@ -120,13 +119,10 @@ def _register(ctx: Context, body: bytes | str | None, caller: Caller) -> dict[st
 
 def describe(ctx: Context, mission_id: str, caller: Caller) -> dict[str, Any]:
     mission = visible(ctx, mission_id, caller)
-    counts = Counter(t.status for t in ctx.store.transactions.of(mission_id))
-    # Never-claimed transactions have no item yet: they are PENDING by construction.
-    counts[TransactionStatus.PENDING] += mission.total - sum(counts.values())
     return {
         **mission_summary(ctx, mission),
-        "transactions": {s.value: counts.get(s, 0) for s in TransactionStatus}
-        | {"total": mission.total},
+        # The very counts the email shows (for a cancelled mission: final, and no query).
+        "transactions": transaction_counts(ctx, mission),
         "instances": mission.instances,
         "instance_seconds": round(mission.instance_seconds, 3),
         "estimated_cost_usd": round(mission.estimated_cost, 6),
@@ -158,17 +154,23 @@ def mission_summary(ctx: Context, mission: Mission) -> dict[str, Any]:
 
 
 def cancel(ctx: Context, mission_id: str, caller: Caller) -> dict[str, Any]:
-    """Stop a mission: no new claims (claims need RUNNING), its instances terminated, one email.
+    """Stop a mission: no new claims (claims need RUNNING), nothing counted from now on, its
+    instances terminated and accounted, one email once its figures are final.
 
+    O(instances), never O(transactions): the leases its workers held are settled by the workers
+    themselves (they look at their mission every heartbeat period) or by the sweeper, which
+    also sends the email (`cancel_settled`); a mission that never began planning is mailed now.
     Raises NotFound (also for a mission the caller does not own), or Conflict if the mission
     already finished.
     """
     mission = visible(ctx, mission_id, caller)
     bind_mission(mission_id)
-    ctx.store.missions.cancel(mission, ctx.clock())
-    terminated = terminate_mission_instances(ctx.aws.ec2, mission_id)
+    ctx.store.missions.cancel(mission, ctx.clock(), by=caller.principal)
+    cancelled = ctx.store.missions.get(mission_id)
+    terminated = stop_instances(ctx, cancelled)
     logger.info("mission cancelled", extra={"instances_terminated": len(terminated)})
-    settle(ctx, mission_id)  # sends the CANCELLED email
+    if cancel_settled(ctx, cancelled, busy=True):
+        send_report(ctx, ctx.store.missions.get(mission_id))
     return {
         **mission_summary(ctx, ctx.store.missions.get(mission_id)),
         "instances_terminated": len(terminated),
@@ -199,6 +201,8 @@ def transactions(
         claimed.get(i) or Transaction.pending(mission_id, mission.plan.slice(i))
         for i in range(first, last + 1)
     ]
+    # In a cancelled mission, what did not count before the cancel is CANCELLED.
+    page = [replace(t, status=shown_status(t.status, t.counted, mission.status)) for t in page]
     return {
         "transactions": [transaction_view(t) for t in page],
         "next_after": last if last < mission.total - 1 else None,

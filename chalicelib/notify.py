@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 MAX_FAILURES_LISTED = 50
@@ -62,6 +63,10 @@ class MissionReport:
     # the email the owner keeps pins it.
     manifest_uri: str | None = None
     manifest_sha256: str | None = None
+    # A cancelled mission: its transactions that did not count, who cancelled it, and when.
+    cancelled: int = 0
+    cancelled_by: str | None = None
+    cancelled_at: datetime | None = None
 
 
 def printable(text: str) -> str:
@@ -134,12 +139,12 @@ def email_body(report: MissionReport) -> str:
     MAX_FAILURES_LISTED), and the rest are counted and pointed to in the API."""
     duration = "-" if report.duration_seconds is None else f"{report.duration_seconds:.1f} s"
     name = clip(report.name, MAX_FIELD_BYTES)
+    cancelled = report.status == "CANCELLED"
     lines = [
-        f"Mission {name!r} ({clip(report.mission_id, MAX_FIELD_BYTES)}) finished:"
-        f" {clip(report.status, MAX_FIELD_BYTES)}.",
+        _headline(report, name),
         "",
         f"Transactions:     {report.total} in all, {report.succeeded} succeeded,"
-        f" {report.failed} failed",
+        f" {report.failed} failed" + (f", {report.cancelled} cancelled" if cancelled else ""),
         f"Duration:         {duration}",
         f"Instances:        {report.instances}",
         f"Instance-seconds: {report.instance_seconds:.1f}"
@@ -157,7 +162,7 @@ def email_body(report: MissionReport) -> str:
         ]
     if report.submitted_by:
         lines.append(f"Submitted by:     {clip(report.submitted_by, MAX_FIELD_BYTES)}")
-    if report.error:
+    if report.error and not cancelled:
         lines += ["", f"The mission failed: {clip(report.error, MAX_ERROR_TEXT_BYTES)}"]
     candidates = report.failures[:MAX_FAILURES_LISTED]
     unlisted = len(report.failures) - len(candidates) + report.more_failures
@@ -178,6 +183,15 @@ def email_body(report: MissionReport) -> str:
         if unlisted:
             lines.append(_more_line(report, unlisted))
     return "\n".join(lines) + "\n"
+
+
+def _headline(report: MissionReport, name: str) -> str:
+    mission = f"Mission {name!r} ({clip(report.mission_id, MAX_FIELD_BYTES)})"
+    if report.status != "CANCELLED":
+        return f"{mission} finished: {clip(report.status, MAX_FIELD_BYTES)}."
+    by = f" by {clip(report.cancelled_by, MAX_FIELD_BYTES)}" if report.cancelled_by else ""
+    at = f" at {report.cancelled_at.isoformat()}" if report.cancelled_at else ""
+    return f"{mission} was cancelled{by}{at}."
 
 
 def _failure_line(f: FailedTransaction) -> str:

@@ -11,6 +11,7 @@ import hashlib
 import io
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
@@ -40,7 +41,7 @@ from chalicelib.receipt import (
     full_object_checksum,
     part_problem,
 )
-from chalicelib.states import MissionStatus, TransactionStatus, mission_outcome
+from chalicelib.states import MissionStatus, TransactionStatus, mission_outcome, shown_status
 
 NOTIFY_LEASE_SECONDS = 120
 _MERGE_TRANSFER = TransferConfig(multipart_chunksize=16 * 1024**2, max_concurrency=4)
@@ -81,8 +82,85 @@ def settle(ctx: Context, mission_id: str) -> None:
         merged = merge_parts(ctx, mission) if mission.succeeded else None
         ctx.store.missions.finish(mission, final, merged, usage(ctx, mission), ctx.clock())
         mission = ctx.store.missions.get(mission_id)
+    if mission.status is MissionStatus.CANCELLED:
+        # Its email waits until its figures are final (`cancel_settled`): the cancel or the
+        # sweeper sends it. A part arriving after the cancel changes nothing.
+        return
     if mission.terminal and mission.notified_at is None:
         send_report(ctx, mission)
+
+
+# A cancel's email waits at least this long after the cancel: what the cancel could not see yet
+# has then shown up and been settled by a sweep (a lease claimed just before it: the lease index
+# is a GSI; an instance launched just before it: DescribeInstances is eventually consistent),
+# and every live worker has looked at its mission or renewed its lease (`cancel_quiet_seconds`).
+CANCEL_QUIET_LEASE_FRACTION = 1 / 3  # of LEASE_SECONDS: one heartbeat period
+# ... and goes out this long after the cancel at the latest, whatever is still winding down.
+CANCEL_EMAIL_DEADLINE_SECONDS = 600.0
+
+
+def cancel_quiet_seconds(ctx: Context) -> float:
+    return ctx.settings.lease_seconds * CANCEL_QUIET_LEASE_FRACTION
+
+
+def cancel_settled(ctx: Context, mission: Mission, busy: bool) -> bool:
+    """Whether a cancelled mission's figures are final, so that its one email may go out.
+
+    The counts are final at the cancel itself (counting needs RUNNING); the usage once its
+    instances are stopped and accounted (`stop_instances`). So: a mission cancelled before it
+    began planning (nothing launched, nothing claimed) at once; otherwise once the quiet period
+    has passed and a wind-down (`busy`: it stopped or settled something) found nothing left;
+    and by the deadline in any case.
+    """
+    if mission.started_at is None:
+        return True
+    ended = (mission.finished_at or mission.created_at).timestamp()
+    since = ctx.clock() - ended
+    if since >= CANCEL_EMAIL_DEADLINE_SECONDS:
+        return True
+    return since >= cancel_quiet_seconds(ctx) and not busy
+
+
+def stop_instances(ctx: Context, mission: Mission) -> list[str]:
+    """Terminate the live instances of a mission that ended, and account their usage: their age
+    now (EC2 bills no further), since their agents' own reports are refused from here on
+    (`add_instance_usage`). Only the instances this call moved out of pending/running count, so
+    two stoppers at once account each once. Returns their ids."""
+    ec2, now = ctx.aws.ec2, ctx.clock()
+    alive = {
+        i["InstanceId"]: i
+        for i in mission_instances(ec2, mission.mission_id, ["pending", "running"])
+    }
+    ids, stopped = list(alive), []
+    for start in range(0, len(ids), 1000):  # TerminateInstances takes at most 1000 ids
+        answer = ec2.terminate_instances(InstanceIds=ids[start : start + 1000])
+        stopped += [
+            t["InstanceId"]
+            for t in answer.get("TerminatingInstances", [])
+            if t.get("PreviousState", {}).get("Name") in ("pending", "running")
+        ]
+    if stopped:
+        used = _age_of([alive[i] for i in stopped if i in alive], now)
+        ctx.store.missions.account_stopped_instances(
+            mission.mission_id, used.instance_seconds, used.estimated_cost
+        )
+    return stopped
+
+
+def transaction_counts(ctx: Context, mission: Mission) -> dict[str, int]:
+    """Transactions per status, as GET /missions/{id} and the email show them. A cancelled
+    mission's are final and need no query: what counted before the cancel, and the rest
+    CANCELLED (`shown_status`)."""
+    T = TransactionStatus
+    counts: Counter[TransactionStatus] = Counter()
+    if mission.status is MissionStatus.CANCELLED:
+        counts.update({T.SUCCEEDED: mission.succeeded, T.FAILED: mission.failed})
+        counts[T.CANCELLED] = mission.remaining
+    else:
+        counts.update(t.status for t in ctx.store.transactions.of(mission.mission_id))
+        # Never-claimed transactions have no item yet: they are PENDING by construction.
+        counts[T.PENDING] += mission.total - sum(counts.values())
+    return {s.value: counts.get(s, 0) for s in TransactionStatus} | {"total": mission.total}
 
 
 def send_report(ctx: Context, mission: Mission) -> None:
@@ -105,7 +183,7 @@ def build_report(ctx: Context, mission: Mission) -> MissionReport:
     failures: list[FailedTransaction] = []
     more_failures = 0
     for t in ctx.store.transactions.of(mission.mission_id):
-        if t.status is not TransactionStatus.FAILED:
+        if shown_status(t.status, t.counted, mission.status) is not TransactionStatus.FAILED:
             continue
         if len(failures) >= MAX_FAILURES_LISTED:
             more_failures += 1
@@ -143,6 +221,11 @@ def build_report(ctx: Context, mission: Mission) -> MissionReport:
         notify=mission.notify,
         submitted_by=mission.submitted_by,
         more_failures=more_failures,
+        cancelled=transaction_counts(ctx, mission)[TransactionStatus.CANCELLED.value]
+        if mission.status is MissionStatus.CANCELLED
+        else 0,
+        cancelled_by=mission.cancelled_by,
+        cancelled_at=mission.finished_at if mission.status is MissionStatus.CANCELLED else None,
         manifest_uri=manifest_uri,
         manifest_sha256=manifest_sha256,
     )
@@ -151,9 +234,18 @@ def build_report(ctx: Context, mission: Mission) -> MissionReport:
 def usage(ctx: Context, mission: Mission) -> Usage:
     """What exited workers reported, plus the age of the instances still running (the last
     workers are typically still exiting at completion)."""
-    now = ctx.clock()
-    seconds, cost = mission.instance_seconds, mission.estimated_cost
-    for instance in mission_instances(ctx.aws.ec2, mission.mission_id, ["pending", "running"]):
+    alive = mission_instances(ctx.aws.ec2, mission.mission_id, ["pending", "running"])
+    running = _age_of(alive, ctx.clock())
+    return Usage(
+        instance_seconds=mission.instance_seconds + running.instance_seconds,
+        estimated_cost=mission.estimated_cost + running.estimated_cost,
+    )
+
+
+def _age_of(instances: Iterable[dict[str, Any]], now: float) -> Usage:
+    """What described instances have run (and cost) from their launch until `now`."""
+    seconds = cost = 0.0
+    for instance in instances:
         age = max(0.0, now - instance["LaunchTime"].timestamp())
         market = instance.get("InstanceLifecycle") or "on-demand"
         seconds += age

@@ -27,6 +27,7 @@ class TransactionStatus(StrEnum):
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
+    CANCELLED = "CANCELLED"  # its mission was cancelled before its outcome counted
 
 
 TERMINAL_MISSION = frozenset(
@@ -58,13 +59,21 @@ MISSION_TRANSITIONS: dict[MissionStatus, frozenset[MissionStatus]] = {
 # A transaction without an item is PENDING (never claimed): creating its item is a move from
 # PENDING.
 TRANSACTION_TRANSITIONS: dict[TransactionStatus, frozenset[TransactionStatus]] = {
-    TransactionStatus.PENDING: frozenset({TransactionStatus.RUNNING}),
+    # PENDING -> CANCELLED: by construction (`shown_status`) once its mission is cancelled.
+    TransactionStatus.PENDING: frozenset({TransactionStatus.RUNNING, TransactionStatus.CANCELLED}),
     # RUNNING -> PENDING: a failed attempt with attempts left goes back to the queue.
+    # RUNNING -> CANCELLED: the lease of a cancelled mission, settled by its worker or the sweeper.
     TransactionStatus.RUNNING: frozenset(
-        {TransactionStatus.PENDING, TransactionStatus.SUCCEEDED, TransactionStatus.FAILED}
+        {
+            TransactionStatus.PENDING,
+            TransactionStatus.SUCCEEDED,
+            TransactionStatus.FAILED,
+            TransactionStatus.CANCELLED,
+        }
     ),
     TransactionStatus.SUCCEEDED: frozenset(),
     TransactionStatus.FAILED: frozenset(),
+    TransactionStatus.CANCELLED: frozenset(),
 }
 
 
@@ -137,3 +146,20 @@ def mission_outcome(succeeded: int, failed: int, total: int) -> MissionStatus | 
     if succeeded + failed < total:
         return None
     return MissionStatus.SUCCEEDED if failed == 0 else MissionStatus.FAILED
+
+
+def shown_status(
+    status: TransactionStatus, counted: bool, mission: MissionStatus
+) -> TransactionStatus:
+    """A transaction's status as the API and the email tell it.
+
+    In a cancelled mission only an outcome counted before the cancel stands (counting needs the
+    mission RUNNING, in the same DynamoDB transaction as the cancel's own condition, so these
+    are exactly the mission's counters); every other transaction is CANCELLED: never claimed,
+    waiting for a retry, still leased, or finished too late to count. Elsewhere, as stored.
+    """
+    if mission is MissionStatus.CANCELLED and not (
+        counted and status in (TransactionStatus.SUCCEEDED, TransactionStatus.FAILED)
+    ):
+        return TransactionStatus.CANCELLED
+    return status

@@ -9,7 +9,10 @@
   are counted;
 - a mission with work left and no live worker gets new capacity, within its cap;
 - a planner that died is replaced (its start request is sent again);
-- an email whose sender died is sent.
+- an email whose sender died is sent;
+- a cancelled mission is wound down: any instance of it still alive is stopped and accounted,
+  every lease it still has is settled CANCELLED (a worker still at it finds its heartbeat
+  refused and stops its app), and its one email goes out once its figures are final.
 
 Every step is a conditional write or an idempotent call, so two sweeps at once, or a sweep
 racing the workers, change nothing twice; and each mission is cared for on its own, so one that
@@ -32,7 +35,7 @@ from chalicelib.domain import Mission, Transaction
 from chalicelib.events import send_start_request
 from chalicelib.layout import FailureMarker, Outcome, failure_key, part_key
 from chalicelib.observability import bind_mission, count, logger
-from chalicelib.results import settle
+from chalicelib.results import cancel_settled, send_report, settle, stop_instances
 from chalicelib.scheduler import PLANNING_LEASE_SECONDS
 from chalicelib.states import MissionStatus, TransactionStatus, after_failed_attempt
 
@@ -51,6 +54,7 @@ class SweepReport:
     relaunched: dict[str, int] = field(default_factory=dict)
     replanned: list[str] = field(default_factory=list)
     mailed: list[str] = field(default_factory=list)
+    leases_cancelled: int = 0  # leases of cancelled missions settled CANCELLED
     errors: dict[str, str] = field(default_factory=dict)  # mission id -> what went wrong
 
 
@@ -80,6 +84,8 @@ def _care_for(ctx: Context, mission: Mission, report: SweepReport) -> None:
         _replan_if_abandoned(ctx, mission, report)
     elif mission.status is MissionStatus.RUNNING:
         _care_for_running(ctx, mission, report)
+    elif mission.status is MissionStatus.CANCELLED and mission.notified_at is None:
+        _wind_down_cancelled(ctx, mission, report)
     elif mission.terminal and mission.notified_at is None:
         lease = mission.notify_lease_until
         if lease is None or lease < ctx.clock():
@@ -94,7 +100,7 @@ def _care_for_running(ctx: Context, mission: Mission, report: SweepReport) -> No
     if now > (began + timedelta(seconds=limit)).timestamp():
         reason = f"timed out: still running after {limit} s"
         if ctx.store.missions.time_out(mission, reason, now):
-            terminate_mission_instances(ctx.aws.ec2, mission.mission_id)
+            stop_instances(ctx, ctx.store.missions.get(mission.mission_id))  # and accounted
             report.timed_out.append(mission.mission_id)
             logger.warning("mission timed out", extra={"reason": reason})
         settle(ctx, mission.mission_id)
@@ -118,6 +124,33 @@ def _care_for_running(ctx: Context, mission: Mission, report: SweepReport) -> No
         report.requeued += len(transactions.requeue_lost_claims(mission, now))
     if transactions.has_work_left(mission):
         _capacity_for(ctx, mission, working, now, report)
+
+
+def _wind_down_cancelled(ctx: Context, mission: Mission, report: SweepReport) -> None:
+    """Settle what a cancel left, then send its email once the figures are final.
+
+    Each sweep stops (and accounts) any instance of the mission still alive (one launched just
+    before the cancel, or one DescribeInstances did not show it yet) and settles every lease
+    still held, expired or not. The email goes out from the first sweep past the quiet period
+    that found nothing left to do, or past the deadline whatever it found (`cancel_settled`).
+    """
+    now = ctx.clock()
+    try:
+        busy = bool(stop_instances(ctx, mission))
+        reason = "cancelled while it ran: its mission was cancelled"
+        for txn in ctx.store.transactions.leased(mission.mission_id):
+            if ctx.store.transactions.cancel(txn, now, reason):
+                report.leases_cancelled += 1
+                busy = True
+    except Exception:
+        if not cancel_settled(ctx, mission, busy=True):
+            raise  # the next sweep tries again
+        logger.exception("could not wind the cancelled mission down; its email goes out anyway")
+        busy = True
+    lease = mission.notify_lease_until
+    if cancel_settled(ctx, mission, busy) and (lease is None or lease < now):
+        send_report(ctx, ctx.store.missions.get(mission.mission_id))
+        report.mailed.append(mission.mission_id)
 
 
 def _capacity_for(

@@ -2,13 +2,16 @@
 
 Each worker gets its own instance-metadata endpoint (instance id, tags, Spot notices) and runs
 `python -m worker_ami.agent`, the program the worker AMI runs. Terminating the instance (the agent
-does it itself when the work is done; cancel does it by tag) ends the process. At most
-`max_workers` run at once; other instances wait, as capacity would.
+does it itself when the work is done; cancel does it by tag) ends the process and everything it
+started, its apps included (each runs in a session of its own), as terminating an EC2 instance
+does. At most `max_workers` run at once; other instances wait, as capacity would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -155,8 +158,8 @@ class LocalFleet:
         fate, worker.fate = worker.fate, None
         assert self._chaos is not None
         if fate == "kill":
-            # Lost without notice: the machine is gone, and with it the agent.
-            worker.process.kill()
+            # Lost without notice: the machine is gone, and with it the agent and its apps.
+            kill_process_tree(worker.process.pid)
             self._ec2.terminate_instances(InstanceIds=[worker.instance_id])
             self._chaos.ledger.add(workers_killed=1)
             logger.warning("chaos: worker killed", extra={"instance_id": worker.instance_id})
@@ -192,8 +195,63 @@ class LocalFleet:
 
     def _end(self, worker: LocalWorker, kill: bool) -> None:
         if kill and worker.process.poll() is None:
-            worker.process.kill()
+            kill_process_tree(worker.process.pid)  # the instance is gone: all that ran on it
             worker.process.wait()
         worker.metadata.stop()
         self.running.pop(worker.instance_id, None)
         self.finished.append(worker)
+
+
+def kill_process_tree(root: int) -> None:
+    """SIGKILL `root` and every process it started, whatever their session or process group.
+
+    The apps an agent runs are each in a session of their own (so that the agent can kill an
+    app's whole group), so killing the agent's group would leave them running, orphaned. First
+    the tree is frozen (SIGSTOP, parents before children, until no new process shows up), so
+    nothing forks or reparents while it is killed; then the groups of its processes are killed
+    too, which takes a grandchild that was already orphaned but stayed in its app's group.
+    On a real instance, terminating it (or systemd stopping the agent's unit: its cgroup) does
+    the same.
+    """
+    tree: dict[int, int] = {}  # pid -> its process group
+    frontier = [root]
+    while frontier:
+        _signal(frontier, signal.SIGSTOP)
+        tree |= {pid: _pgid(pid) for pid in frontier}
+        children = _children_by_parent()
+        frontier = [c for pid in tree for c in children.get(pid, []) if c not in tree]
+    own = {os.getpgrp(), 0, 1}
+    for group in {g for g in tree.values() if g not in own}:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+    _signal(list(tree), signal.SIGKILL)
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _pgid(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return 0
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    """Every process's children, from /proc (empty where there is no /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    return children

@@ -48,6 +48,10 @@ PLANNING_WAIT_SECONDS = 300.0
 # second, typically). A worker that queued one looks for work this long before it leaves.
 RETRY_VISIBLE_WITHIN_SECONDS = 5.0
 RETRY_POLL_SECONDS = 0.5
+# How often a working agent reads its mission's status (at most; a heartbeat period if shorter):
+# a cancel (or a mission failed as a whole) stops its apps within that, even when the instance's
+# termination is slow or never comes. One GetItem per agent, not per slot.
+MISSION_POLL_SECONDS = 10.0
 
 R = TypeVar("R")
 
@@ -152,6 +156,10 @@ class WorkerAgent:
         # Set by a notice or a rebalance recommendation: claim no more transactions.
         self.draining = threading.Event()
         self._done = threading.Event()
+        # Set once the mission is found no longer RUNNING (cancelled): stop the apps, record no
+        # outcome, upload nothing; `_mission_ended_as` says what it became.
+        self._mission_ended = threading.Event()
+        self._mission_ended_as: MissionStatus | None = None
 
     # ---- the main loop --------------------------------------------------------------------
 
@@ -199,7 +207,9 @@ class WorkerAgent:
         try:
             if mission_id is not None:
                 cost = estimated_cost(instance_type, market, seconds)
-                self._store.missions.add_instance_usage(mission_id, seconds, cost)
+                added = self._store.missions.add_instance_usage(mission_id, seconds, cost)
+                if added is False:  # the mission ended: the control side accounted this instance
+                    logger.info("usage not added: the mission's figures are final")
         except Exception:
             logger.exception("could not record this instance's usage")
         try:
@@ -271,10 +281,39 @@ class WorkerAgent:
             )
             for slot in range(slots)
         ]
+        watch_over = threading.Event()
+        watch = threading.Thread(
+            target=self._watch_mission, args=(mission_id, watch_over), name="mission-watch"
+        )
+        watch.start()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        watch_over.set()
+        watch.join()
+
+    def _watch_mission(self, mission_id: str, over: threading.Event) -> None:
+        """Read the mission's status while the slots work; once it is no longer RUNNING (a
+        cancel, or a mission failed as a whole), claim no more and stop the apps at once.
+
+        Waits on `over`, not the injected sleep, so it ends with the slots. A failed read says
+        nothing: the next one is a period later (and the heartbeat's lease renewal, refused for
+        a transaction the sweeper settled, stops an app too).
+        """
+        period = min(MISSION_POLL_SECONDS, self._settings.lease_seconds / 3)
+        while not over.wait(period):
+            try:
+                status = self._store.missions.get(mission_id).status
+            except StoreError as e:
+                logger.warning("could not read the mission's status", extra={"error": str(e)})
+                continue
+            if status is not MissionStatus.RUNNING:
+                logger.warning("the mission ended: stopping its apps", extra={"status": status})
+                self._mission_ended_as = status
+                self.draining.set()
+                self._mission_ended.set()
+                return
 
     def _wait_until_planned(self, mission_id: str) -> Mission | None:
         deadline = self._clock() + PLANNING_WAIT_SECONDS
@@ -330,11 +369,25 @@ class WorkerAgent:
     def _run_transaction(self, owner: str, mission: Mission, txn: Transaction) -> None:
         scratch = Path(tempfile.mkdtemp(prefix=f"t{txn.index:08d}-", dir=self._workdir))
         lease = self._settings.lease_seconds
-        heartbeat = _Heartbeat(self._store, txn, owner, lease, self._clock, self._backoff)
+        heartbeat = _Heartbeat(
+            self._store, txn, owner, lease, self._clock, self._backoff, self._mission_ended
+        )
         try:
             with heartbeat:  # from the claim until the outcome is recorded
                 output = scratch / "part.out"
                 result = self._attempt(mission, txn, scratch, output, heartbeat)
+                if self._mission_ended.is_set() and heartbeat.held:
+                    # Cancelled: no outcome, no part; the transaction is settled here, by the
+                    # lease holder (or, if this worker dies first, by the sweeper).
+                    if self._mission_ended_as is MissionStatus.CANCELLED:
+                        self._retrying(
+                            "cancel",
+                            lambda: self._store.transactions.cancel(
+                                txn, self._clock(), "stopped: its mission was cancelled", owner
+                            ),
+                        )
+                    logger.warning("mission ended: attempt stopped", extra={"index": txn.index})
+                    return
                 if not heartbeat.alive:
                     # Taken back, maybe claimed again: the outcome is the new holder's to give.
                     logger.warning(
@@ -567,7 +620,8 @@ class _Heartbeat:
     until the outcome is recorded: a long download or upload must not cost a live worker its
     lease (and the transaction an attempt).
 
-    `alive` turns False for good once the lease is found taken; the attempt then stops. A failed
+    `alive` turns False for good once the lease is found taken (`held` too) or the mission
+    ended (the agent's `ended` event, set by its mission watch); the attempt then stops. A failed
     renewal is tried again with backoff, then on the usual schedule: it says nothing about the
     lease, which the next renewal (or the outcome's conditional write) settles. The waits are on
     the stop event, not the injected sleep, so the heartbeat ends with its attempt at once.
@@ -581,10 +635,12 @@ class _Heartbeat:
         lease: int,
         clock: Callable[[], float],
         backoff: Backoff,
+        ended: threading.Event | None = None,
     ) -> None:
         self._store, self._txn, self._owner = store, txn, owner
         self._lease, self._clock, self._backoff = lease, clock, backoff
         self._lost = threading.Event()
+        self._ended = ended or threading.Event()
         self._stopped = threading.Event()
         self._thread = threading.Thread(
             target=self._renew, name=f"heartbeat-{txn.index}", daemon=True
@@ -592,6 +648,11 @@ class _Heartbeat:
 
     @property
     def alive(self) -> bool:
+        return self.held and not self._ended.is_set()
+
+    @property
+    def held(self) -> bool:
+        """The lease is still ours (as far as the last renewal knows)."""
         return not self._lost.is_set()
 
     def __enter__(self) -> _Heartbeat:

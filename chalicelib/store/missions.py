@@ -14,7 +14,7 @@ from pynamodb.transactions import TransactWrite
 from chalicelib.config import MissionConfig
 from chalicelib.domain import Mission, Usage, utc
 from chalicelib.planning import Plan
-from chalicelib.states import MissionStatus, mission_sources
+from chalicelib.states import TERMINAL_MISSION, MissionStatus, mission_sources
 from chalicelib.store.errors import InputBusy, NotFound, conditional, translated
 from chalicelib.store.models import LISTED, NEEDS_CARE, InputModel, MissionModel
 
@@ -53,6 +53,7 @@ def mission_of(item: MissionModel) -> Mission:
         estimated_cost=float(item.estimated_cost or 0),
         result_key=item.result_key,
         error=item.error,
+        cancelled_by=item.cancelled_by,
     )
 
 
@@ -221,8 +222,10 @@ class MissionStore:
             )
         return write.applied
 
-    def cancel(self, mission: Mission, now: float) -> None:
-        """Cancel a mission that has not finished; Conflict if it already has."""
+    def cancel(self, mission: Mission, now: float, by: str | None = None) -> None:
+        """Cancel a mission that has not finished (`by`: the caller); Conflict if it has.
+
+        Atomic with the counting (which needs RUNNING): the counters are final from here on."""
         self._move_and_release(
             mission,
             M.CANCELLED,
@@ -230,6 +233,7 @@ class MissionStore:
                 MissionModel.error.set("cancelled by request"),
                 MissionModel.finished_at.set(utc(now)),
                 MissionModel.planning_lease_until.remove(),
+                _set_or_remove(MissionModel.cancelled_by, by),
             ],
         )
 
@@ -306,11 +310,27 @@ class MissionStore:
 
     # ---- capacity ---------------------------------------------------------------------------
 
-    def add_instance_usage(self, mission_id: str, seconds: float, cost: float) -> None:
-        """A worker's life, reported when it ends."""
+    def add_instance_usage(self, mission_id: str, seconds: float, cost: float) -> bool:
+        """A worker's life, reported when it ends: added only while the mission is live. Once it
+        ended, its figures are final (the end counted the instances still running by their age,
+        see `account_stopped_instances`): a late report would count an instance twice and make
+        the API disagree with the email. False if refused."""
+        live = [s.value for s in M if s not in TERMINAL_MISSION]
+        with conditional(f"add the usage of an instance to {mission_id}") as write:
+            self._update(
+                mission_id,
+                [MissionModel.instance_seconds.add(seconds), MissionModel.estimated_cost.add(cost)],
+                condition=MissionModel.status.is_in(*live),
+            )
+        return write.applied
+
+    def account_stopped_instances(self, mission_id: str, seconds: float, cost: float) -> None:
+        """The usage of instances the control side stopped for a mission that ended (their
+        age when terminated: EC2 bills no further), whose agents' own reports it refuses."""
         self._update(
             mission_id,
             [MissionModel.instance_seconds.add(seconds), MissionModel.estimated_cost.add(cost)],
+            condition=MissionModel.status.is_in(*[s.value for s in TERMINAL_MISSION]),
         )
 
     def record_relaunch(

@@ -114,6 +114,7 @@ class MissionModel(_RetriesTransient, Model):
     estimated_cost = NumberAttribute(default=0)  # USD, from chalicelib.pricing
     result_key = UnicodeAttribute(null=True)
     error = UnicodeAttribute(null=True)  # why the mission failed as a whole (bad input, ...)
+    cancelled_by = UnicodeAttribute(null=True)  # the caller whose DELETE cancelled it
     notify_lease_until = NumberAttribute(null=True)
     notified_at = UTCDateTimeAttribute(null=True)
     listed = UnicodeAttribute(default=LISTED)

@@ -42,6 +42,7 @@ def transaction_of(item: TransactionModel) -> Transaction:
         finished_at=item.finished_at,
         run_seconds=None if item.run_seconds is None else float(item.run_seconds),
         part_key=item.part_key,
+        counted=bool(item.counted),
     )
 
 
@@ -279,6 +280,31 @@ class TransactionStore:
                 ],
                 condition=condition,
             )
+
+    # ---- a cancelled mission (its worker, or the sweeper) ----------------------------------
+
+    def cancel(self, txn: Transaction, now: float, reason: str, owner: str | None = None) -> bool:
+        """RUNNING -> CANCELLED: settle the lease of a cancelled mission's transaction, by the
+        worker that holds it (`owner`) or by the sweeper (any lease, expired or not: its worker,
+        if alive, finds its heartbeat refused and stops the app). Off the lease index; who ran
+        it is kept. False if it is no longer in that claim (finished, or settled already)."""
+        condition = TransactionModel.status.is_in(
+            *transaction_sources(T.CANCELLED, [T.RUNNING])
+        ) & (TransactionModel.claims == txn.claim)
+        if owner is not None:
+            condition &= TransactionModel.lease_owner == owner
+        with conditional(f"cancel transaction {txn.index} of {txn.mission_id}") as write:
+            TransactionModel(txn.mission_id, txn.index).update(
+                actions=[
+                    TransactionModel.status.set(T.CANCELLED.value),
+                    TransactionModel.lease_expires_at.remove(),
+                    TransactionModel.retry_rank.remove(),
+                    TransactionModel.finished_at.set(utc(now)),
+                    TransactionModel.error.set(reason),
+                ],
+                condition=condition,
+            )
+        return write.applied
 
     # ---- repairs (the sweeper) --------------------------------------------------------------
 

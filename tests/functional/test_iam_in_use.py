@@ -326,11 +326,16 @@ def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> list[SweepRe
         cluster.deliver_result_events()
     assert mission(cluster, lost)["status"] == "SUCCEEDED"
 
-    # A cancel.
+    # A cancel, while a worker holds a lease: its instances are stopped and accounted; the
+    # sweeper settles the lease and sends the email. And one of a mission still awaiting its
+    # input, which nothing can hold up: its email goes out at once.
     cancelled = submit(cluster, kmer_config("cancel", "cancel.fa"))
     cluster.upload("cancel.fa", SAMPLE)
     cluster.deliver_source_events()
+    claim(cancelled, "i-cancelled/0", time.time(), 300)
     assert cluster.api.http.delete(f"/missions/{cancelled}").status_code == 200
+    early = submit(cluster, kmer_config("cancel early", "cancel-early.fa"))
+    assert cluster.api.http.delete(f"/missions/{early}").status_code == 200
 
     # The events of a finished mission lost (in the DLQ): the sweeper counts its outcomes from
     # the transactions and settles it.

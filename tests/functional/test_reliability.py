@@ -188,6 +188,10 @@ def test_cancel_a_running_mission(cluster: InProcessCluster):
     assert mission(cluster, mission_id)["status"] == "CANCELLED"
     assert claim(mission_id, "i-x/0", time.time(), 60) is None
     assert cluster.api.http.delete(f"/missions/{mission_id}").status_code == 409
+    # The email waits for final figures: the sweeper sends it once the cancel has settled.
+    assert cluster.emails() == []
+    later = dataclasses.replace(get_context(), clock=lambda: time.time() + 120)
+    assert sweep(later).mailed == [mission_id]
     emails = cluster.emails()
     assert len(emails) == 1 and emails[0].subject == "lighthpc: cancelled CANCELLED"
 
