@@ -3,13 +3,14 @@ dicts (the JSON bodies), raising `chalicelib.errors.ApiError`s for the answers t
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from chalicelib.auth import LOCAL_CALLER, Caller
-from chalicelib.config import ConfigInvalid, FieldError, parse_mission_config
+from chalicelib.config import ConfigInvalid, FieldError, MissionConfig, parse_mission_config
 from chalicelib.context import Context
 from chalicelib.domain import Mission, Transaction, utc
 from chalicelib.events import send_start_request
@@ -45,10 +46,15 @@ def visible(ctx: Context, mission_id: str, caller: Caller) -> Mission:
     A 404 rather than a 403, so a caller learns nothing about missions it does not own, not even
     whether an id exists.
     """
+    if not MISSION_ID.match(mission_id):  # never read: DynamoDB refuses keys over 2,048 bytes
+        raise NotFound(f"no mission {mission_id!r}")
     mission = ctx.store.missions.get(mission_id)
     if not caller.owns(mission.submitted_by):
         raise NotFound(f"no mission {mission_id!r}")
     return mission
+
+
+MISSION_ID = re.compile(r"^m-\d{14}-[0-9a-f]{8}$")  # what new_mission_id makes
 
 
 def new_mission_id(now: float) -> str:
@@ -72,18 +78,7 @@ def submit(
     Conflict (the key was used with another body, or its first request is still running).
     """
     caller = caller or Caller(LOCAL_CALLER)
-    return answer_once(
-        ctx.settings.idempotency_table,
-        ctx.aws.dynamodb,
-        idempotency_key,
-        caller.principal,
-        body,
-        lambda: _register(ctx, body, caller),
-        lambda_context,
-    )
-
-
-def _register(ctx: Context, body: bytes | str | None, caller: Caller) -> dict[str, Any]:
+    # Checked before the idempotency record is written: a refused config writes nothing at all.
     config = parse_mission_config(body, ctx.settings)
     if not caller.may_bind(config.input):
         reason = (
@@ -91,6 +86,18 @@ def _register(ctx: Context, body: bytes | str | None, caller: Caller) -> dict[st
             f" under {caller.input_prefix!r} and name that key"
         )
         raise InputNotYours([FieldError("input", reason)])
+    return answer_once(
+        ctx.settings.idempotency_table,
+        ctx.aws.dynamodb,
+        idempotency_key,
+        caller.principal,
+        body,
+        lambda: _register(ctx, config, caller),
+        lambda_context,
+    )
+
+
+def _register(ctx: Context, config: MissionConfig, caller: Caller) -> dict[str, Any]:
     now = ctx.clock()
     mission = Mission(
         mission_id=new_mission_id(now),

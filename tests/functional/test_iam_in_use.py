@@ -5,7 +5,8 @@ grants must be one the code uses (or one AWS itself uses on the function's behal
 moto does not enforce IAM, so this test is the enforcement: calls are recorded through a
 botocore hook, attributed to the principal whose code is running (the scenarios run one
 principal at a time), turned into IAM actions and resource ARNs, and matched against the
-policies' Allow statements (conditions are not evaluated).
+policies' Allow statements. Of their conditions only `dynamodb:Attributes` is evaluated (the
+worker's writes are limited to the attributes it names: keys, update and condition together).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tests.deploy.policies import (
     resolved,
     worker_statements,
 )
+from tests.functional.test_auth import signed_as
 from tests.functional.test_mission import kmer_config, submit
 from tests.functional.test_reliability import SAMPLE, SLOW, claim, lose_a_worker, mission
 
@@ -109,18 +111,43 @@ def requested(service: str, operation: str, params: dict[str, Any]) -> list[tupl
     return [(action, resource) for action in actions]
 
 
+def attributes_named(service: str, operation: str, params: dict[str, Any]) -> list[frozenset[str]]:
+    """What IAM's `dynamodb:Attributes` holds for each pair `requested` returns: the top-level
+    attribute names the request names (its key, its item, its expressions; PynamoDB names every
+    attribute of an expression through ExpressionAttributeNames)."""
+
+    def named(body: dict[str, Any]) -> frozenset[str]:
+        names = set(body.get("Key", {})) | set(body.get("Item", {}))
+        names |= {n.split(".")[0] for n in body.get("ExpressionAttributeNames", {}).values()}
+        return frozenset(names | set(body.get("AttributesToGet", [])))
+
+    if service != "dynamodb":
+        return [frozenset()] * len(requested(service, operation, params))
+    if operation in ("TransactWriteItems", "TransactGetItems"):
+        return [named(next(iter(item.values()))) for item in params["TransactItems"]]
+    return [named(params)] * len(requested(service, operation, params))
+
+
 class Recorder:
     """Attributes each AWS call to the principal whose code runs now."""
 
     def __init__(self) -> None:
         self.principal: str | None = None
         self.calls: dict[str, set[tuple[str, str]]] = {}
+        # The same calls with the attribute names each one names (DynamoDB's; empty elsewhere).
+        self.named: dict[str, set[tuple[str, str, frozenset[str]]]] = {}
 
     def __call__(self, params: dict[str, Any], model: Any, **_: Any) -> None:
         if self.principal is None:
             return  # the test itself (uploads, Lambda's own queue polling, inspection)
-        pairs = requested(model.service_model.service_name, model.name, params)
+        service, operation = model.service_model.service_name, model.name
+        pairs = requested(service, operation, params)
         self.calls.setdefault(self.principal, set()).update(pairs)
+        attributes = attributes_named(service, operation, params)
+        self.named.setdefault(self.principal, set()).update(
+            (action, resource, names)
+            for (action, resource), names in zip(pairs, attributes, strict=True)
+        )
 
     @contextmanager
     def acting_as(self, principal: str | None) -> Iterator[None]:
@@ -215,6 +242,10 @@ def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> list[SweepRe
     cluster.deliver_result_events()
     assert mission(cluster, done)["status"] == "SUCCEEDED"
     cluster.get("/missions")
+    with signed_as("arn:aws:iam::123456789012:user/alice"):  # not an operator: her own only
+        cluster.get("/missions")
+        cluster.get("/me")
+    cluster.get("/openapi.json")
     cluster.get(f"/missions/{done}/transactions?limit=2")
 
     # Its email lost after it finished (the sender died): the sweeper sends it.
@@ -423,8 +454,14 @@ NOT_IN_SCENARIOS = {
 }
 
 
-def _allows(statement: dict[str, Any], action: str, resource: str) -> bool:
+def _allows(
+    statement: dict[str, Any], action: str, resource: str, attributes: frozenset[str] = frozenset()
+) -> bool:
     if action not in statement["Action"]:
+        return False
+    # ForAllValues: every attribute the request names must be on the statement's list.
+    listed = statement.get("Condition", {}).get("ForAllValues:StringEquals", {})
+    if "dynamodb:Attributes" in listed and not attributes <= set(listed["dynamodb:Attributes"]):
         return False
     # "*": an action that takes no resource ARN (Describe*), or one we do not model here.
     return resource == "*" or any(fnmatch.fnmatchcase(resource, r) for r in statement["Resource"])
@@ -447,11 +484,11 @@ def test_every_call_is_allowed_and_every_grant_is_used(recorded):
 
     denied = {
         principal: sorted(
-            (action, resource)
-            for action, resource in calls
-            if not any(_allows(s, action, resource) for s in policies[principal])
+            (action, resource, *sorted(names))
+            for action, resource, names in calls
+            if not any(_allows(s, action, resource, names) for s in policies[principal])
         )
-        for principal, calls in recorder.calls.items()
+        for principal, calls in recorder.named.items()
     }
     assert not any(denied.values()), "denied: " + json.dumps(denied, indent=1)
 
@@ -468,3 +505,13 @@ def test_every_call_is_allowed_and_every_grant_is_used(recorded):
         for principal, statements in policies.items()
     }
     assert not any(unused.values()), "granted, never used: " + json.dumps(unused, indent=1)
+
+
+def test_an_attribute_off_the_list_is_denied():
+    """The attribute check above can fail: the worker's UpdateItem on a transaction is allowed
+    with the attributes it writes, and denied once it names `counted` (result_processor's)."""
+    (statement,) = [s for s in worker_statements() if s["Sid"] == "ClaimLeaseAndFinishTransactions"]
+    statement = {**statement, "Action": [statement["Action"]], "Resource": ["*"]}
+    claim = frozenset({"mission_id", "index", "status", "lease_owner", "claims"})
+    assert _allows(statement, "dynamodb:UpdateItem", "*", claim)
+    assert not _allows(statement, "dynamodb:UpdateItem", "*", claim | {"counted"})

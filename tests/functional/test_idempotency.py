@@ -68,5 +68,7 @@ def test_a_bad_query_parameter_is_an_invalid_request_not_an_invalid_config(clust
     body = json.loads(response.body)
     assert body == {
         "error": "invalid request",
-        "fields": [{"field": "limit", "reason": "must be an integer"}],
+        "fields": [
+            {"field": "limit", "reason": "must be an integer from 1 to 9223372036854775807"}
+        ],
     }

@@ -20,7 +20,13 @@ socket.create_connection = refuse
 import app
 
 routes = sorted(app.app.routes)
-expected = ["/missions", "/missions/{mission_id}", "/missions/{mission_id}/transactions"]
+expected = [
+    "/me",
+    "/missions",
+    "/missions/{mission_id}",
+    "/missions/{mission_id}/transactions",
+    "/openapi.json",
+]
 assert routes == expected, routes
 handlers = sorted(source.name for source in app.app.event_sources)
 assert handlers == ["light_scheduler", "result_processor", "spot_interruption", "sweeper"], (
