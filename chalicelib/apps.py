@@ -7,7 +7,12 @@ validate a config and what the worker needs to build an argv list (never a shell
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chalicelib.settings import Settings
 
 # {input}: path of the input (in `lines` mode: this transaction's slice of lines)
 # {output}: path the app must write its part to
@@ -59,6 +64,27 @@ def placeholders_in(template: str) -> list[str]:
             raise ValueError(f"placeholder {{{field}}} must be plain: no ':spec' or '!conversion'")
         names.append(field)
     return names
+
+
+class ProgramNotAllowed(ValueError):
+    """This stage does not run the argv's program: refused wherever and whenever it is tried."""
+
+
+def check_program(argv: Sequence[str], settings: Settings) -> None:
+    """The stage's policy for argv apps: anything where inline argv is allowed (the local stage),
+    else only a program on its allow list (the built-in apps never need this check).
+
+    The API applies it to every config it accepts; each worker applies it again to the config it
+    reads from the mission table before it runs anything, so whoever can write that table still
+    cannot make the workers run another program.
+    """
+    if settings.allow_inline_argv or (argv and argv[0] in settings.allowed_programs):
+        return
+    program = argv[0] if argv else ""
+    raise ProgramNotAllowed(
+        f"program {program!r} is not on this stage's allow list;"
+        " use a built-in app or ask the operator to allow it"
+    )
 
 
 def builtin_argv(app: BuiltinApp, params: dict[str, int]) -> list[str]:

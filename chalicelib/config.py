@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from chalicelib.apps import BUILTIN_APPS, PLACEHOLDERS, placeholders_in
+from chalicelib.apps import BUILTIN_APPS, PLACEHOLDERS, check_program, placeholders_in
 from chalicelib.errors import ApiError
 from chalicelib.layout import MAX_TRANSACTIONS_EVER
 from chalicelib.pricing import vcpus
@@ -207,12 +207,8 @@ class ArgvApp(_Strict):
                 known = ", ".join(sorted(PLACEHOLDERS))
                 raise ValueError(f"unknown placeholder {{{unknown[0]}}} (known: {known})")
         settings = _settings(info)
-        restricted = settings is not None and not settings.allow_inline_argv
-        if restricted and argv[0] not in settings.allowed_programs:
-            raise ValueError(
-                f"program {argv[0]!r} is not on this stage's allow list;"
-                " use a built-in app or ask the operator to allow it"
-            )
+        if settings is not None:
+            check_program(argv, settings)  # the workers check it again (a ValueError)
         return argv
 
 

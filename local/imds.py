@@ -1,20 +1,38 @@
-"""A small IMDSv2 endpoint per local worker: instance id, instance tags, Spot notices.
+"""A small IMDSv2 endpoint per local worker: instance id, instance tags, Spot notices, and the
+instance role's credentials.
 
-It speaks the subset of the EC2 instance metadata service that `worker_ami.metadata` uses, with
-IMDSv2's rules: a session token from `PUT /latest/api/token` must accompany every GET (401
-without it), and `spot/instance-action` is 404 until a notice is set.
+It speaks the subset of the EC2 instance metadata service that `worker_ami.metadata` and
+botocore's credential chain use, with IMDSv2's rules: a session token from
+`PUT /latest/api/token` must accompany every GET (401 without it), and `spot/instance-action` is
+404 until a notice is set. The credentials are fake (the embedded AWS takes any), but they are
+there, as on EC2, so a test can show who may read them.
+
+Who may: on the worker AMI a firewall rule (`meta skuid` in nftables, what iptables calls
+`-m owner --uid-owner`) rejects every packet of the app users to 169.254.169.254. This server
+does the same by the same test: it refuses a connection whose client socket is owned by an app
+user's uid, as /proc/net/tcp tells (the socket's owner, which the kernel's owner match uses too).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import socket
+import struct
 import threading
+import time
+from collections.abc import Container
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+
+from worker_ami.runner import APP_UIDS
 
 TOKEN_PATH = "/latest/api/token"  # noqa: S105 - a URL path, not a secret
 META_PREFIX = "/latest/meta-data/"
+CREDENTIALS_PATH = "iam/security-credentials/"
+ROLE_NAME = "lighthpc-local-worker"
+PROC_NET_TCP = Path("/proc/net/tcp")
 
 
 class MetadataServer:
@@ -24,6 +42,7 @@ class MetadataServer:
         tags: dict[str, str],
         instance_type: str = "c5.large",
         lifecycle: str = "on-demand",
+        refused_uids: Container[int] = APP_UIDS,
     ) -> None:
         self.instance_id = instance_id
         self.instance_type = instance_type
@@ -32,7 +51,9 @@ class MetadataServer:
         self.spot_action: dict[str, str] | None = None
         self.rebalance_at: str | None = None  # set to a time to recommend a rebalance
         self._tokens: set[str] = set()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self.refused_uids = refused_uids
+        self.refused = 0  # connections refused by the owner match
+        self._server = _OwnerMatchServer(("127.0.0.1", 0), _handler_for(self), self)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name=f"imds-{instance_id}", daemon=True
         )
@@ -75,7 +96,65 @@ class MetadataServer:
             )
         if path == "spot/instance-action":
             return None if self.spot_action is None else json.dumps(self.spot_action)
+        if path == CREDENTIALS_PATH:
+            return ROLE_NAME
+        if path == CREDENTIALS_PATH + ROLE_NAME:
+            return json.dumps(_role_credentials(self.instance_id))
         return None
+
+    def admits(self, client: tuple[str, int]) -> bool:
+        """The firewall's owner match: no app user's socket gets through."""
+        if not PROC_NET_TCP.exists():  # not Linux: nothing to match on, as without the rule
+            return True
+        host, port = self._server.server_address[:2]
+        owner = socket_owner(client, (str(host), int(port)))
+        admitted = owner is not None and owner not in self.refused_uids
+        if not admitted:
+            self.refused += 1
+        return admitted
+
+
+class _OwnerMatchServer(ThreadingHTTPServer):
+    def __init__(self, address: tuple[str, int], handler: type, metadata: MetadataServer) -> None:
+        self._metadata = metadata
+        super().__init__(address, handler)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        # False closes the connection before a byte is read: the client sees a reset.
+        return self._metadata.admits(client_address)
+
+
+def socket_owner(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
+    """The uid owning the IPv4 TCP socket `local` -> `remote`, from /proc/net/tcp (None if no
+    such socket: refused, as the firewall would for a socket it cannot attribute)."""
+    want = (_hex_address(*local), _hex_address(*remote))
+    with open(PROC_NET_TCP) as table:
+        next(table)  # the header
+        for line in table:
+            fields = line.split()
+            if (fields[1], fields[2]) == want:
+                return int(fields[7])
+    return None
+
+
+def _hex_address(host: str, port: int) -> str:
+    # The kernel prints the address as a native-endian 32-bit number and the port in host order.
+    (number,) = struct.unpack("=I", socket.inet_aton(host))
+    return f"{number:08X}:{port:04X}"
+
+
+def _role_credentials(instance_id: str) -> dict[str, str]:
+    """What EC2 serves for the instance role: fake, but shaped for botocore's fetcher."""
+    now = time.time()
+    return {
+        "Code": "Success",
+        "LastUpdated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        "Type": "AWS-HMAC",
+        "AccessKeyId": "ASIALOCALWORKERROLE0",
+        "SecretAccessKey": f"local-worker-secret-{instance_id}",
+        "Token": f"local-worker-session-{instance_id}",
+        "Expiration": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 6 * 3600)),
+    }
 
 
 def _handler_for(server: MetadataServer) -> type[BaseHTTPRequestHandler]:

@@ -30,7 +30,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from chalicelib.apps import BUILTIN_APPS, builtin_argv, render_argv
+from chalicelib.apps import (
+    BUILTIN_APPS,
+    ProgramNotAllowed,
+    builtin_argv,
+    check_program,
+    render_argv,
+)
 from chalicelib.config import ArgvApp, LinesSplit
 from chalicelib.domain import Mission, Transaction
 from chalicelib.layout import MISSION_TAG, FailureMarker, PartStamp, failure_key, part_key
@@ -40,7 +46,7 @@ from chalicelib.settings import Settings
 from chalicelib.states import MissionStatus, TransactionStatus, after_failed_attempt
 from chalicelib.store import Conflict, NotFound, Store, StoreError
 from worker_ami.metadata import MetadataSource
-from worker_ami.runner import AppResult, run_app
+from worker_ami.runner import AppResult, app_sandbox, run_app
 
 # How long a worker waits for a mission still being planned (workers can boot that fast locally).
 PLANNING_WAIT_SECONDS = 300.0
@@ -86,6 +92,8 @@ class Verdict(Enum):
 
 def verdict_of(result: AppResult, attempt: int, mission: Mission, interrupted: bool) -> Verdict:
     """Pure: the verdict on an attempt, from its result, the mission's rules and the notice."""
+    if result.refused:  # the stage's policy refuses the program: so would any other attempt
+        return Verdict.FAILED
     if result.aborted or (interrupted and result.exit_code != 0):
         return Verdict.HAND_BACK
     if result.exit_code == 0:
@@ -416,18 +424,23 @@ class WorkerAgent:
         input_path = self._input_for(mission, txn, scratch)
         if not heartbeat.alive:  # lost during the download: not worth starting the app
             return AppResult(0, "", 0.0, aborted=True)
+        sandbox = app_sandbox(self._python)  # who runs the app, and with which {python}
+        # Paths relative to the app's working directory, its scratch: an app user reaches them
+        # without searching the agent's directories above it (it may not, locally).
         values = {
-            "input": str(input_path),
-            "output": str(output),
+            "input": os.path.relpath(input_path, scratch),
+            "output": os.path.relpath(output, scratch),
             "index": txn.index,
             "count": mission.total,
             "start": txn.start,
             "end": txn.end,
             "attempt": txn.attempts,
-            "python": self._python,
+            "python": sandbox.python,
         }
         try:
             argv = render_argv(self._argv_template(mission), values)
+        except ProgramNotAllowed as e:
+            return AppResult(126, f"refused by the worker: {e}", 0.0, refused=True)
         except (KeyError, ValueError, IndexError) as e:
             # Validation refuses such templates; a config stored before a rule changed must
             # still fail as an attempt, not crash the worker.
@@ -438,6 +451,8 @@ class WorkerAgent:
             scratch,
             scratch / "stderr.log",
             keep_going=lambda: not self.interrupted.is_set() and heartbeat.alive,
+            sandbox=sandbox,
+            output=output,
         )
 
     def _apply(
@@ -538,6 +553,8 @@ class WorkerAgent:
     def _argv_template(self, mission: Mission) -> list[str]:
         app = mission.config.app
         if isinstance(app, ArgvApp):
+            # Checked again here, not only by the API: the mission item is all this worker saw.
+            check_program(app.argv, self._settings)
             return list(app.argv)
         return builtin_argv(BUILTIN_APPS[app.builtin], app.params.model_dump())
 
@@ -548,7 +565,11 @@ class WorkerAgent:
         whole = self._download_input(mission)
         split = mission.config.split
         if not isinstance(split, LinesSplit):
-            return whole
+            # The app sees it as `input` in its own directory: a link to the cached copy, which
+            # is the agent's and read-only.
+            view = scratch / "input"
+            view.symlink_to(os.path.relpath(whole, scratch))
+            return view
         offsets = self._offsets(whole, split.lines_per_transaction)
         index = txn.index
         begin = offsets[index]
@@ -563,13 +584,15 @@ class WorkerAgent:
                     break
                 dst.write(chunk)
                 remaining -= len(chunk)
+        sliced.chmod(0o444)  # the agent's, read-only: an app user reads it and cannot write it
         return sliced
 
     def _download_input(self, mission: Mission) -> Path:
         """The whole input, downloaded once per worker and read-only for the apps.
 
-        An app runs as the agent's user (as root, locally), so it could still chmod and change
-        the file; that changes its inode's ctime, and the next attempt gets a fresh download.
+        When the agent is root, apps run as other users and cannot change it at all. When it is
+        not, an app runs as the agent's own user and could chmod and change the file; that
+        changes its inode's ctime, and the next attempt gets a fresh download.
         """
         with self._input_lock:
             path = self._workdir / "input"
@@ -585,6 +608,9 @@ class WorkerAgent:
                 pin = {"VersionId": mission.input_version} if mission.input_version else None
                 self._s3.download_file(source, mission.input_key, str(partial), ExtraArgs=pin)
                 partial.chmod(0o444)
+                # Searchable (not listable) by the app users, who reach `input` from their own
+                # directories through `../input`.
+                self._workdir.chmod(self._workdir.stat().st_mode | 0o001)
                 os.replace(partial, path)  # an app opening the path finds the old or the new one
                 self._input_path, self._input_fingerprint = path, _fingerprint(path)
             return self._input_path

@@ -18,11 +18,12 @@
 set -euo pipefail
 
 readonly SERVICE=lighthpc-worker.service
-readonly SERVICE_USER=lighthpc
 readonly ENV_DIR="${LIGHTHPC_ROOT:-}/etc/lighthpc"
 readonly ENV_FILE="${ENV_DIR}/worker.env"
 
-# The names chalicelib/settings.py reads on the worker side, plus logging. Not here on purpose:
+# The names chalicelib/settings.py reads on the worker side, plus logging. ALLOW_INLINE_ARGV and
+# ALLOWED_PROGRAMS are the stage's argv policy, which the agent checks again before it runs an
+# app: without them a deployed stage runs only the built-in apps. Not here on purpose:
 # AWS_ENDPOINT_URL and credentials (a worker on EC2 talks to AWS with its instance profile),
 # PYTHONPATH and friends (the unit owns the interpreter's setup).
 readonly ALLOWED_KEYS=(
@@ -39,6 +40,8 @@ readonly ALLOWED_KEYS=(
   LEASE_SECONDS
   SPOT_POLL_SECONDS
   LIGHTHPC_IMDS_URL
+  ALLOW_INLINE_ARGV
+  ALLOWED_PROGRAMS
   LOG_LEVEL
   POWERTOOLS_LOG_LEVEL
 )
@@ -110,6 +113,10 @@ done
 if [[ -n "${values[LEASE_SECONDS]+set}" && ! "${values[LEASE_SECONDS]}" =~ ^[1-9][0-9]*$ ]]; then
   die "LEASE_SECONDS must be a positive whole number of seconds"
 fi
+if [[ -n "${values[ALLOW_INLINE_ARGV]+set}" &&
+  ! "${values[ALLOW_INLINE_ARGV]}" =~ ^(true|false)$ ]]; then
+  die "ALLOW_INLINE_ARGV must be true or false"
+fi
 if [[ -n "${values[SPOT_POLL_SECONDS]+set}" &&
   ! "${values[SPOT_POLL_SECONDS]}" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]]; then
   die "SPOT_POLL_SECONDS must be a number of seconds"
@@ -130,11 +137,8 @@ trap 'rm -f -- "${tmp}"' EXIT
     printf '%s=%s\n' "${key}" "${values[${key}]}"
   done < <(printf '%s\n' "${!values[@]}" | LC_ALL=C sort)
 } >"${tmp}"
-chmod 0640 -- "${tmp}"
-# systemd reads the file as root; the group lets the agent's user read it too, nobody else can.
-if group="$(id -gn -- "${SERVICE_USER}" 2>/dev/null)"; then
-  chgrp -- "${group}" "${tmp}"
-fi
+# systemd reads it as root, and the agent runs as root: nobody else (no app user) reads it.
+chmod 0600 -- "${tmp}"
 mv -f -- "${tmp}" "${ENV_FILE}"
 trap - EXIT
 

@@ -1,28 +1,70 @@
-"""Run one app attempt: an argv list in a subprocess (never a shell), with a timeout.
+"""Run one app attempt: an argv list in a subprocess (never a shell), with a timeout, as a user
+that can reach nothing of the worker's.
 
-The app runs in its own process group, and the whole group is killed once the app has exited,
-however it exited: nothing it started outlives its attempt to compete with the next one. Its
-stderr goes through a pipe, so a chatty app cannot fill the worker's disk.
+Who runs the app is decided once per agent process (`app_sandbox`):
+
+* The agent runs as root (on the worker AMI, and locally as root): every app runs as an
+  unprivileged user of its own, one uid of APP_UIDS per running app, with no supplementary
+  groups. That uid has no credentials anywhere: on the AMI a firewall rule rejects its packets to
+  the instance metadata service, where the instance role's credentials are (the local metadata
+  endpoint refuses its connections the same way, see local/imds.py); the input it reads is
+  root's and read-only; its working directory (the attempt's scratch) is the only place it owns.
+  After it exits, every process of that uid is killed, including a daemon that left the process
+  group with setsid: one uid per running app makes "every process of this uid" exactly the app's.
+  Root never runs an app as itself: if it cannot switch users, the attempt fails.
+* Otherwise (a developer's laptop) the app runs as the agent's own user: its environment is still
+  scrubbed and its process group still killed, but it can read whatever the agent can read, and
+  a process that left its group can outlive it.
+
+The app's environment is an allow list (`AppSandbox.environment`): no AWS_* variable, no metadata
+URL, no credentials of any kind. Its stderr goes through a pipe, so a chatty app cannot fill the
+worker's disk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import signal
+import stat
 import subprocess
+import sys
+import sysconfig
+import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import IO
+
+from chalicelib.observability import logger
 
 STDERR_TAIL_BYTES = 2000  # reported with the outcome (and in the email)
 STDERR_LOG_BYTES = 4 * 1024 * 1024  # kept on disk from the start of stderr, besides the tail
 # How long the stderr reader may drain the pipe after the group is killed: a process that left
 # the group (setsid) may hold it open for ever, and must not hold up the attempt too.
 _DRAIN_SECONDS = 5.0
+
+# The uids apps run as: 256, one per running app (a mission's slots are at most 256). A range
+# that systemd leaves unused (60578-61183, between systemd-homed's and DynamicUser's). The worker
+# AMI creates them as lighthpc-app-0..255 with a group each of the same number, and its firewall
+# matches this very range (worker_ami/packer/imds-guard.nft); locally they need no name.
+APP_UID_BASE = 60600
+APP_UID_COUNT = 256
+APP_UIDS = range(APP_UID_BASE, APP_UID_BASE + APP_UID_COUNT)
+# The directory that holds the worker_ami package: on PYTHONPATH for the apps, so the built-in
+# apps (`{python} -m worker_ami.apps...`) import with any interpreter (/opt/lighthpc/app on the
+# AMI).
+CODE_ROOT = str(Path(__file__).resolve().parents[1])
+# Passed through from the agent's environment; everything else is dropped.
+_PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+_DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# What the built-in apps import: an interpreter that can, can run them.
+_PROBE = "import argparse, hashlib, random, re"
 
 
 @dataclass(frozen=True)
@@ -32,6 +74,188 @@ class AppResult:
     seconds: float
     timed_out: bool = False
     aborted: bool = False  # stopped by the agent (lease lost, Spot interruption): no verdict
+    # Not run because this stage's policy refuses the program: it would be refused anywhere,
+    # every time, so the transaction fails at once (no retry).
+    refused: bool = False
+
+
+@dataclass(frozen=True)
+class AppUser:
+    uid: int
+    gid: int
+
+
+class AppUsers:
+    """The app users of this machine, one per running app, shared by every agent process on it
+    (the local fleet runs several): a uid is held by an exclusive flock on its own lock file, which
+    the kernel releases when the holder closes it or dies."""
+
+    def __init__(
+        self, uids: range = APP_UIDS, lock_dir: Path | None = None, poll_seconds: float = 0.1
+    ) -> None:
+        self.uids = uids
+        self._lock_dir = lock_dir or Path(tempfile.gettempdir()) / "lighthpc-app-users"
+        self._poll_seconds = poll_seconds
+        self._quarantined: list[int] = []  # lock fds kept for good: a process of theirs survived
+
+    @contextlib.contextmanager
+    def lease(self, keep_going: Callable[[], bool] | None = None) -> Iterator[_Lease | None]:
+        """A free app user for one attempt, waiting while all are busy (None if `keep_going`
+        says to stop first)."""
+        held = self._acquire(keep_going)
+        if held is None:
+            yield None
+            return
+        try:
+            yield held
+        finally:
+            if held.quarantined:
+                self._quarantined.append(held.fd)
+                logger.error(
+                    "an app user is kept out of use: its processes survived",
+                    extra={
+                        "uid": held.user.uid,
+                    },
+                )
+            else:
+                os.close(held.fd)
+
+    def _acquire(self, keep_going: Callable[[], bool] | None) -> _Lease | None:
+        directory = self._directory()
+        while True:
+            for uid in self.uids:
+                path = directory / f"{uid}.lock"
+                flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open(path, flags, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                return _Lease(AppUser(uid, uid), fd)
+            if keep_going is not None and not keep_going():
+                return None
+            time.sleep(self._poll_seconds)
+
+    def _directory(self) -> Path:
+        """The lock directory: ours alone, or someone could hold (or free) our uids."""
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self._lock_dir, 0o700)
+        s = os.lstat(self._lock_dir)
+        if not stat.S_ISDIR(s.st_mode) or s.st_uid != os.geteuid() or s.st_mode & 0o077:
+            raise PermissionError(f"{self._lock_dir} is not a private directory of this user")
+        return self._lock_dir
+
+
+@dataclass
+class _Lease:
+    user: AppUser
+    fd: int
+    quarantined: bool = False
+
+
+@dataclass(frozen=True)
+class AppSandbox:
+    """How this machine runs apps: as whom, with which interpreter, in which environment."""
+
+    users: AppUsers | None  # None: as the agent's own user (the agent is not root)
+    python: str  # what `{python}` is for the apps
+    pythonpath: tuple[str, ...] = (CODE_ROOT,)
+    # Set when root cannot run apps as an app user: every attempt then fails with this reason.
+    unavailable: str | None = None
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
+
+    @property
+    def isolated(self) -> bool:
+        return self.users is not None
+
+    def environment(self, scratch: Path) -> dict[str, str]:
+        """The app's whole environment: a few harmless variables of the agent's, and its own
+        scratch as HOME and TMPDIR. No AWS_* variable, no metadata URL, no credentials."""
+        env = {k: self.environ[k] for k in _PASSED_THROUGH if self.environ.get(k)}
+        env.setdefault("PATH", _DEFAULT_PATH)
+        env.setdefault("LANG", "C.UTF-8")
+        return env | {
+            "HOME": str(scratch),
+            "TMPDIR": str(scratch),
+            "PYTHONPATH": os.pathsep.join(self.pythonpath),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+
+
+_SANDBOX_LOCK = threading.Lock()
+
+
+def app_sandbox(python: str = sys.executable) -> AppSandbox:
+    """The sandbox of this process, decided once (whichever slot asks first): see the module's
+    docstring."""
+    with _SANDBOX_LOCK:
+        return _decide_sandbox(python)
+
+
+@lru_cache(maxsize=4)
+def _decide_sandbox(python: str) -> AppSandbox:
+    if os.geteuid() != 0:
+        logger.info("apps run as the agent's own user (it is not root): environment scrubbed only")
+        return AppSandbox(users=None, python=python)
+    users = AppUsers()
+    with users.lease() as held:
+        assert held is not None
+        try:
+            chosen = _interpreter_for(held.user, python)
+        except PermissionError as e:
+            reason = f"cannot run apps as an unprivileged user ({e}); root runs no app as itself"
+            logger.error("apps cannot run here", extra={"reason": reason})
+            return AppSandbox(users=users, python=python, unavailable=reason)
+    if chosen is None:
+        reason = f"no Python interpreter that the app users may run (tried {python})"
+        logger.error("apps cannot run here", extra={"reason": reason})
+        return AppSandbox(users=users, python=python, unavailable=reason)
+    pythonpath: tuple[str, ...] = (CODE_ROOT,)
+    if chosen != python:
+        # Locally the agent's interpreter may live where other users cannot go (pyenv under
+        # /root): the apps get a system one of the same version, with the agent's packages.
+        pythonpath += (sysconfig.get_paths()["purelib"],)
+        logger.warning(
+            "the app users cannot run the agent's Python: apps get another of the same version",
+            extra={"agent_python": python, "app_python": chosen},
+        )
+    return AppSandbox(users=users, python=chosen, pythonpath=pythonpath)
+
+
+def _interpreter_for(user: AppUser, python: str) -> str | None:
+    """The first interpreter `user` can run the built-in apps with: `python`, or the system's of
+    the same version. PermissionError if this process cannot switch to `user` at all."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [python, f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"]
+    for candidate in dict.fromkeys(candidates):
+        if not os.path.exists(candidate):
+            continue
+        try:
+            probe = subprocess.run(  # noqa: S603 - argv list, no shell
+                [candidate, "-I", "-S", "-c", _PROBE],
+                cwd="/",
+                env={},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=60,
+                check=False,
+                **_as_user(user),
+            )
+        except PermissionError as e:
+            if e.errno == errno.EPERM:  # from setgroups/setgid/setuid: no switching users here
+                raise
+            continue  # EACCES: the app user cannot reach this interpreter
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if probe.returncode == 0:
+            return candidate
+    return None
+
+
+def _as_user(user: AppUser) -> dict[str, object]:
+    return {"user": user.uid, "group": user.gid, "extra_groups": []}
 
 
 def run_app(
@@ -42,28 +266,90 @@ def run_app(
     keep_going: Callable[[], bool] | None = None,
     tick_seconds: float = 1.0,
     stderr_cap: int = STDERR_LOG_BYTES,
+    sandbox: AppSandbox | None = None,
+    output: Path | None = None,
 ) -> AppResult:
-    """Run `argv`; on timeout kill its whole process group and report exit code -9.
+    """Run `argv` in `cwd`; on timeout kill everything it started and report exit code -9.
 
     `keep_going` is called about every `tick_seconds` while the app runs (the agent's heartbeat
     and interruption check); when it returns False the app is killed and the result `aborted`.
     `log_path` gets the first `stderr_cap` bytes of stderr and its last STDERR_TAIL_BYTES.
+    `output`, if given, is where the app writes its part: once the app is gone it must be a
+    regular file of its own (never a link the agent would follow into another file).
     """
+    sandbox = sandbox or app_sandbox()
+    if sandbox.unavailable is not None:
+        _open_log(log_path).close()
+        return AppResult(126, sandbox.unavailable, 0.0)
+    if sandbox.users is None:
+        return _run(
+            argv,
+            timeout,
+            cwd,
+            log_path,
+            keep_going,
+            tick_seconds,
+            stderr_cap,
+            sandbox,
+            None,
+            output,
+        )
+    with sandbox.users.lease(keep_going) as held:
+        if held is None:  # stopped while every app user was busy
+            _open_log(log_path).close()
+            return AppResult(0, "", 0.0, aborted=True)
+        return _run(
+            argv,
+            timeout,
+            cwd,
+            log_path,
+            keep_going,
+            tick_seconds,
+            stderr_cap,
+            sandbox,
+            held,
+            output,
+        )
+
+
+def _run(
+    argv: list[str],
+    timeout: float,
+    cwd: Path,
+    log_path: Path,
+    keep_going: Callable[[], bool] | None,
+    tick_seconds: float,
+    stderr_cap: int,
+    sandbox: AppSandbox,
+    held: _Lease | None,
+    output: Path | None,
+) -> AppResult:
     began = time.monotonic()
+    # Opened before the app can touch its directory, without following a link it might plant.
+    log = _open_log(log_path)
+    user = held.user if held is not None else None
+    if user is not None:
+        os.chown(cwd, user.uid, user.gid)  # the one place the app may write
+        os.chmod(cwd, 0o700)
     try:
         process = subprocess.Popen(  # noqa: S603 - argv list, no shell, by design
             argv,
             cwd=cwd,
+            env=sandbox.environment(cwd),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group, so the group can be killed
+            umask=0o077,
+            **(_as_user(user) if user is not None else {}),
         )
     except OSError as e:
-        log_path.write_bytes(b"")
+        log.close()
+        if user is not None:
+            _reclaim(cwd)
         return AppResult(127, f"cannot start {argv[0]!r}: {e}", time.monotonic() - began)
     assert process.stderr is not None
-    stderr = _StderrLog(process.stderr, log_path, stderr_cap)
+    stderr = _StderrLog(process.stderr, log, stderr_cap)
     timed_out = aborted = False
     try:
         deadline = began + timeout
@@ -77,11 +363,96 @@ def run_app(
         # group's id, cannot have been reused, so this kills its own group and nobody else's.
         _kill_group(process.pid)
         exit_code = process.wait()
+        if held is not None:
+            # Whatever left the group (setsid, a double fork) is still this uid's, and only this
+            # attempt's: the uid is held for it alone.
+            held.quarantined = not _kill_every_process_of(held.user, sandbox.python)
+            _reclaim(cwd)
         stderr.close()
     tail = stderr.tail()
     if timed_out:
         tail = (tail + f"\nkilled after the transaction timeout of {timeout:g} s").strip()
-    return AppResult(exit_code, tail, time.monotonic() - began, timed_out, aborted)
+    result = AppResult(exit_code, tail, time.monotonic() - began, timed_out, aborted)
+    return _checked_output(result, output)
+
+
+def _open_log(path: Path) -> IO[bytes]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.fdopen(os.open(path, flags, 0o600), "wb")
+
+
+def _reclaim(cwd: Path) -> None:
+    """The scratch directory back to the agent, closed to every app user (the uid's next app
+    included) until the agent removes it."""
+    os.chown(cwd, os.geteuid(), os.getegid())
+    os.chmod(cwd, 0o700)
+
+
+def _checked_output(result: AppResult, output: Path | None) -> AppResult:
+    """The agent reads the part as its own user: it must be a file, not a link to another one."""
+    if output is None or result.exit_code != 0 or result.aborted:
+        return result
+    try:
+        s = os.lstat(output)
+    except FileNotFoundError:
+        return result
+    if stat.S_ISREG(s.st_mode) and s.st_nlink == 1:
+        return result
+    output.unlink()
+    reason = f"the app's output {output.name} is not a file of its own (a link?): refused"
+    return AppResult(1, (result.stderr_tail + "\n" + reason).strip(), result.seconds)
+
+
+# Run as the app user: SIGKILL to every process it may signal (kill(-1) skips the caller), until
+# none of its uid lives. kill(-1) cannot miss a fork under way (the kernel refuses a fork whose
+# parent has a fatal signal pending), so one round is enough; the loop is for certainty. Zombies
+# (killed, not yet reaped by init) are dead already and do not count.
+_KILL_EVERY_PROCESS = """
+import os, signal, sys, time
+me, uid = os.getpid(), os.getuid()
+def alive():
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if int(fields["Uid"].split()[0]) == uid and fields["State"].split()[0] not in "ZX":
+            return True
+    return False
+for _ in range(100):
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:
+        sys.exit(0)
+    if not alive():
+        sys.exit(0)
+    time.sleep(0.02)
+sys.exit(1)
+"""
+
+
+def _kill_every_process_of(user: AppUser, python: str) -> bool:
+    """True once no process of `user` is alive. Done by that user itself, which needs no
+    privilege and sees its own processes wherever /proc hides other users' (ProtectProc)."""
+    try:
+        killer = subprocess.run(  # noqa: S603 - argv list, no shell
+            [python, "-I", "-S", "-c", _KILL_EVERY_PROCESS],
+            cwd="/",
+            env={},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+            check=False,
+            **_as_user(user),
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        logger.error("could not kill the app user's processes", extra={"error": repr(e)})
+        return False
+    return killer.returncode == 0
 
 
 def _exited(process: subprocess.Popen[bytes], seconds: float) -> bool:
@@ -108,16 +479,15 @@ class _StderrLog:
     appended at the end, the middle counted and dropped. Draining never stops, so an app
     writing past the cap is not blocked on a full pipe."""
 
-    def __init__(self, pipe: IO[bytes], path: Path, cap: int) -> None:
+    def __init__(self, pipe: IO[bytes], log: IO[bytes], cap: int) -> None:
         self._fd = pipe.fileno()
         self._pipe = pipe
-        self._path = path
         self._cap = cap
         self._head = 0  # bytes written to disk
         self._total = 0
         self._tail = b""  # the last STDERR_TAIL_BYTES of the stream
         self._lock = threading.Lock()
-        self._log = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._log = log
         self._thread = threading.Thread(target=self._drain, name="app-stderr", daemon=True)
         self._thread.start()
 

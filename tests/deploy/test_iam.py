@@ -80,3 +80,44 @@ def test_functions_terminate_and_launch_only_within_their_stage():
                 }
             if "iam:PassRole" in actions:
                 assert statement["Resource"] == {"Fn::GetAtt": ["WorkerRole", "Arn"]}
+
+
+# What the worker writes (chalicelib/store: the claim cursor and usage on a mission; claim,
+# lease and outcome on a transaction), and what it must never write.
+WORKER_WRITES = {
+    "MissionTable": {"next_index", "instance_seconds", "estimated_cost"},
+    "TransactionTable": {"status", "lease_owner", "lease_expires_at", "attempts", "claims"},
+}
+NEVER_WORKER_WRITTEN = {
+    "MissionTable": {"config_json", "notify", "submitted_by", "n_succeeded", "n_failed"},
+    "TransactionTable": {"counted"},
+}
+KEYS = {"MissionTable": {"mission_id"}, "TransactionTable": {"mission_id", "index"}}
+
+
+def test_the_worker_writes_only_the_attributes_it_needs():
+    """An app that got the instance role's credentials could still write only these: never a
+    mission's config (and so its argv), owner, email or counts, never a transaction's count."""
+    writes = [
+        s
+        for s in worker_statements()
+        if {"dynamodb:UpdateItem", "dynamodb:PutItem"} & set(as_list(s["Action"]))
+    ]
+    assert {s["Resource"]["Fn::GetAtt"][0] for s in writes} == set(WORKER_WRITES)
+    for statement in writes:
+        table = statement["Resource"]["Fn::GetAtt"][0]
+        assert as_list(statement["Action"]) == ["dynamodb:UpdateItem"], statement
+        assert set(statement["Condition"]) == {"ForAllValues:StringEquals"}, statement
+        (listed,) = statement["Condition"]["ForAllValues:StringEquals"].values()
+        listed = set(listed)
+        assert KEYS[table] | WORKER_WRITES[table] <= listed  # AWS wants the key's names too
+        assert not listed & NEVER_WORKER_WRITTEN[table], table
+    # Nothing that replaces or deletes whole items, on any table.
+    every_action = {a for s in worker_statements() for a in as_list(s["Action"])}
+    for action in ("PutItem", "DeleteItem", "BatchWriteItem", "Scan", "TransactWriteItems"):
+        assert f"dynamodb:{action}" not in every_action
+    # The parts only, and the inputs only by version (an app could read no live object).
+    puts = [s for s in worker_statements() if "s3:PutObject" in as_list(s["Action"])]
+    assert [s["Resource"] for s in puts] == [{"Fn::Sub": "${ResultBucket.Arn}/parts/*"}]
+    reads = {a for s in worker_statements() for a in as_list(s["Action"]) if a.startswith("s3:Get")}
+    assert reads == {"s3:GetObjectVersion"}

@@ -3,6 +3,8 @@
 The contract: the launch template's user data runs `lighthpc-bootstrap KEY=VALUE...`, which
 writes the EnvironmentFile of `lighthpc-worker.service`, which runs `worker_ami.agent`, whose
 settings come from `Settings.from_env`; the Packer template uploads what provision.sh installs.
+The apps run as the users provision.sh creates (worker_ami/runner.py's APP_UIDS), which the
+firewall rule the unit loads keeps off the instance metadata service.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.settings import Settings
+from worker_ami.runner import APP_UID_BASE, APP_UID_COUNT, APP_UIDS
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "worker_ami"
@@ -26,6 +29,7 @@ UNIT = WORKER / "lighthpc-worker.service"
 PACKER_DIR = WORKER / "packer"
 TEMPLATE = PACKER_DIR / "worker.pkr.hcl"
 PROVISION = PACKER_DIR / "provision.sh"
+IMDS_GUARD = PACKER_DIR / "imds-guard.nft"
 
 REQUIRED = {
     "LIGHTHPC_STAGE": "dev",
@@ -98,13 +102,15 @@ def test_bootstrap_writes_the_env_file_the_agent_reads(tmp_path: Path) -> None:
         "LEASE_SECONDS": "120",
         "SPOT_POLL_SECONDS": "2.5",
         "LIGHTHPC_IMDS_URL": "http://169.254.169.254",
+        "ALLOW_INLINE_ARGV": "false",
+        "ALLOWED_PROGRAMS": "/opt/tools/bin/blastn,/usr/bin/samtools",
         "POWERTOOLS_LOG_LEVEL": "INFO",
     }
     result = run_bootstrap(tmp_path, "--no-start", *kv(given))
     assert result.returncode == 0, result.stderr
     env_file = env_dir(tmp_path) / "worker.env"
     assert leftovers(tmp_path) == ["worker.env"]  # no temporary file left next to it
-    assert env_file.stat().st_mode & 0o777 == 0o640
+    assert env_file.stat().st_mode & 0o777 == 0o600  # root's alone: no app user reads it
     env = read_env_file(env_file)
     # AWS_DEFAULT_REGION follows AWS_REGION for tools that only read the former.
     assert env == {**given, "AWS_DEFAULT_REGION": "eu-west-1"}
@@ -122,6 +128,9 @@ def test_bootstrap_writes_the_env_file_the_agent_reads(tmp_path: Path) -> None:
     assert settings.lease_seconds == 120
     assert settings.spot_poll_seconds == 2.5
     assert settings.imds_url == "http://169.254.169.254"
+    # The stage's argv policy, which the agent checks again before it runs an app.
+    assert settings.allow_inline_argv is False
+    assert settings.allowed_programs == ("/opt/tools/bin/blastn", "/usr/bin/samtools")
 
 
 def test_bootstrap_rewrites_the_file_and_starts_the_unit(tmp_path: Path) -> None:
@@ -160,6 +169,7 @@ def test_bootstrap_rewrites_the_file_and_starts_the_unit(tmp_path: Path) -> None
         pytest.param(["LEASE_SECONDS=ninety"], "LEASE_SECONDS", id="lease-not-a-number"),
         pytest.param(["LEASE_SECONDS=0"], "LEASE_SECONDS", id="lease-zero"),
         pytest.param(["SPOT_POLL_SECONDS=5s"], "SPOT_POLL_SECONDS", id="poll-not-a-number"),
+        pytest.param(["ALLOW_INLINE_ARGV=maybe"], "true or false", id="inline-not-a-flag"),
     ],
 )
 def test_bootstrap_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
@@ -234,10 +244,22 @@ def unit_value(section: str, key: str) -> str:
     return values[0]
 
 
-def test_unit_runs_the_agent_as_an_unprivileged_user() -> None:
-    user = unit_value("Service", "User")
-    assert user and user not in {"root", "0"}
-    assert unit_value("Service", "Group") not in {"root", "0"}
+# What the agent needs to run each app as its app user and clean up after it (runner.py), and
+# nothing more: no CAP_NET_ADMIN (the firewall rule), no CAP_SYS_ADMIN, no CAP_SYS_PTRACE.
+AGENT_CAPABILITIES = {"CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL", "CAP_DAC_OVERRIDE"}
+
+
+def test_unit_runs_the_agent_as_root_with_only_what_running_apps_needs() -> None:
+    # Root, to switch to the app users (setuid from root to a non-root uid drops every
+    # capability, so the apps get none); bounded to the capabilities that takes.
+    assert unit_value("Service", "User") == "root"
+    assert set(unit_value("Service", "CapabilityBoundingSet").split()) == AGENT_CAPABILITIES
+    assert unit_value("Service", "AmbientCapabilities") == ""
+    assert unit_value("Service", "NoNewPrivileges") == "yes"  # no setuid binary gains anything
+    denied = [v for v in unit_values("Service", "SystemCallFilter") if v.startswith("~")]
+    for group in ("@privileged", "@setuid", "@chown"):  # setuid, setgroups, chown: needed
+        assert not any(group in v.split() or "~" + group in v.split() for v in denied), group
+    assert any("@debug" in v for v in denied)  # the apps inherit it: no ptrace
     argv = shlex.split(unit_value("Service", "ExecStart"))
     assert argv[0] == "/opt/lighthpc/venv/bin/python"
     assert argv[1:3] == ["-m", "worker_ami.agent"]
@@ -264,7 +286,6 @@ def test_unit_reads_the_file_the_bootstrap_writes(tmp_path: Path) -> None:
 
 HARDENING = {
     "NoNewPrivileges": "yes",
-    "CapabilityBoundingSet": "",
     "AmbientCapabilities": "",
     "ProtectSystem": "strict",
     "ProtectHome": "yes",
@@ -381,7 +402,7 @@ def test_worker_requirements_resolve_next_to_the_root_ones() -> None:
 
 def test_smoke_check_expectation_matches_the_app(tmp_path: Path) -> None:
     text = PROVISION.read_text(encoding="utf-8")
-    given = re.search(r"^printf ('[^']*') >\"\$\{smoke\}/input\"$", text, re.M)
+    given = re.search(r"^printf ('[^']*') >\"\$\{smoke\}/app/input\"$", text, re.M)
     call = re.search(r"seq_stats --input input --output part (--start \d+ --end \d+)$", text, re.M)
     expected = re.findall(r"^expected\+?=(\$'[^']*')$", text, re.M)
     assert given and call and expected
@@ -402,6 +423,86 @@ def test_smoke_check_expectation_matches_the_app(tmp_path: Path) -> None:
     assert app.returncode == 0, app.stderr
     # provision.sh compares with "$(cat part)", which drops trailing newlines.
     assert (tmp_path / "part").read_bytes().rstrip(b"\n") == shell.stderr
+
+
+# ---- the apps' users and their firewall rule -------------------------------------------------
+
+
+def provision_constant(name: str) -> str:
+    found = re.search(rf"^readonly {name}=(\S+)$", PROVISION.read_text(encoding="utf-8"), re.M)
+    assert found, f"provision.sh has no readonly {name}"
+    return found.group(1)
+
+
+def test_provision_creates_the_app_users_the_runner_uses() -> None:
+    assert int(provision_constant("APP_UID_BASE")) == APP_UID_BASE
+    assert int(provision_constant("APP_USERS")) == APP_UID_COUNT
+    text = PROVISION.read_text(encoding="utf-8")
+    loop = re.search(
+        r"^for \(\(i = 0; i < APP_USERS; i\+\+\)\); do\n(.*?)^done$", text, re.S | re.M
+    )
+    assert loop, "provision.sh no longer creates the app users in a loop"
+    body = loop.group(1)
+    assert "id=$((APP_UID_BASE + i))" in body
+    assert re.search(r"useradd --system .*--uid \"\$\{id\}\" --gid \"\$\{id\}\"", body)
+    assert "--shell /usr/sbin/nologin" in body
+    assert "groupadd --system" in body and '--gid "${id}"' in body
+    # Each is checked: its own uid and gid, no supplementary group.
+    assert '"${id}:${id}:${id}"' in body
+
+
+def guard_rules() -> list[str]:
+    return [
+        line.strip()
+        for line in IMDS_GUARD.read_text(encoding="utf-8").splitlines()
+        if line.strip().startswith("meta skuid")
+    ]
+
+
+def test_the_firewall_rule_keeps_every_app_user_and_only_them_off_imds() -> None:
+    rules = guard_rules()
+    targets = set()
+    for rule in rules:
+        match = re.fullmatch(r"meta skuid (\d+)-(\d+) (ip6?) daddr (\S+) counter reject", rule)
+        assert match, rule
+        low, high, family, address = match.groups()
+        # Exactly the runner's uids: the agent (root) and everyone else still reach IMDS.
+        assert range(int(low), int(high) + 1) == APP_UIDS, rule
+        targets.add((family, address))
+    assert targets == {("ip", "169.254.169.254"), ("ip6", "fd00:ec2::254")}
+    text = IMDS_GUARD.read_text(encoding="utf-8")
+    assert "type filter hook output priority 0; policy accept;" in text  # a filter, not a wall
+    # Replaced whole on every load, so a restart never stacks or half-applies it.
+    table = "table inet lighthpc_imds_guard"
+    assert text.index(f"\n{table}\n") < text.index(f"\ndelete {table}\n") < text.index(table + " {")
+
+
+def test_the_unit_loads_the_rule_before_the_agent_starts() -> None:
+    guard = provision_constant("GUARD")
+    text = PROVISION.read_text(encoding="utf-8")
+    assert '"${BUILD_DIR}/worker_ami/packer/imds-guard.nft" "${GUARD}"' in text
+    (pre,) = unit_values("Service", "ExecStartPre")
+    # "+": with the privileges the agent does not have (CAP_NET_ADMIN). Its failure fails the
+    # start: the agent never runs an app without the rule.
+    assert shlex.split(pre) == ["+/usr/sbin/nft", "-f", guard]
+    assert "nftables" in re.search(r"^dnf install .*$", text, re.M).group(0)
+
+
+def test_the_bake_checks_the_rule_on_a_real_instance() -> None:
+    """What no test here can do, provision.sh does on the build instance: load the rule, then
+    the agent's user must get an IMDSv2 token and an app user must not."""
+    text = PROVISION.read_text(encoding="utf-8")
+    smoke = text[text.index('log "smoke check"') : text.index('log "cleaning up"')]
+    load = smoke.index('nft -f "${GUARD}"')
+    as_root = smoke.index('imds_token >/dev/null || die "root cannot reach')
+    as_app = smoke.index('if runuser -u "${app_user}" -- bash -c "$(declare -f imds_token)')
+    unload = smoke.index("nft delete table inet lighthpc_imds_guard")
+    assert load < as_root < as_app < unload
+    assert "http://169.254.169.254/latest/api/token" in smoke
+    assert 'app_user="lighthpc-app-0"' in smoke
+    # The built-in app runs as an app user too, and cannot write its input.
+    assert 'as_app "${VENV}/bin/python" -m worker_ami.apps.seq_stats' in smoke
+    assert 'die "an app user could write its read-only input"' in smoke
 
 
 @pytest.mark.parametrize("script", [BOOTSTRAP, PROVISION], ids=lambda p: p.name)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from worker_ami.runner import STDERR_LOG_BYTES, STDERR_TAIL_BYTES, AppResult, run_app
+from worker_ami.runner import STDERR_LOG_BYTES, STDERR_TAIL_BYTES, AppResult, app_sandbox, run_app
 
-PY = sys.executable
+PY = app_sandbox().python  # an interpreter the app users can run (see runner.app_sandbox)
 
 
 def py(code: str) -> list[str]:
