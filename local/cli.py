@@ -142,6 +142,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_input_key(info: Target, filename: str) -> str:
+    """FILENAME in the caller's own folder of the source bucket (GET /me), in deployed stages
+    the only inputs a caller may bind; inputs/FILENAME where any key will do."""
+    status, me = api(info, "GET", "/me")
+    if status != 200:
+        raise CliError(explain(status, me))
+    return f"{me.get('input_prefix') or 'inputs/'}{filename}"
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     info = target(args)
     try:
@@ -152,7 +161,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise CliError(f"config {args.config} must be a JSON object")
     if args.key:
         config["input"] = args.key
-    config.setdefault("input", f"inputs/{Path(args.file).name}")
+    if "input" not in config:
+        config["input"] = default_input_key(info, Path(args.file).name)
     if not Path(args.file).is_file():
         raise CliError(f"input file {args.file} not found")
     status, body = post_once(info, config)

@@ -199,13 +199,14 @@ def post_once(info: Target, config: dict[str, Any], attempts: int = 3) -> tuple[
 def progress_line(mission: dict[str, Any], width: int = 40) -> str:
     counts = mission.get("transactions", {})
     total = counts.get("total") or 0
-    done = counts.get("SUCCEEDED", 0) + counts.get("FAILED", 0)
+    done = counts.get("SUCCEEDED", 0) + counts.get("FAILED", 0) + counts.get("CANCELLED", 0)
     filled = int(width * done / total) if total else 0
     bar = "#" * filled + "." * (width - filled)
     return (
         f"[{bar}] {done}/{total}  {mission['status']:<14}"
         f" pending {counts.get('PENDING', 0)} running {counts.get('RUNNING', 0)}"
         f" succeeded {counts.get('SUCCEEDED', 0)} failed {counts.get('FAILED', 0)}"
+        + (f" cancelled {counts['CANCELLED']}" if counts.get("CANCELLED") else "")
     )
 
 

@@ -78,3 +78,14 @@ def test_cancel_email_says_who_cancelled_it_and_when() -> None:
     )
     assert "10 in all, 3 succeeded, 1 failed, 6 cancelled" in body
     assert "failed:" not in body.replace("1 failed,", "")  # no "The mission failed: ..."
+
+
+def test_the_progress_bar_counts_cancelled_transactions_as_done():
+    from local.client import progress_line
+
+    mission = {
+        "status": "CANCELLED",
+        "transactions": {"total": 4, "SUCCEEDED": 1, "FAILED": 1, "CANCELLED": 2, "PENDING": 0},
+    }
+    line = progress_line(mission, width=8)
+    assert line.startswith("[########] 4/4  CANCELLED") and line.endswith("cancelled 2"), line
