@@ -11,6 +11,7 @@ by pynamodb): 16 of the package's 20 MB, and the cold start's unzip with them.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -65,6 +66,7 @@ def build(stage: str, out: Path) -> Path:
     document = yaml.safe_load(template.read_text())
     pin_stage(document, stage)
     bind_queues(document, stage)
+    pass_argv_policy(document, stage)
     template.write_text(yaml.safe_dump(document, sort_keys=False))
     leave_out_runtime_provided(out / "deployment.zip")
     return template
@@ -115,6 +117,35 @@ def bind_queues(document: dict[str, Any], stage: str) -> None:
                 continue
             queue_name = event["Properties"]["Queue"]["Fn::Sub"].rsplit(":", 1)[-1]
             event["Properties"]["Queue"] = {"Fn::GetAtt": [queues[queue_name], "Arn"]}
+
+
+def stage_environment(stage: str) -> dict[str, str]:
+    """The environment .chalice/config.json gives the functions of `stage`."""
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    return {
+        **config.get("environment_variables", {}),
+        **config["stages"][stage].get("environment_variables", {}),
+    }
+
+
+def pass_argv_policy(document: dict[str, Any], stage: str) -> None:
+    """Give the workers the stage's argv policy (ALLOW_INLINE_ARGV, ALLOWED_PROGRAMS) in their
+    user data: the agent checks each program again before it runs it, and must agree with the
+    API that admitted the mission. The bootstrap takes commas, not spaces, between programs."""
+    env = stage_environment(stage)
+    allow_inline = env.get("ALLOW_INLINE_ARGV", "false").strip().lower()
+    programs = ",".join(env.get("ALLOWED_PROGRAMS", "").replace(",", " ").split())
+    if "${" in programs or "'" in programs:
+        raise ValueError(f"ALLOWED_PROGRAMS of stage {stage!r} cannot go into user data")
+    resources = document["Resources"]
+    (template,) = [r for r in resources.values() if r["Type"] == "AWS::EC2::LaunchTemplate"]
+    user_data = template["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]
+    script = user_data["Fn::Sub"]
+    marker = "  || {"
+    policy = f"  ALLOW_INLINE_ARGV={allow_inline} \\\n  ALLOWED_PROGRAMS='{programs}' \\\n"
+    if marker not in script:
+        raise ValueError("the launch template's user data has no bootstrap call to extend")
+    user_data["Fn::Sub"] = script.replace(marker, policy + marker, 1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@ by resource. Builds the package once (it fetches requirements.txt wheels from th
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -14,7 +15,9 @@ import pytest
 import yaml
 
 import app
+from chalicelib.settings import Settings
 from local.package import build, provided_by_runtime
+from tests.deploy.test_worker_ami import BOOTSTRAP
 
 STAGE = "prod"
 
@@ -258,3 +261,64 @@ def test_the_package_leaves_out_what_the_lambda_runtime_has_and_still_imports(pa
         timeout=120,
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def run_user_data(script: str, root: Path) -> dict[str, str]:
+    """The launch template's user data run for real, with the repo's bootstrap (not starting
+    the unit); returns the env file it wrote for the agent."""
+    script = re.sub(r"\$\{[^}]+\}", "x", script)  # what CloudFormation would substitute
+    script = script.replace("/opt/lighthpc/bin/lighthpc-bootstrap", f"bash {BOOTSTRAP} --no-start")
+    script = script.replace("shutdown -h now", "exit 3")
+    done = subprocess.run(
+        ["bash", "-c", script],
+        env={"PATH": "/usr/bin:/bin", "LIGHTHPC_ROOT": str(root), "LC_ALL": "C"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = (root / "etc" / "lighthpc" / "worker.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
+def test_workers_get_the_stages_argv_policy_from_their_user_data(template, tmp_path):
+    (lt,) = of_type(template, "AWS::EC2::LaunchTemplate").values()
+    script = lt["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+    env = run_user_data(script, tmp_path)
+    assert env["ALLOW_INLINE_ARGV"] == "false" and env["ALLOWED_PROGRAMS"] == ""
+    assert env["LIGHTHPC_STAGE"] == "x"
+
+
+def test_a_stages_allowed_programs_reach_the_worker_as_its_settings_read_them(
+    monkeypatch, tmp_path
+):
+    import local.package
+
+    monkeypatch.setattr(
+        local.package,
+        "stage_environment",
+        lambda stage: {
+            "ALLOW_INLINE_ARGV": "False",
+            "ALLOWED_PROGRAMS": "/usr/bin/blastn  /opt/x,y",
+        },
+    )
+    required = "LIGHTHPC_STAGE AWS_REGION SOURCE_BUCKET RESULT_BUCKET MISSION_TABLE"
+    args = "".join(f"  {k}=v \\\n" for k in (*required.split(), "TRANSACTION_TABLE", "TOPIC_ARN"))
+    bootstrap = "/opt/lighthpc/bin/lighthpc-bootstrap"
+    script = f"#!/bin/bash\n{bootstrap} \\\n{args}  || {{ echo failed >&2; shutdown -h now; }}\n"
+    document = {
+        "Resources": {
+            "WorkerLaunchTemplate": {
+                "Type": "AWS::EC2::LaunchTemplate",
+                "Properties": {
+                    "LaunchTemplateData": {"UserData": {"Fn::Base64": {"Fn::Sub": script}}}
+                },
+            }
+        }
+    }
+    local.package.pass_argv_policy(document, "dev")
+    data = document["Resources"]["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    env = run_user_data(data["UserData"]["Fn::Base64"]["Fn::Sub"], tmp_path)
+    settings = Settings.from_env(env)
+    assert settings.allowed_programs == ("/usr/bin/blastn", "/opt/x", "y")
+    assert settings.allow_inline_argv is False
