@@ -186,7 +186,7 @@ def phase_lifecycle(n: int) -> dict:
         worker_seconds = time.perf_counter() - began
         phases["workers"] = len(counter.calls)
         counter.reset()
-        drain(stack.result_queue_url, lambda_app.result_processor)
+        result_events = drain(stack.result_queue_url, lambda_app.result_processor)
         phases["results"] = len(counter.calls)
         mission = ctx.store.missions.get(mission_id)
         assert mission.status == "SUCCEEDED", mission.status
@@ -201,6 +201,11 @@ def phase_lifecycle(n: int) -> dict:
         "hot_item_writes_per_transaction": writes / n,
         "hottest_prefix": prefix,
         "hot_prefix_requests_per_transaction": requests / n,
+        "hot_item_wcu_per_transaction": hotspots.hottest(hotspots.item_wcu)[1] / n,
+        "hot_prefix_writes_per_transaction": hotspots.hottest(hotspots.prefix_writes)[1] / n,
+        "hot_prefix_reads_per_transaction": hotspots.hottest(hotspots.prefix_reads)[1] / n,
+        "result_events_per_transaction": result_events / n,
+        "result_calls_per_event": phases["results"] / max(result_events, 1),
     }
 
 
@@ -329,6 +334,84 @@ def package_size() -> dict:
     }
 
 
+# ---- the capacity model: measured counts against AWS's documented limits -----------------
+
+# AWS_LIMITS.md: one item's partition takes 1,000 WCU/s; S3 3,500 writes and 5,500 reads per
+# second per partitioned prefix; Lambda 1,000 concurrent executions per Region by default.
+ITEM_WCU_PER_SECOND = 1000
+PREFIX_WRITES_PER_SECOND = 3500
+PREFIX_READS_PER_SECOND = 5500
+LAMBDA_CONCURRENCY = 1000
+RESULT_BATCH = 10  # result_processor's SQS batch size (app.py)
+AWS_CALL_SECONDS = 0.02  # a DynamoDB or small-object S3 call on AWS, for a handler's duration
+TARGET_RATE = 10_000  # transactions/s per mission: HTC-Grid's stated figure
+
+
+def capacity_model(life: dict, instances: int = 1000, slots: int = 4) -> list[dict]:
+    """What one mission's hot spots take at a given transaction rate, from the per-transaction
+    counts measured in the lifecycle phase: 1,000 instances x 4 slots with transactions of 1,
+    10 and 60 s, and the 10,000 transactions/s goal. Headroom is the limit over the load; the
+    goal is every headroom at least 2 (below half the limit)."""
+    rows = []
+    rates = [
+        (f"{instances:,} x {slots} slots, {t} s transactions", instances * slots / t)
+        for t in (1, 10, 60)
+    ]
+    rates.append((f"goal: {TARGET_RATE:,} transactions/s", TARGET_RATE))
+    handler_seconds = RESULT_BATCH * life["result_calls_per_event"] * AWS_CALL_SECONDS
+    for label, rate in rates:
+        loads = {
+            "hot_item_wcu_per_s": (
+                rate * life["hot_item_wcu_per_transaction"],
+                ITEM_WCU_PER_SECOND,
+            ),
+            "prefix_writes_per_s": (
+                rate * life["hot_prefix_writes_per_transaction"],
+                PREFIX_WRITES_PER_SECOND,
+            ),
+            "prefix_reads_per_s": (
+                rate * life["hot_prefix_reads_per_transaction"],
+                PREFIX_READS_PER_SECOND,
+            ),
+            "result_concurrency": (
+                rate * life["result_events_per_transaction"] / RESULT_BATCH * handler_seconds,
+                LAMBDA_CONCURRENCY,
+            ),
+        }
+        row: dict[str, Any] = {"case": label, "transactions_per_s": rate}
+        for name, (load, limit) in loads.items():
+            row[name] = load
+            row[name.removesuffix("_per_s") + "_headroom"] = limit / load if load else None
+        row["result_invocations_per_s"] = (
+            rate * life["result_events_per_transaction"] / RESULT_BATCH
+        )
+        row["within_half_of_every_limit"] = all(load <= limit / 2 for load, limit in loads.values())
+        rows.append(row)
+    return rows
+
+
+def render_capacity(rows: list[dict]) -> str:
+    def cell(load: float, headroom: float | None) -> str:
+        return f"{load:,.0f} ({headroom:,.1f}x)" if headroom else f"{load:,.0f}"
+
+    lines = [
+        "| case | tx/s | hottest item WCU/s (limit 1,000) | hottest prefix writes/s (3,500)"
+        " | reads/s (5,500) | result_processor invocations/s, concurrency (1,000) | all below half |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['transactions_per_s']:,.0f}"
+            f" | {cell(r['hot_item_wcu_per_s'], r['hot_item_wcu_headroom'])}"
+            f" | {cell(r['prefix_writes_per_s'], r['prefix_writes_headroom'])}"
+            f" | {cell(r['prefix_reads_per_s'], r['prefix_reads_headroom'])}"
+            f" | {r['result_invocations_per_s']:,.0f},"
+            f" {cell(r['result_concurrency'], r['result_concurrency_headroom'])}"
+            f" | {'yes' if r['within_half_of_every_limit'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
 # ---- orchestration -----------------------------------------------------------------------
 
 
@@ -377,7 +460,10 @@ def main() -> int:
         "package": package_size(),
         "quick": args.quick,
     }
+    results["capacity_model"] = capacity_model(lifecycle)
     print(render(results, sizes))
+    print("\ncapacity model (measured per-transaction counts against AWS's limits; headroom):")
+    print(render_capacity(results["capacity_model"]))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"\nwritten: {RESULTS / 'bench.json'}")

@@ -21,7 +21,9 @@ from local.faults import on_every_client
 
 # DynamoDB operations that write, and how to find the items they write in their parameters.
 _SINGLE_WRITES = {"PutItem": "Item", "UpdateItem": "Key", "DeleteItem": "Key"}
-_S3_KEYED = {"PutObject", "GetObject", "HeadObject", "CopyObject", "UploadPart", "UploadPartCopy"}
+_S3_READS = {"GetObject", "HeadObject"}
+_S3_WRITES = {"PutObject", "CopyObject", "UploadPart", "UploadPartCopy", "DeleteObject"}
+_S3_KEYED = _S3_READS | _S3_WRITES
 
 
 def _key_of(table: str, key: dict[str, Any], key_names: tuple[str, ...] | None = None) -> str:
@@ -39,18 +41,27 @@ class HotspotCounter:
         self.key_names = key_names
         self.prefix_depth = prefix_depth
         self.item_writes: Counter[str] = Counter()
+        # Write capacity units per item: a write inside TransactWriteItems costs two.
+        self.item_wcu: Counter[str] = Counter()
         self.prefix_requests: Counter[str] = Counter()
+        self.prefix_writes: Counter[str] = Counter()
+        self.prefix_reads: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     def __call__(self, params: dict[str, Any], model: Any = None, **_: Any) -> None:
         service, operation = model.service_model.service_name, model.name
         with self._lock:
             if service == "dynamodb":
+                units = 2 if operation == "TransactWriteItems" else 1
                 for table, key in self._written(operation, params):
-                    self.item_writes[_key_of(table, key, self.key_names.get(table))] += 1
+                    item = _key_of(table, key, self.key_names.get(table))
+                    self.item_writes[item] += 1
+                    self.item_wcu[item] += units
             elif service == "s3" and operation in _S3_KEYED and "Key" in params:
                 segments = str(params["Key"]).split("/")[: self.prefix_depth]
-                self.prefix_requests[f"{params.get('Bucket')}/{'/'.join(segments)}"] += 1
+                prefix = f"{params.get('Bucket')}/{'/'.join(segments)}"
+                self.prefix_requests[prefix] += 1
+                (self.prefix_reads if operation in _S3_READS else self.prefix_writes)[prefix] += 1
 
     def _written(self, operation: str, params: dict[str, Any]) -> Iterator[tuple[str, dict]]:
         if operation in _SINGLE_WRITES:
@@ -75,11 +86,20 @@ class HotspotCounter:
 
     def reset(self) -> None:
         with self._lock:
-            self.item_writes.clear()
-            self.prefix_requests.clear()
+            for counter in (
+                self.item_writes,
+                self.item_wcu,
+                self.prefix_requests,
+                self.prefix_writes,
+                self.prefix_reads,
+            ):
+                counter.clear()
 
     def hottest_item(self) -> tuple[str, int]:
         return self.item_writes.most_common(1)[0] if self.item_writes else ("", 0)
 
     def hottest_prefix(self) -> tuple[str, int]:
         return self.prefix_requests.most_common(1)[0] if self.prefix_requests else ("", 0)
+
+    def hottest(self, counter: Counter[str]) -> tuple[str, int]:
+        return counter.most_common(1)[0] if counter else ("", 0)

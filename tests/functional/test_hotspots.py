@@ -65,5 +65,7 @@ def test_writes_are_counted_per_item_and_requests_per_prefix():
     assert writes == 3 and '"sk": {"N": "0"}' in item, counter.item_writes
     assert counter.item_writes[item.replace('"N": "0"', '"N": "1"')] == 2  # Put, then Delete
     assert sum(counter.item_writes.values()) == 5  # the ConditionCheck wrote nothing
+    assert counter.hottest(counter.item_wcu)[1] == 4  # Put 1, ADD 1, in a transaction 2
     assert counter.hottest_prefix() == ("bucket/parts/m-1", 3)
+    assert counter.prefix_writes["bucket/parts/m-1"] == 3 and not counter.prefix_reads
     assert counter.prefix_requests["bucket/parts/m-2"] == 1
