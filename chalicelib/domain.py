@@ -48,6 +48,8 @@ class Mission:
     instances: int = 0
     relaunches: int = 0
     relaunched_at: datetime | None = None
+    requeued: int = 0  # transactions ever sent back for another attempt
+    reclaimed: int = 0  # of those, claimed again
     launch_errors: str | None = None
     instance_seconds: float = 0.0
     estimated_cost: float = 0.0  # USD
@@ -76,6 +78,11 @@ class Mission:
     @property
     def remaining(self) -> int:
         return self.total - self.counted
+
+    @property
+    def waiting(self) -> int:
+        """Transactions sent back and not yet claimed again (the retry index, counted)."""
+        return max(0, self.requeued - self.reclaimed)
 
     @property
     def terminal(self) -> bool:

@@ -129,7 +129,7 @@ def describe(ctx: Context, mission_id: str, caller: Caller) -> dict[str, Any]:
     return {
         **mission_summary(ctx, mission),
         # The very counts the email shows (for a cancelled mission: final, and no query).
-        "transactions": transaction_counts(ctx, mission),
+        "transactions": transaction_counts(mission),
         "instances": mission.instances,
         "instance_seconds": round(mission.instance_seconds, 3),
         "estimated_cost_usd": round(mission.estimated_cost, 6),

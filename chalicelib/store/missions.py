@@ -47,6 +47,8 @@ def mission_of(item: MissionModel) -> Mission:
         failed=int(item.n_failed or 0),
         instances=int(item.n_instances or 0),
         relaunches=int(item.relaunches or 0),
+        requeued=int(item.n_requeued or 0),
+        reclaimed=int(item.n_reclaimed or 0),
         relaunched_at=item.relaunched_at,
         launch_errors=item.launch_errors,
         instance_seconds=float(item.instance_seconds or 0),

@@ -106,6 +106,11 @@ class MissionModel(_RetriesTransient, Model):
     n_failed = NumberAttribute(default=0)
     n_instances = NumberAttribute(default=0)
     relaunches = NumberAttribute(default=0)
+    # Retry bookkeeping, so status counts need no query: transactions sent back for another
+    # attempt, and retries claimed again (waiting = requeued - reclaimed). Only failures and
+    # hand-backs write them, never the normal path of a transaction.
+    n_requeued = NumberAttribute(default=0)
+    n_reclaimed = NumberAttribute(default=0)
     relaunched_at = UTCDateTimeAttribute(null=True)  # the last relaunch: its instances boot
     # Interrupted instances already replaced: a redelivered Spot warning replaces nothing twice.
     replaced_instances = UnicodeSetAttribute(null=True)

@@ -190,11 +190,19 @@ class TransactionStore:
                 TransactionModel.end.set(first.end),
             ]
             condition = TransactionModel.index.does_not_exist()  # no item: PENDING
-        else:
-            condition = TransactionModel.status.is_in(*transaction_sources(T.RUNNING))
-        with conditional(f"claim transaction {index} of {mission_id}") as write:
-            item.update(actions=actions, condition=condition)
-        return transaction_of(item) if write.applied else None
+            with conditional(f"claim transaction {index} of {mission_id}") as write:
+                item.update(actions=actions, condition=condition)
+            return transaction_of(item) if write.applied else None
+        # A retry: claimed with the mission's count of reclaimed retries, atomically, so the
+        # status counts stay exact without reading a single transaction.
+        condition = TransactionModel.status.is_in(*transaction_sources(T.RUNNING))
+        with (
+            conditional(f"claim the retry {index} of {mission_id}") as write,
+            self._atomic() as tx,
+        ):
+            tx.update(item, actions=actions, condition=condition)
+            tx.update(MissionModel(mission_id), actions=[MissionModel.n_reclaimed.add(1)])
+        return self._get(mission_id, index) if write.applied else None
 
     # ---- attempts (the worker) --------------------------------------------------------------
 
@@ -266,11 +274,15 @@ class TransactionStore:
         condition = TransactionModel.status.is_in(*transaction_sources(T.PENDING)) & _claim_of(
             txn, owner
         )
-        with translated(
-            f"release transaction {txn.index}",
-            refused=f"transaction {txn.index} is no longer held by {owner}",
+        with (
+            translated(
+                f"release transaction {txn.index}",
+                refused=f"transaction {txn.index} is no longer held by {owner}",
+            ),
+            self._atomic() as tx,
         ):
-            TransactionModel(txn.mission_id, txn.index).update(
+            tx.update(
+                TransactionModel(txn.mission_id, txn.index),
                 actions=[
                     TransactionModel.status.set(T.PENDING.value),
                     *actions,
@@ -280,6 +292,7 @@ class TransactionStore:
                 ],
                 condition=condition,
             )
+            tx.update(MissionModel(txn.mission_id), actions=[MissionModel.n_requeued.add(1)])
 
     # ---- a cancelled mission (its worker, or the sweeper) ----------------------------------
 
@@ -326,8 +339,12 @@ class TransactionStore:
             & _claim_of(txn, txn.lease_owner or "")
             & (TransactionModel.lease_expires_at < now)
         )
-        with conditional(f"take back transaction {txn.index}") as write:
-            TransactionModel(txn.mission_id, txn.index).update(actions=actions, condition=condition)
+        with conditional(f"take back transaction {txn.index}") as write, self._atomic() as tx:
+            tx.update(
+                TransactionModel(txn.mission_id, txn.index), actions=actions, condition=condition
+            )
+            if requeue:
+                tx.update(MissionModel(txn.mission_id), actions=[MissionModel.n_requeued.add(1)])
         return write.applied
 
     def requeue_lost_claims(self, mission: Mission, now: float) -> list[int]:
@@ -356,8 +373,11 @@ class TransactionStore:
                 retry_rank=_retry_rank(now),
                 error="claim lost: its worker ended before the claim was written",
             )
-            with conditional(f"requeue transaction {index}") as write:
-                item.save(condition=TransactionModel.index.does_not_exist())
+            with conditional(f"requeue transaction {index}") as write, self._atomic() as tx:
+                tx.save(item, condition=TransactionModel.index.does_not_exist())
+                tx.update(
+                    MissionModel(mission.mission_id), actions=[MissionModel.n_requeued.add(1)]
+                )
             if write.applied:
                 requeued.append(index)
         return requeued
