@@ -275,6 +275,188 @@ def _ts(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
+# ---- phase: byte-range splitting -------------------------------------------------------------
+
+
+def generate_text(path: Path, size: int, seed: int = 13) -> tuple[str, int]:
+    """`size` bytes of text: a block of random lines (a few longer than the overlap) repeated,
+    cut at `size` wherever that falls (so most likely without a final newline). Returns the
+    sha256 and the line count: the single-process run of `cat` and of `wc -l` over it."""
+    import hashlib
+    import random
+
+    rng = random.Random(seed)
+    lines = []
+    for n in range(40_000):
+        length = 40 * 1024 if n % 9_999 == 0 else rng.randint(0, 200)
+        lines.append("".join(rng.choices("ACGT acgt,.;:xyz", k=length)).encode() + b"\n")
+    block = b"".join(lines)
+    digest, newlines, written = hashlib.sha256(), 0, 0
+    with path.open("wb") as f:
+        while written < size:
+            piece = block[: size - written]
+            f.write(piece)
+            digest.update(piece)
+            newlines += piece.count(b"\n")
+            written += len(piece)
+    last_partial = piece[-1:] != b"\n"
+    return digest.hexdigest(), newlines + (1 if last_partial else 0)
+
+
+class _Window:
+    """A stored object's bytes read only where sliced: moto serves a Range by reading the whole
+    object and slicing it, which for 1,000 ranges of a 1 GiB object copies a terabyte."""
+
+    def __init__(self, key: Any) -> None:
+        self._key = key
+
+    def __len__(self) -> int:
+        return int(self._key.contentsize)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def __getitem__(self, window: slice) -> bytes:
+        start, stop, _ = window.indices(len(self))
+        with self._key.lock:
+            self._key._value_buffer.seek(start)
+            return self._key._value_buffer.read(max(stop - start, 0))
+
+
+def _moto_reads_ranges_in_place(threshold: int = 64 * 1024 * 1024) -> Any:
+    """While active: a ranged GetObject of an object above `threshold` reads only its range
+    (the same answer, the same bytes sent). Only ranged reads of such objects may happen."""
+    from contextlib import contextmanager
+
+    from moto.s3.models import FakeKey
+
+    @contextmanager
+    def patched() -> Any:
+        original = FakeKey.value
+
+        def value(self: Any) -> Any:
+            return _Window(self) if self.contentsize > threshold else original.fget(self)
+
+        FakeKey.value = property(value, original.fset)  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            FakeKey.value = original  # type: ignore[method-assign]
+
+    return patched()
+
+
+def render_bytes(b: dict) -> str:
+    mib, kib = 1024 * 1024, 1024
+    goal = f"at most 1.01x + 64 KiB per chunk = {b['worker_goal_bytes'] / mib:,.1f} MiB"
+    rows = [
+        "| measure | measured | goal |",
+        "|---|---|---|",
+        f"| input: generated text, {b['lines']:,} lines, split into {b['chunks']:,} chunks |"
+        f" {b['input_bytes'] / mib:,.0f} MiB | |",
+        f"| bytes read by the scheduler (HeadObject, then {b['scheduler_reads']} ranged read) |"
+        f" {b['scheduler_bytes_read'] / kib:,.1f} KiB | at most 64 KiB |",
+        f"| bytes read by all workers ({b['worker_reads']:,} ranged reads, overlap"
+        f" {b['overlap_bytes'] // kib} KiB) | {b['worker_bytes_read'] / mib:,.1f} MiB"
+        f" ({b['worker_read_ratio']:.4f}x the input) | {goal} |",
+        f"| merged output (cat, wc -l) equals the single-process run |"
+        f" {'yes' if b['output_matches_single_process'] else 'NO'} | yes |",
+    ]
+    return "\n".join(rows)
+
+
+def phase_bytes(size_mib: int = 1024, chunks: int = 1000) -> dict:
+    """A generated text input split into `chunks` byte ranges: what the scheduler reads of it
+    (HeadObject, then a 64 KiB sniff), what all workers read (each its chunk by a ranged read
+    and a little past it), and the merged output of `cat` and `wc -l` against one run over the
+    whole input. The workers' range fetch and alignment is the agent's own (`_fetch_chunk`), in
+    this process; the apps are the merge of their outputs (cat: the slices in index order;
+    wc -l: their line counts summed), so no 1,000 processes are started."""
+    import hashlib
+
+    import app as lambda_app
+    from chalicelib.capacity import mission_instances
+    from chalicelib.context import get_context, reset_process_state
+    from chalicelib.domain import Transaction
+    from chalicelib.missions import submit
+    from chalicelib.splitting import OVERLAP_BYTES
+    from local.embedded import embedded_aws
+    from local.inprocess import agent_for
+    from local.s3reads import S3ReadCounter
+
+    size = size_mib * 1024 * 1024
+    workdir = Path(tempfile.mkdtemp(prefix="bench-bytes-"))
+    source_file = workdir / "input.txt"
+    began = time.perf_counter()
+    single_sha256, single_lines = generate_text(source_file, size)
+    generate_seconds = time.perf_counter() - began
+    reads = S3ReadCounter()
+    key = "bench/big.txt"
+    with (
+        embedded_aws(server=False, env=BENCH_ENV) as embedded,
+        reads.installed(),
+        _moto_reads_ranges_in_place(),
+    ):
+        stack = embedded.stack
+        reset_process_state()
+        ctx = get_context()
+        ctx.aws.sqs.purge_queue(QueueUrl=stack.source_queue_url)
+        bucket = stack.outputs["SourceBucketName"]
+        body = {
+            "name": "bench bytes",
+            "input": key,
+            "split": {"mode": "bytes", "chunks": chunks, "align": "line"},
+            "app": {"argv": ["cp", "{input}", "{output}"]},
+            "instances": {"max_instances": 1, "slots": 4},
+        }
+        mission_id = submit(ctx, json.dumps(body))["mission_id"]
+        began = time.perf_counter()
+        ctx.aws.s3.upload_file(str(source_file), bucket, key)
+        upload_seconds = time.perf_counter() - began
+        source_file.unlink()  # moto holds its own copy
+        reads.reset()
+        drain(stack.source_queue_url, lambda_app.light_scheduler)
+        scheduler = reads.of(bucket, key)
+        mission = ctx.store.missions.get(mission_id)
+        assert mission.status == "RUNNING", (mission.status, mission.error)
+        (instance, *_) = mission_instances(ctx.aws.ec2, mission_id, ["running"])
+        agent = agent_for(instance, workdir / "worker")
+        reads.reset()
+        merged, merged_lines, empty = hashlib.sha256(), 0, 0
+        began = time.perf_counter()
+        for s in mission.plan.slices():
+            parts: list[bytes] = []
+            agent._fetch_chunk(mission, Transaction.pending(mission_id, s), parts.append)
+            data = b"".join(parts)
+            merged.update(data)  # cat's part, merged in index order
+            merged_lines += data.count(b"\n") + (1 if data[-1:] not in (b"", b"\n") else 0)
+            empty += not data
+        worker_seconds = time.perf_counter() - began
+        workers = reads.of(bucket, key)
+    worker_bytes = sum(r.bytes for r in workers)
+    goal = 1.01 * size + 64 * 1024 * mission.plan.count
+    matches = merged.hexdigest() == single_sha256 and merged_lines == single_lines
+    return {
+        "input_bytes": size,
+        "chunks": mission.plan.count,
+        "overlap_bytes": OVERLAP_BYTES,
+        "scheduler_bytes_read": sum(r.bytes for r in scheduler),
+        "scheduler_reads": len(scheduler),
+        "scheduler_goal_bytes": 64 * 1024,
+        "worker_bytes_read": worker_bytes,
+        "worker_reads": len(workers),
+        "worker_read_ratio": worker_bytes / size,
+        "worker_goal_bytes": goal,
+        "worker_within_goal": worker_bytes <= goal,
+        "empty_chunks": empty,
+        "lines": single_lines,
+        "output_matches_single_process": matches,
+        "generate_seconds": round(generate_seconds, 2),
+        "upload_seconds": round(upload_seconds, 2),
+        "worker_seconds": round(worker_seconds, 2),
+    }
+
+
 # ---- phases with no AWS ---------------------------------------------------------------------
 
 
@@ -438,6 +620,7 @@ def main() -> int:
             "submission": phase_submission,
             "lifecycle": phase_lifecycle,
             "fleet": phase_fleet,
+            "bytes": phase_bytes,
         }[args.phase]
         print(json.dumps(phase(**json.loads(args.args))))
         return 0
@@ -450,10 +633,13 @@ def main() -> int:
     lifecycle = run_phase("lifecycle", n=100 if args.quick else 200)
     print("running: fleet ...", file=sys.stderr, flush=True)
     fleet = run_phase("fleet", n=48 if args.quick else 96, missions=3)
+    print("running: bytes ...", file=sys.stderr, flush=True)
+    split = run_phase("bytes", size_mib=256 if args.quick else 1024, chunks=1000)
     results = {
         "submission": submission,
         "lifecycle": lifecycle,
         "fleet": fleet,
+        "bytes": split,
         "billed": billed_instance_seconds(1000, 60, 90, 4, max_instances=250),
         "billed_capped": billed_instance_seconds(1000, 60, 90, 4, max_instances=50),
         "import_app_seconds": import_time(),
@@ -464,6 +650,8 @@ def main() -> int:
     print(render(results, sizes))
     print("\ncapacity model (measured per-transaction counts against AWS's limits; headroom):")
     print(render_capacity(results["capacity_model"]))
+    print("\nbyte-range splitting (bytes mode, the agent's own range fetch and alignment):")
+    print(render_bytes(results["bytes"]))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"\nwritten: {RESULTS / 'bench.json'}")

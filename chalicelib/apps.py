@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from chalicelib.settings import Settings
 
-# {input}: path of the input (in `lines` mode: this transaction's slice of lines)
+# {input}: path of the input (in `lines` mode: this transaction's slice of lines; in `bytes`
+#          mode: the lines, or records, that begin in its byte range; possibly none)
 # {output}: path the app must write its part to
 # {index} {count}: this transaction's index and the mission's transaction count
-# {start} {end}: the half-open interval [start, end) (interval values or line numbers)
+# {start} {end}: the half-open interval [start, end) (interval values, line numbers, or in
+#                `bytes` mode the chunk's byte range of the input)
 # {attempt}: 1 for the first attempt, 2 for the first retry, ...
 # {python}: the worker's Python interpreter (used by the built-in apps)
 PLACEHOLDERS = frozenset({"input", "output", "index", "count", "start", "end", "attempt", "python"})
@@ -27,8 +29,9 @@ PLACEHOLDERS = frozenset({"input", "output", "index", "count", "start", "end", "
 class BuiltinApp:
     name: str
     module: str
-    split_mode: str  # the split mode the app understands: "count" or "lines"
+    split_mode: str  # the split mode the app understands: "count", "lines" or "bytes"
     summary: str
+    align: str | None = None  # bytes mode: where its chunks must be cut ("line" or "fasta")
 
 
 BUILTIN_APPS: dict[str, BuiltinApp] = {
@@ -45,6 +48,13 @@ BUILTIN_APPS: dict[str, BuiltinApp] = {
             module="worker_ami.apps.seq_stats",
             split_mode="lines",
             summary="length, GC fraction and digest of each sequence line of the slice",
+        ),
+        BuiltinApp(
+            name="fasta-stats",
+            module="worker_ami.apps.fasta_stats",
+            split_mode="bytes",
+            align="fasta",
+            summary="name, length, GC fraction and digest of each FASTA record of the chunk",
         ),
     )
 }

@@ -158,7 +158,39 @@ class LinesSplit(_Strict):
     lines_per_transaction: int = Field(ge=1, le=100_000_000)
 
 
-Split = Annotated[CountSplit | LinesSplit, Field(discriminator="mode")]
+# The largest input any stage may allow (S3's largest single PUT); the stage's own limit,
+# MAX_INPUT_BYTES, is applied at planning.
+MAX_CHUNK_BYTES = 5 * 1024**3
+
+
+class BytesSplit(_Strict):
+    """Chunks of the input's bytes, each cut to whole lines (or FASTA records): `chunks` chunks
+    of equal size (within a byte), or as many chunks of at most `chunk_bytes` as the input needs.
+    The plan is a formula over the input's size; each worker reads only its own chunk."""
+
+    mode: Literal["bytes"]
+    chunks: int | None = Field(default=None, ge=1, le=MAX_TRANSACTIONS_EVER)
+    chunk_bytes: int | None = Field(default=None, ge=1, le=MAX_CHUNK_BYTES)
+    # Where a chunk may be cut: at a line's start, or at a record's (a line beginning with `>`).
+    # Default: what a built-in app needs, else "line".
+    align: Literal["line", "fasta"] | None = None
+
+    @field_validator("chunks")
+    @classmethod
+    def _within_limits(cls, chunks: int | None, info: ValidationInfo) -> int | None:
+        settings = _settings(info)
+        if chunks is not None and settings is not None and chunks > settings.max_transactions:
+            raise ValueError(f"at most {settings.max_transactions} transactions in this stage")
+        return chunks
+
+    @model_validator(mode="after")
+    def _one_size(self) -> BytesSplit:
+        if (self.chunks is None) == (self.chunk_bytes is None):
+            raise ValueError("give exactly one of chunks and chunk_bytes")
+        return self
+
+
+Split = Annotated[CountSplit | LinesSplit | BytesSplit, Field(discriminator="mode")]
 
 
 class KmerMatchParams(_Strict):
@@ -171,6 +203,10 @@ class SeqStatsParams(_Strict):
     pass
 
 
+class FastaStatsParams(_Strict):
+    pass
+
+
 class KmerMatchApp(_Strict):
     builtin: Literal["kmer-match"]
     params: KmerMatchParams = KmerMatchParams()
@@ -179,6 +215,11 @@ class KmerMatchApp(_Strict):
 class SeqStatsApp(_Strict):
     builtin: Literal["seq-stats"]
     params: SeqStatsParams = SeqStatsParams()
+
+
+class FastaStatsApp(_Strict):
+    builtin: Literal["fasta-stats"]
+    params: FastaStatsParams = FastaStatsParams()
 
 
 ArgvElement = Annotated[
@@ -228,6 +269,7 @@ def _app_tag(value: Any) -> str | None:
 AppSpec = Annotated[
     Annotated[KmerMatchApp, Tag("kmer-match")]
     | Annotated[SeqStatsApp, Tag("seq-stats")]
+    | Annotated[FastaStatsApp, Tag("fasta-stats")]
     | Annotated[ArgvApp, Tag("argv")],
     Discriminator(
         _app_tag,
@@ -338,12 +380,25 @@ class MissionConfig(_Strict):
             wanted = BUILTIN_APPS[builtin].split_mode
             if wanted != split.mode:
                 raise ValueError(f"app {builtin!r} needs split mode {wanted!r}")
+            align = BUILTIN_APPS[builtin].align
+            if isinstance(split, BytesSplit) and split.align not in (None, align):
+                raise ValueError(f"app {builtin!r} needs split.align {align!r}")
         return app
 
 
 def slots_per_instance(instances: Instances) -> int:
     """The configured slots, or the vCPUs of the first instance type (1 if unknown)."""
     return instances.slots or vcpus(instances.types[0]) or 1
+
+
+def split_align(config: MissionConfig) -> Literal["line", "fasta"]:
+    """Where a bytes-mode mission's chunks are cut: as configured, else as its built-in app
+    needs, else at lines."""
+    split, builtin = config.split, getattr(config.app, "builtin", None)
+    if isinstance(split, BytesSplit) and split.align is not None:
+        return split.align
+    wanted = BUILTIN_APPS[builtin].align if builtin is not None else None
+    return "fasta" if wanted == "fasta" else "line"
 
 
 def exit_rules(config: MissionConfig) -> list[tuple[str, str]]:
@@ -354,7 +409,7 @@ def _settings(info: ValidationInfo) -> Settings | None:
     return (info.context or {}).get("settings")
 
 
-_UNION_TAGS = {"app": {*BUILTIN_APPS, "argv"}, "split": {"count", "lines"}}
+_UNION_TAGS = {"app": {*BUILTIN_APPS, "argv"}, "split": {"count", "lines", "bytes"}}
 
 
 def _field_name(loc: tuple[int | str, ...]) -> str:

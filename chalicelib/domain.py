@@ -59,8 +59,9 @@ class Mission:
 
     @cached_property
     def plan(self) -> Plan:
-        """The formula for slice `i` (a lines-mode plan is empty until the lines are counted)."""
-        return Plan.for_split(self.config.split, self.input_lines)
+        """The formula for slice `i` (a lines-mode plan is empty until the lines are counted, a
+        bytes-mode plan until the input's size is recorded)."""
+        return Plan.for_split(self.config.split, self.input_lines, self.input_bytes)
 
     @property
     def input_pin(self) -> dict[str, str]:

@@ -52,6 +52,16 @@ def manifest_key(mission_id: str) -> str:
     return f"{RESULTS_PREFIX}{mission_id}/manifest.json"
 
 
+PLANS_PREFIX = "plans/"
+
+
+def line_index_key(mission_id: str) -> str:
+    """Lines mode: where each slice's first byte lies in the input, one little-endian uint64 per
+    slice (`chalicelib.splitting`), in the result bucket: written by the scheduler as it counts
+    the lines, read by each worker for its own slice (a 16-byte range)."""
+    return f"{PLANS_PREFIX}{mission_id}/line-offsets.u64"
+
+
 def pinned_input(version: str | None, etag: str | None) -> dict[str, str]:
     """GetObject arguments that read exactly the input a mission planned: its version (the
     source bucket is versioned), or, where there is none, its ETag (S3 answers 412 if the object

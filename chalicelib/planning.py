@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from chalicelib.config import CountSplit, LinesSplit
+from chalicelib.config import BytesSplit, CountSplit, LinesSplit
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,10 @@ class Slice:
 
 @dataclass(frozen=True)
 class Plan:
-    """`count` slices of [start, end) (sizes differ by at most one), or lines in fixed steps."""
+    """`count` slices of [start, end) (sizes differ by at most one), or lines in fixed steps.
+
+    Bytes mode is the first kind over [0, input size): slice `i` is a byte range of the input,
+    which its worker cuts to whole lines or records (`chalicelib.splitting`)."""
 
     count: int
     start: int = 0
@@ -44,10 +47,29 @@ class Plan:
         return cls(count, lines_per_transaction=lines_per_transaction, total_lines=total_lines)
 
     @classmethod
-    def for_split(cls, split: CountSplit | LinesSplit, total_lines: int | None) -> Plan:
-        """The plan of a config's `split` (count mode, or lines mode given the line count)."""
+    def by_bytes(cls, input_bytes: int, chunks: int | None, chunk_bytes: int | None) -> Plan:
+        """Byte ranges of [0, input_bytes): `chunks` of them (at most one per byte), or as few
+        as hold at most `chunk_bytes` each; either way their sizes differ by at most one."""
+        if input_bytes < 1:
+            raise ValueError("an empty input has no byte ranges")
+        count = chunk_count_for_bytes(input_bytes, chunks, chunk_bytes)
+        return cls.by_count(0, input_bytes, count)
+
+    @classmethod
+    def for_split(
+        cls,
+        split: CountSplit | LinesSplit | BytesSplit,
+        total_lines: int | None,
+        input_bytes: int | None = None,
+    ) -> Plan:
+        """The plan of a config's `split` (count mode; lines mode given the line count; bytes
+        mode given the input's size: empty until it is known)."""
         if isinstance(split, CountSplit):
             return cls.by_count(split.interval.start, split.interval.end, split.count)
+        if isinstance(split, BytesSplit):
+            if not input_bytes:
+                return cls(count=0)
+            return cls.by_bytes(input_bytes, split.chunks, split.chunk_bytes)
         return cls.by_lines(total_lines or 0, split.lines_per_transaction)
 
     def slice(self, index: int) -> Slice:
@@ -69,6 +91,14 @@ class Plan:
 
 def transaction_count_for_lines(total_lines: int, lines_per_transaction: int) -> int:
     return -(-total_lines // lines_per_transaction)
+
+
+def chunk_count_for_bytes(input_bytes: int, chunks: int | None, chunk_bytes: int | None) -> int:
+    if chunks is not None:
+        return min(chunks, input_bytes)
+    if chunk_bytes is None or chunk_bytes < 1:
+        raise ValueError("bytes mode needs chunks or chunk_bytes")
+    return -(-input_bytes // chunk_bytes)
 
 
 def instances_needed(transactions: int, slots_per_instance: int, max_instances: int) -> int:

@@ -13,14 +13,15 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from chalicelib.capacity import instances_wanted, launch_for
-from chalicelib.config import ArgvApp, CountSplit, LinesSplit, MissionConfig
+from chalicelib.config import ArgvApp, BytesSplit, CountSplit, LinesSplit, MissionConfig
 from chalicelib.context import Context
 from chalicelib.domain import Mission
 from chalicelib.events import ObjectCreated, SourceEvent, StartRequest
-from chalicelib.layout import MAX_TRANSACTIONS_EVER, pinned_input
+from chalicelib.layout import MAX_TRANSACTIONS_EVER, line_index_key, pinned_input
 from chalicelib.observability import bind_mission, count, logger
-from chalicelib.planning import Plan, transaction_count_for_lines
+from chalicelib.planning import Plan, chunk_count_for_bytes, transaction_count_for_lines
 from chalicelib.results import settle
+from chalicelib.splitting import LineOffsets, encode_offsets
 from chalicelib.states import MissionStatus
 from chalicelib.store import NotFound
 
@@ -29,7 +30,8 @@ from chalicelib.store import NotFound
 # event can take over from a planner that died. tests/deploy checks both against the package.
 PLANNING_LEASE_SECONDS = 360
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
-SNIFF_BYTES = 64 * 1024  # how much of the input is read to tell text from binary
+# How much of the input is read to tell text from binary: in bytes mode, all the scheduler reads.
+SNIFF_BYTES = 64 * 1024
 
 
 class PlanningError(Exception):
@@ -122,29 +124,42 @@ def plan(ctx: Context, mission: Mission) -> Plan:
     if needs_text_input(config) and looks_binary(_input_start(ctx, mission.input_key, pin)):
         reason = (
             "it is split by lines"
-            if isinstance(config.split, LinesSplit)
+            if isinstance(config.split, LinesSplit | BytesSplit)
             else (
                 f"the built-in app {getattr(config.app, 'builtin', '')!r} reads sequences as text"
             )
         )
         raise PlanningError(f"the input {where} looks binary (NUL bytes or not UTF-8); {reason}")
     split = config.split
+    limit = min(ctx.settings.max_transactions, MAX_TRANSACTIONS_EVER)
     if isinstance(split, CountSplit):
         return Plan.for_split(split, None)
-    lines = count_lines(ctx, mission.input_key, pin)
+    if isinstance(split, BytesSplit):
+        # A formula over the size: nothing of the input is read beyond the sniff above.
+        total = chunk_count_for_bytes(size, split.chunks, split.chunk_bytes)
+        if total > limit:
+            raise PlanningError(
+                f"{size} bytes in chunks of at most {split.chunk_bytes} bytes make {total}"
+                f" transactions; this stage allows at most {limit}"
+            )
+        return Plan.for_split(split, None, size)
+    index = count_lines(ctx, mission.input_key, pin, split.lines_per_transaction, limit)
+    lines = index.lines
     total = transaction_count_for_lines(lines, split.lines_per_transaction)
-    limit = min(ctx.settings.max_transactions, MAX_TRANSACTIONS_EVER)
     if total > limit:
         raise PlanningError(
             f"{lines} lines at {split.lines_per_transaction} per transaction make {total}"
             f" transactions; this stage allows at most {limit}"
         )
+    write_line_index(ctx, mission.mission_id, index)
     return Plan.for_split(split, lines)
 
 
 def needs_text_input(config: MissionConfig) -> bool:
-    """Splitting by lines, and the built-in apps, need text; an argv app may take anything."""
-    return isinstance(config.split, LinesSplit) or not isinstance(config.app, ArgvApp)
+    """Splitting by lines (or chunks cut at lines), and the built-in apps, need text; an argv
+    app on a count split may take anything."""
+    split_by_lines = isinstance(config.split, LinesSplit | BytesSplit)
+    return split_by_lines or not isinstance(config.app, ArgvApp)
 
 
 def looks_binary(start: bytes) -> bool:
@@ -164,15 +179,27 @@ def _input_start(ctx: Context, key: str, pin: dict[str, str]) -> bytes:
     return response["Body"].read()
 
 
-def count_lines(ctx: Context, key: str, pin: dict[str, str]) -> int:
-    """Lines of the input, streamed (a last line without a newline counts)."""
+def count_lines(
+    ctx: Context, key: str, pin: dict[str, str], lines_per_slice: int, max_slices: int
+) -> LineOffsets:
+    """Lines of the input, streamed once (a last line without a newline counts), with the byte
+    offset where each slice of `lines_per_slice` lines begins (the first `max_slices`)."""
     body = ctx.aws.s3.get_object(Bucket=ctx.settings.source_bucket, Key=key, **pin)["Body"]
-    lines = 0
-    last = b""
+    index = LineOffsets(lines_per_slice, max_slices)
     for chunk in body.iter_chunks(chunk_size=1024 * 1024):
-        lines += chunk.count(b"\n")
-        last = chunk[-1:] or last
-    return lines + (1 if last and last != b"\n" else 0)
+        index.feed(chunk)
+    return index
+
+
+def write_line_index(ctx: Context, mission_id: str, index: LineOffsets) -> None:
+    """The slices' offsets where the workers read them (before RUNNING: no worker reads it
+    earlier). A planner that takes over writes the very same bytes again."""
+    ctx.aws.s3.put_object(
+        Bucket=ctx.settings.result_bucket,
+        Key=line_index_key(mission_id),
+        Body=encode_offsets(index.slice_offsets()),
+        ContentType="application/octet-stream",
+    )
 
 
 def _input_head(ctx: Context, key: str) -> dict[str, Any] | None:

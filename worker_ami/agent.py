@@ -30,6 +30,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from botocore.exceptions import (
+    ConnectionClosedError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+
 from chalicelib.apps import (
     BUILTIN_APPS,
     ProgramNotAllowed,
@@ -37,12 +44,20 @@ from chalicelib.apps import (
     check_program,
     render_argv,
 )
-from chalicelib.config import ArgvApp, LinesSplit
+from chalicelib.config import ArgvApp, BytesSplit, LinesSplit, split_align
 from chalicelib.domain import Mission, Transaction
-from chalicelib.layout import MISSION_TAG, FailureMarker, PartStamp, failure_key, part_key
+from chalicelib.layout import (
+    MISSION_TAG,
+    FailureMarker,
+    PartStamp,
+    failure_key,
+    line_index_key,
+    part_key,
+)
 from chalicelib.observability import bind_mission, count, flush_metrics, logger
 from chalicelib.pricing import estimated_cost
 from chalicelib.settings import Settings
+from chalicelib.splitting import copy_range, decode_slice_bounds, fetch_slice, offset_range
 from chalicelib.states import MissionStatus, TransactionStatus, after_failed_attempt
 from chalicelib.store import Conflict, NotFound, Store, StoreError
 from worker_ami.metadata import MetadataSource
@@ -58,6 +73,14 @@ RETRY_POLL_SECONDS = 0.5
 # a cancel (or a mission failed as a whole) stops its apps within that, even when the instance's
 # termination is slow or never comes. One GetItem per agent, not per slot.
 MISSION_POLL_SECONDS = 10.0
+_READ_CHUNK = 1024 * 1024  # how a ranged read of the input is streamed to the slice's file
+_STREAM_BREAKS = (
+    ResponseStreamingError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ConnectionClosedError,
+)
+_STREAM_RESUMES = 3  # per range: then the slot stops, and the lease expires into a retry
 
 R = TypeVar("R")
 
@@ -155,7 +178,6 @@ class WorkerAgent:
         self._input_lock = threading.Lock()
         self._input_path: Path | None = None
         self._input_fingerprint: tuple[int, ...] | None = None
-        self._line_offsets: list[int] | None = None
         self._counts_lock = threading.Lock()
         self._verdicts: Counter[Verdict] = Counter()
         self._last_requeue_at: float | None = None  # when this worker last queued a retry
@@ -561,34 +583,87 @@ class WorkerAgent:
     # ---- input ----------------------------------------------------------------------------
 
     def _input_for(self, mission: Mission, txn: Transaction, scratch: Path) -> Path:
-        """The whole input (downloaded once per worker), or in `lines` mode this slice of it."""
-        whole = self._download_input(mission)
+        """The app's `input` in its scratch: a link to a root-owned, read-only file.
+
+        Count mode: the whole input, downloaded once per worker and shared. Lines and bytes
+        mode: only this transaction's slice, fetched with ranged reads of the planned version
+        (`chalicelib.splitting`); an empty slice is an empty file, and the app still runs."""
+        view = scratch / "input"
         split = mission.config.split
-        if not isinstance(split, LinesSplit):
-            # The app sees it as `input` in its own directory: a link to the cached copy, which
-            # is the agent's and read-only.
-            view = scratch / "input"
-            view.symlink_to(os.path.relpath(whole, scratch))
+        if not isinstance(split, LinesSplit | BytesSplit):
+            view.symlink_to(os.path.relpath(self._download_input(mission), scratch))
             return view
-        offsets = self._offsets(whole, split.lines_per_transaction)
-        index = txn.index
-        begin = offsets[index]
-        end = offsets[index + 1] if index + 1 < len(offsets) else whole.stat().st_size
         sliced = scratch / "slice.in"
-        with open(whole, "rb") as src, open(sliced, "wb") as dst:
-            src.seek(begin)
-            remaining = end - begin
-            while remaining > 0:
-                chunk = src.read(min(remaining, 1024 * 1024))
-                if not chunk:
-                    break
-                dst.write(chunk)
-                remaining -= len(chunk)
+        with open(sliced, "wb") as out:
+            if isinstance(split, BytesSplit):
+                self._fetch_chunk(mission, txn, out.write)
+            else:
+                self._fetch_lines(mission, txn, out.write)
         sliced.chmod(0o444)  # the agent's, read-only: an app user reads it and cannot write it
-        return sliced
+        view.symlink_to(sliced.name)
+        return view
+
+    def _fetch_chunk(
+        self, mission: Mission, txn: Transaction, write: Callable[[bytes], Any]
+    ) -> None:
+        """Bytes mode: the lines (records) that begin in [start, end), from a read of the chunk
+        and a little past it, and further reads only while its last line goes on."""
+        if mission.input_bytes is None:
+            raise ValueError("the mission has no recorded input size to cut its chunks by")
+        fetch_slice(
+            lambda first, stop: self._read_input(mission, first, stop),
+            write,
+            txn.start,
+            txn.end,
+            mission.input_bytes,
+            split_align(mission.config),
+        )
+
+    def _fetch_lines(
+        self, mission: Mission, txn: Transaction, write: Callable[[bytes], Any]
+    ) -> None:
+        """Lines mode: the slice's bounds from the scheduler's line index (16 bytes), then
+        exactly those bytes of the input."""
+        if mission.input_bytes is None:
+            raise ValueError("the mission has no recorded input size")
+        first, stop = offset_range(txn.index)
+        response = self._s3.get_object(
+            Bucket=self._settings.result_bucket,
+            Key=line_index_key(mission.mission_id),
+            Range=f"bytes={first}-{stop - 1}",
+        )
+        begin, end = decode_slice_bounds(response["Body"].read(), mission.input_bytes)
+        copy_range(lambda a, b: self._read_input(mission, a, b), write, begin, end)
+
+    def _read_input(self, mission: Mission, first: int, stop: int) -> Iterator[bytes]:
+        """The planned input's bytes [first, stop), streamed: one ranged GetObject, resumed
+        from the first byte not yet read if the stream breaks (botocore retries a request, not
+        a body read halfway)."""
+        delivered, breaks = first, 0
+        while delivered < stop:
+            body = self._s3.get_object(
+                Bucket=self._settings.source_bucket,
+                Key=mission.input_key,
+                Range=f"bytes={delivered}-{stop - 1}",
+                **mission.input_pin,
+            )["Body"]
+            try:
+                for piece in body.iter_chunks(chunk_size=_READ_CHUNK):
+                    delivered += len(piece)
+                    yield piece
+                return
+            except _STREAM_BREAKS as e:
+                breaks += 1
+                if breaks > _STREAM_RESUMES:
+                    raise
+                logger.warning(
+                    "input stream broke; reading on", extra={"at": delivered, "error": repr(e)}
+                )
+            finally:
+                body.close()  # a slice found before the range's end reads no further
 
     def _download_input(self, mission: Mission) -> Path:
-        """The whole input, downloaded once per worker and read-only for the apps.
+        """The whole input (count mode), downloaded once per worker and read-only for the apps.
 
         When the agent is root, apps run as other users and cannot change it at all. When it is
         not, an app runs as the agent's own user and could chmod and change the file; that
@@ -599,7 +674,6 @@ class WorkerAgent:
             if self._input_path is not None and _fingerprint(path) != self._input_fingerprint:
                 logger.warning("the cached input was changed (by an app?): downloading it again")
                 self._input_path = None
-                self._line_offsets = None
             if self._input_path is None:
                 partial = self._workdir / "input.download"
                 partial.unlink(missing_ok=True)
@@ -614,22 +688,6 @@ class WorkerAgent:
                 os.replace(partial, path)  # an app opening the path finds the old or the new one
                 self._input_path, self._input_fingerprint = path, _fingerprint(path)
             return self._input_path
-
-    def _offsets(self, whole: Path, lines_per_slice: int) -> list[int]:
-        """Byte offset where each slice starts, from one pass over the input."""
-        with self._input_lock:
-            if self._line_offsets is None:
-                offsets = [0]
-                position = 0
-                with open(whole, "rb") as f:
-                    for number, line in enumerate(f, start=1):
-                        position += len(line)
-                        if number % lines_per_slice == 0:
-                            offsets.append(position)
-                if offsets[-1] == position and len(offsets) > 1:
-                    offsets.pop()  # the file ended exactly on a slice boundary
-                self._line_offsets = offsets
-            return self._line_offsets
 
 
 def _fingerprint(path: Path) -> tuple[int, ...] | None:

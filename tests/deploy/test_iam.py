@@ -116,8 +116,17 @@ def test_the_worker_writes_only_the_attributes_it_needs():
     every_action = {a for s in worker_statements() for a in as_list(s["Action"])}
     for action in ("PutItem", "DeleteItem", "BatchWriteItem", "Scan", "TransactWriteItems"):
         assert f"dynamodb:{action}" not in every_action
-    # The parts only, and the inputs only by version (an app could read no live object).
+    # The parts only, and the inputs only by version (an app could read no live object); the
+    # scheduler's line indexes (lines mode) are all it reads of the result bucket.
     puts = [s for s in worker_statements() if "s3:PutObject" in as_list(s["Action"])]
     assert [s["Resource"] for s in puts] == [{"Fn::Sub": "${ResultBucket.Arn}/parts/*"}]
-    reads = {a for s in worker_statements() for a in as_list(s["Action"]) if a.startswith("s3:Get")}
-    assert reads == {"s3:GetObjectVersion"}
+    reads = {
+        a: s["Resource"]
+        for s in worker_statements()
+        for a in as_list(s["Action"])
+        if a.startswith("s3:Get")
+    }
+    assert reads == {
+        "s3:GetObjectVersion": {"Fn::Sub": "${SourceBucket.Arn}/*"},
+        "s3:GetObject": {"Fn::Sub": "${ResultBucket.Arn}/plans/*"},
+    }

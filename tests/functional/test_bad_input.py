@@ -65,7 +65,7 @@ BAD_CONFIGS = [
     ("input with control char", cfg(input="a\x01b"), "input"),
     ("input over 1024 bytes", cfg(input="ü" * 600), "input"),
     ("split missing", cfg(split=DELETE), "split"),
-    ("split mode unknown", cfg(split__mode="bytes"), "split"),
+    ("split mode unknown", cfg(split__mode="words"), "split"),
     ("count zero", cfg(split__count=0), "split.count"),
     ("count beyond the interval", cfg(split__count=97), "split.count"),
     (

@@ -287,7 +287,8 @@ def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> list[SweepRe
     cluster.deliver_result_events()
     assert mission(cluster, forged)["status"] == "FAILED"
 
-    # Lines mode: the scheduler counts the input's lines, each worker cuts its slices.
+    # Lines mode: the scheduler counts the input's lines and writes where each slice begins;
+    # each worker reads its slice's offsets, then only that range of the input.
     lines = submit(
         cluster,
         {
@@ -303,6 +304,23 @@ def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> list[SweepRe
     cluster.run_workers(lines)
     cluster.deliver_result_events()
     assert mission(cluster, lines)["status"] == "SUCCEEDED"
+
+    # Bytes mode: chunks of the input cut at FASTA records; each worker reads only its range.
+    chunked = submit(
+        cluster,
+        {
+            "name": "bytes",
+            "input": "genome.fa",
+            "split": {"mode": "bytes", "chunks": 3},
+            "app": {"builtin": "fasta-stats"},
+            "instances": {"max_instances": 1, "slots": 2},
+        },
+    )
+    cluster.upload("genome.fa", b">a\nACGT\n>b\nGGCC\n>c\nTTAA\n")
+    cluster.deliver_source_events()
+    cluster.run_workers(chunked)
+    cluster.deliver_result_events()
+    assert mission(cluster, chunked)["status"] == "SUCCEEDED"
 
     # A broken upload fails its mission at planning.
     empty = submit(cluster, kmer_config("empty", "empty.fa"))
