@@ -26,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -203,24 +205,93 @@ def _decide_sandbox(python: str) -> AppSandbox:
         assert held is not None
         try:
             chosen = _interpreter_for(held.user, python)
+            if chosen is None:
+                reason = f"no Python interpreter that the app users may run (tried {python})"
+                logger.error("apps cannot run here", extra={"reason": reason})
+                return AppSandbox(users=users, python=python, unavailable=reason)
+            pythonpath: tuple[str, ...] = (_code_root_for(held.user, chosen),)
         except PermissionError as e:
             reason = f"cannot run apps as an unprivileged user ({e}); root runs no app as itself"
             logger.error("apps cannot run here", extra={"reason": reason})
             return AppSandbox(users=users, python=python, unavailable=reason)
-    if chosen is None:
-        reason = f"no Python interpreter that the app users may run (tried {python})"
-        logger.error("apps cannot run here", extra={"reason": reason})
-        return AppSandbox(users=users, python=python, unavailable=reason)
-    pythonpath: tuple[str, ...] = (CODE_ROOT,)
-    if chosen != python:
-        # Locally the agent's interpreter may live where other users cannot go (pyenv under
-        # /root): the apps get a system one of the same version, with the agent's packages.
-        pythonpath += (sysconfig.get_paths()["purelib"],)
-        logger.warning(
-            "the app users cannot run the agent's Python: apps get another of the same version",
-            extra={"agent_python": python, "app_python": chosen},
-        )
+        if chosen != python:
+            # Locally the agent's interpreter may live where other users cannot go (pyenv under
+            # /root): the apps get a system one of the same version, with the agent's packages
+            # where the app users can reach them.
+            purelib = sysconfig.get_paths()["purelib"]
+            if _reachable(held.user, chosen, purelib):
+                pythonpath += (purelib,)
+            logger.warning(
+                "the app users cannot run the agent's Python: apps get another of the same version",
+                extra={"agent_python": python, "app_python": chosen},
+            )
     return AppSandbox(users=users, python=chosen, pythonpath=pythonpath)
+
+
+def _reachable(user: AppUser, python: str, directory: str, module: str | None = None) -> bool:
+    """Whether `user` can read `directory` (and import `module` from it) with `python`."""
+    code = (
+        f"import {module}"
+        if module
+        else "import os, sys; sys.exit(not os.access(sys.argv[1], os.R_OK | os.X_OK))"
+    )
+    probe = subprocess.run(  # noqa: S603 - argv list, no shell
+        [python, "-S", "-c", code, directory],
+        cwd="/",
+        env={"PYTHONPATH": directory},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+        **_as_user(user),
+    )
+    return probe.returncode == 0
+
+
+def _code_root_for(user: AppUser, python: str) -> str:
+    """Where the app users import the built-in apps from: CODE_ROOT where they can reach it (the
+    AMI's /opt/lighthpc/app); else a root-owned, read-only copy of the worker_ami package's apps
+    in the temporary directory, as when the checkout lies under a directory only root may enter
+    (a fresh clone in a 0700 temporary directory, a home directory)."""
+    if _reachable(user, python, CODE_ROOT, "worker_ami.apps"):
+        return CODE_ROOT
+    package = Path(CODE_ROOT) / "worker_ami"
+    sources = [package / "__init__.py", *sorted((package / "apps").glob("*.py"))]
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
+    shared = Path(tempfile.gettempdir()) / "lighthpc-app-code"
+    root = shared / digest.hexdigest()[:16]
+    _root_owned_directory(shared)
+    if not (root / "worker_ami" / "apps").is_dir():
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=shared))
+        (staging / "worker_ami" / "apps").mkdir(parents=True)
+        for source in sources:
+            relative = source.relative_to(package.parent)
+            (staging / relative).write_bytes(source.read_bytes())
+            (staging / relative).chmod(0o644)
+        for directory in (staging, staging / "worker_ami", staging / "worker_ami" / "apps"):
+            directory.chmod(0o755)
+        try:
+            staging.rename(root)
+        except OSError:  # another agent published the same copy first
+            shutil.rmtree(staging, ignore_errors=True)
+    _root_owned_directory(root)
+    logger.warning(
+        "the app users cannot reach the agent's code: the built-in apps run from a copy",
+        extra={"code_root": CODE_ROOT, "copy": str(root)},
+    )
+    return str(root)
+
+
+def _root_owned_directory(path: Path) -> None:
+    """Make sure `path` is a directory of root's that nobody else may write (not a link)."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o755)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+        raise PermissionError(f"{path} is not a directory of root's that only root may write")
 
 
 def _interpreter_for(user: AppUser, python: str) -> str | None:

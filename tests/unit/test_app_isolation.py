@@ -346,3 +346,39 @@ def test_a_program_on_the_allow_list_runs(tmp_path: Path) -> None:
     )
     assert w.agent().run().succeeded == 1
     assert w.part(0) == INPUT
+
+
+@as_root_only
+@linux_only
+def test_built_in_apps_run_from_a_checkout_only_root_may_enter(tmp_path: Path, monkeypatch):
+    """A fresh clone in a 0700 temporary directory (or a home directory): the app users cannot
+    reach the agent's code, so the built-in apps run from a root-owned read-only copy."""
+    import shutil
+
+    from worker_ami import runner
+
+    hidden = tmp_path / "private"
+    hidden.mkdir(mode=0o700)
+    checkout = hidden / "repo"
+    shutil.copytree(Path(runner.CODE_ROOT) / "worker_ami", checkout / "worker_ami")
+    monkeypatch.setattr(runner, "CODE_ROOT", str(checkout))
+    runner._decide_sandbox.cache_clear()
+    try:
+        sandbox = app_sandbox()
+    finally:
+        runner._decide_sandbox.cache_clear()
+    (code_root, *_) = sandbox.pythonpath
+    assert not code_root.startswith(str(hidden)), sandbox.pythonpath
+    copy = Path(code_root)
+    assert copy.stat().st_uid == 0 and not copy.stat().st_mode & 0o022
+    assert (copy / "worker_ami" / "apps" / "seq_stats.py").read_bytes() == (
+        checkout / "worker_ami" / "apps" / "seq_stats.py"
+    ).read_bytes()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "in.txt").write_text("ACGT\nGGCC\n")
+    argv = [sandbox.python, "-m", "worker_ami.apps.seq_stats", "--input", "in.txt"]
+    argv += ["--output", "out.txt", "--start", "0", "--end", "2"]
+    result = run_app(argv, 60, scratch, scratch / "e.log", sandbox=sandbox)
+    assert result.exit_code == 0, result.stderr_tail
+    assert len((scratch / "out.txt").read_text().splitlines()) == 2
