@@ -20,7 +20,7 @@ from chalice.app import CloudWatchEvent, Rate, Request, SQSEvent
 from chalicelib import auth, missions, openapi
 from chalicelib.batch import process_sqs_batch
 from chalicelib.config import parse_query_int
-from chalicelib.context import get_context
+from chalicelib.context import get_context, in_invocation
 from chalicelib.errors import ApiError
 from chalicelib.idempotency import HEADER as IDEMPOTENCY_HEADER
 from chalicelib.interruptions import on_spot_interruption
@@ -158,12 +158,13 @@ def light_scheduler(event: SQSEvent) -> dict[str, Any]:
 
 @app.on_sqs_message(queue=RESULT_QUEUE_NAME, batch_size=10, name="result_processor")
 def result_processor(event: SQSEvent) -> dict[str, Any]:
-    return process_sqs_batch(get_context(), event.to_dict(), handle_result_object)
+    ctx = in_invocation(get_context(), event.context)  # a long merge stops in time, resumes
+    return process_sqs_batch(ctx, event.to_dict(), handle_result_object)
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES), name="sweeper")
 def sweeper(event: CloudWatchEvent) -> dict[str, Any]:
-    return asdict(sweep(get_context()))
+    return asdict(sweep(in_invocation(get_context(), event.context)))
 
 
 @app.on_cw_event(SPOT_INTERRUPTION_PATTERN, name="spot_interruption")

@@ -594,6 +594,122 @@ def render_capacity(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# ---- phase: a merge of many parts, at S3's latency ---------------------------------------
+
+MERGE_FIDELITY = "aws,insufficient_capacity_rate=0,fleet_shortfall_rate=0"  # latency on
+RESULT_PROCESSOR_TIMEOUT_S = 60  # .chalice/config.json
+
+
+def merge_part(i: int) -> bytes:
+    """A small part, as a k-mer match writes: a few lines, ~200 bytes."""
+    return "".join(f"ref {i * 7 + j}\tmatch {j}\t{i:08d}\n" for j in range(6)).encode()
+
+
+def phase_merge(n: int) -> dict:
+    """`n` parts, staged as a mission's end (every outcome counted), merged by result_processor
+    itself (app.py's handler, each invocation with Lambda's 60 s context) with the
+    AWS-fidelity profile's latency on (S3 15-50 ms, DynamoDB 2-8 ms per call): the first
+    invocation is asked by a merge request, the rest by the continuations the merge asks for.
+    Reports the merge's wall time, invocations (resumes), parts/s, the longest invocation against
+    the function's timeout, and checks the result and its receipt."""
+    import app as lambda_app
+    from chalicelib import merge
+    from chalicelib.context import get_context, reset_process_state
+    from chalicelib.layout import result_key
+    from local import fidelity
+    from local.client import verify_receipt
+    from local.embedded import embedded_aws
+    from local.inprocess import ApiCallCounter
+    from local.pump import Queue, lambda_context
+    from local.staged_merge import stage_mission
+
+    counter = ApiCallCounter()
+    durations: list[float] = []  # of each invocation
+    slices: list[float] = []  # of the merge's part of each (the rest: finishing, the email)
+    merge_once = merge.merge
+
+    def timed_merge(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return merge_once(*args, **kwargs)
+        finally:
+            slices.append(time.perf_counter() - began)
+
+    def result_processor(event: dict, _context: Any) -> Any:
+        began = time.perf_counter()
+        try:  # a fresh context each time: each batch is an invocation of its own
+            return lambda_app.result_processor(event, lambda_context("result_processor"))
+        finally:
+            durations.append(time.perf_counter() - began)
+
+    with embedded_aws(server=False, env=BENCH_ENV, fidelity=None) as embedded:
+        stack = embedded.stack
+        reset_process_state()
+        ctx = get_context()
+        began = time.perf_counter()
+        mission_id = stage_mission(ctx, n, merge_part, direct=True)
+        staged_s = time.perf_counter() - began
+        bucket = stack.outputs["ResultBucketName"]
+        options = fidelity.FidelityOptions.parse(MERGE_FIDELITY)
+        merge.merge = timed_merge  # type: ignore[assignment]
+        with fidelity.installed(options), counter.installed():
+            ctx.aws.sqs.send_message(
+                QueueUrl=stack.result_queue_url,
+                MessageBody=json.dumps({"type": "lighthpc:merge", "mission_id": mission_id}),
+            )
+            queue = Queue.at(ctx.aws.sqs, stack.result_queue_url, stack.region)
+            began = time.perf_counter()
+            queue.drain(lambda event: result_processor(event, None))
+            merge_s = time.perf_counter() - began
+            calls = list(counter.calls)
+        merge.merge = merge_once  # type: ignore[assignment]
+        mission = ctx.store.missions.get(mission_id)
+        done = merge.checkpoint_of(ctx, mission_id)
+        result = ctx.aws.s3.get_object(Bucket=bucket, Key=result_key(mission_id))["Body"].read()
+        equal = result == b"".join(merge_part(i) for i in range(n))
+        verification = verify_receipt(ctx.aws.s3, bucket, mission_id)
+    return {
+        "parts": n,
+        "result_bytes": len(result),
+        "status": mission.status.value,
+        "seconds": merge_s,
+        "invocations": len(durations),
+        "checkpoint_invocations": done.invocations,
+        "checkpoints": done.checkpoints,
+        "parts_per_second": n / merge_s,
+        "longest_invocation_s": max(durations),
+        "longest_merge_slice_s": max(slices),
+        "timeout_s": RESULT_PROCESSOR_TIMEOUT_S,
+        "within_timeout": max(durations) < RESULT_PROCESSOR_TIMEOUT_S,
+        "merge_slices_within_timeout": max(slices) < RESULT_PROCESSOR_TIMEOUT_S,
+        "multipart_parts": done.part_number,
+        "s3_calls": sum(c.startswith("s3.") for c in calls),
+        "s3_calls_per_part": sum(c.startswith("s3.") for c in calls) / n,
+        "result_equals_parts": equal,
+        "receipt_verifies": verification.problems == [],
+        "staging_seconds": staged_s,
+        "fidelity": options.describe() if options else "off",
+    }
+
+
+def render_merge(runs: list[dict]) -> str:
+    rows = [
+        "| merge (fidelity latency on) | seconds | invocations | parts/s | longest invocation"
+        " (its merge) | S3 calls/part | result, receipt |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in runs:
+        ok = "equal, verified" if m["result_equals_parts"] and m["receipt_verifies"] else "NO"
+        rows.append(
+            f"| {m['parts']:,} parts ({m['result_bytes'] / 1024**2:.1f} MiB) | {m['seconds']:.1f}"
+            f" | {m['invocations']} | {m['parts_per_second']:,.0f} |"
+            f" {m['longest_invocation_s']:.1f} s ({m['longest_merge_slice_s']:.1f} s) of"
+            f" {m['timeout_s']} s ({'within' if m['within_timeout'] else 'OVER'}) |"
+            f" {m['s3_calls_per_part']:.2f} | {ok} |"
+        )
+    return "\n".join(rows)
+
+
 # ---- orchestration -----------------------------------------------------------------------
 
 
@@ -621,6 +737,7 @@ def main() -> int:
             "lifecycle": phase_lifecycle,
             "fleet": phase_fleet,
             "bytes": phase_bytes,
+            "merge": phase_merge,
         }[args.phase]
         print(json.dumps(phase(**json.loads(args.args))))
         return 0
@@ -635,11 +752,14 @@ def main() -> int:
     fleet = run_phase("fleet", n=48 if args.quick else 96, missions=3)
     print("running: bytes ...", file=sys.stderr, flush=True)
     split = run_phase("bytes", size_mib=256 if args.quick else 1024, chunks=1000)
+    print("running: merge ...", file=sys.stderr, flush=True)
+    merged = run_phase("merge", n=2000 if args.quick else 10_000)
     results = {
         "submission": submission,
         "lifecycle": lifecycle,
         "fleet": fleet,
         "bytes": split,
+        "merge": merged,
         "billed": billed_instance_seconds(1000, 60, 90, 4, max_instances=250),
         "billed_capped": billed_instance_seconds(1000, 60, 90, 4, max_instances=50),
         "import_app_seconds": import_time(),
@@ -652,6 +772,8 @@ def main() -> int:
     print(render_capacity(results["capacity_model"]))
     print("\nbyte-range splitting (bytes mode, the agent's own range fetch and alignment):")
     print(render_bytes(results["bytes"]))
+    print("\nthe merge, resumable (result_processor's own handler, Lambda's 60 s context each):")
+    print(render_merge([results["merge"]]))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"\nwritten: {RESULTS / 'bench.json'}")

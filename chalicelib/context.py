@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import Any
 
 from chalicelib.aws import AwsClients
 from chalicelib.settings import Settings, get_settings, reset_settings
@@ -20,6 +21,17 @@ class Context:
     store: Store
     aws: AwsClients = field(default_factory=AwsClients)
     clock: Callable[[], float] = field(default=time.time)
+    # Seconds left in this Lambda invocation (None: not in one), for work that must stop in
+    # time and continue in another invocation (the merge, `chalicelib.merge`).
+    time_left: Callable[[], float] | None = None
+
+
+def in_invocation(ctx: Context, lambda_context: Any) -> Context:
+    """`ctx` knowing the time left in the invocation `lambda_context` (Lambda's context
+    object, or Chalice's local one) stands for."""
+    if lambda_context is None or not hasattr(lambda_context, "get_remaining_time_in_millis"):
+        return ctx
+    return replace(ctx, time_left=lambda: lambda_context.get_remaining_time_in_millis() / 1000)
 
 
 @lru_cache(maxsize=1)

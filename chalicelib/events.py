@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from chalicelib.context import Context
 
 START_REQUEST = "lighthpc:start"
+MERGE_REQUEST = "lighthpc:merge"
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,15 @@ class StartRequest:
     mission_id: str
 
 
-SourceEvent = ObjectCreated | StartRequest
+@dataclass(frozen=True)
+class MergeRequest:
+    """Sent to result_processor's own queue by a merge that stopped before its end (its
+    invocation's time ran out): continue it from its checkpoint (`chalicelib.merge`)."""
+
+    mission_id: str
+
+
+SourceEvent = ObjectCreated | StartRequest | MergeRequest
 
 
 def start_request_body(mission_id: str) -> str:
@@ -47,6 +56,13 @@ def send_start_request(ctx: Context, mission_id: str) -> None:
     ctx.aws.sqs.send_message(
         QueueUrl=ctx.aws.queue_url(ctx.settings.source_queue),
         MessageBody=start_request_body(mission_id),
+    )
+
+
+def send_merge_request(ctx: Context, mission_id: str) -> None:
+    ctx.aws.sqs.send_message(
+        QueueUrl=ctx.aws.queue_url(ctx.settings.result_queue),
+        MessageBody=json.dumps({"type": MERGE_REQUEST, "mission_id": mission_id}),
     )
 
 
@@ -64,6 +80,8 @@ def parse_queue_body(body: str) -> list[SourceEvent]:
 def _events_of(message: dict[str, Any]) -> list[SourceEvent]:
     if message.get("type") == START_REQUEST:
         return [StartRequest(str(message["mission_id"]))]
+    if message.get("type") == MERGE_REQUEST:
+        return [MergeRequest(str(message["mission_id"]))]
     if message.get("Event") == "s3:TestEvent":
         return []
     if "Records" not in message:

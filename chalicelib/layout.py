@@ -62,6 +62,17 @@ def line_index_key(mission_id: str) -> str:
     return f"{PLANS_PREFIX}{mission_id}/line-offsets.u64"
 
 
+# A merge that spans several invocations keeps what it carries between them here (the bytes not
+# yet in a multipart part, the manifest lines written so far): `chalicelib.merge`. Not under
+# results/, so a mission's folder there only ever holds its result and its receipt; the merge
+# deletes them when it ends, and a lifecycle rule expires what a merge that died left.
+MERGING_PREFIX = "merging/"
+
+
+def merge_scratch_key(mission_id: str, name: str) -> str:
+    return f"{MERGING_PREFIX}{mission_id}/{name}"
+
+
 def pinned_input(version: str | None, etag: str | None) -> dict[str, str]:
     """GetObject arguments that read exactly the input a mission planned: its version (the
     source bucket is versioned), or, where there is none, its ETag (S3 answers 412 if the object

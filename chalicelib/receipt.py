@@ -8,8 +8,18 @@ ASCII JSON object per line, in this order:
 2. one `{"kind": "transaction", ...}` per claimed transaction, in index order: its slice,
    status, attempts, claim, worker, run seconds, exit code, and for a merged part its key, its
    offset and length in the result and its sha256 (`part` is null for a failed transaction);
-3. `{"kind": "result", ...}`: the result's length and sha256, the counts, the instance-seconds
-   and estimated cost at the merge, and when it was merged. A manifest without it is truncated.
+3. `{"kind": "result", ...}`: the result's length, `parts_sha256` (below) and the checksum S3
+   gave the result object, the counts, the instance-seconds and estimated cost at the merge, and
+   when it was merged. A manifest without it is truncated.
+
+The result line pins the result through its parts: `parts_sha256` is the sha256 of the merged
+parts' sha256s (hex, in index order, concatenated with nothing between them; what
+`jq -r 'select(.part) | .part.sha256' | tr -d '\n' | sha256sum` prints). With every part's range
+checked against its sha256, the ranges back to back from byte 0 and the result exactly as long as
+they are, that says as much as a sha256 of the whole result would, and unlike one it can be
+built by a merge that runs in several invocations (a hashlib object cannot be carried from one
+to the next; a list of digests can). Format 1 manifests (before resumable merges) carry the whole
+result's sha256 instead; `verify` checks either.
 
 JSON Lines, not one object with a `transactions` array: at 100,000 transactions the manifest is
 ~20 MB, and line by line it is written as the merge streams (one line in memory at a time),
@@ -19,7 +29,8 @@ ranges concatenate; an array would need its commas and brackets stitched). `jq -
 read it as well.
 
 Everything here is plain functions over typed values (no AWS): `ManifestWriter` is fed the
-mission, then each transaction in index order with the part the merge read, then the result;
+mission, then each transaction in index order with the part the merge read (or `Chunk`s of lines
+earlier writers wrote), then the result;
 `verify` checks a result (and, if asked, the part objects) against a manifest, reading each once,
 in order.
 """
@@ -38,7 +49,8 @@ from typing import Any, BinaryIO
 from chalicelib.domain import Mission, Transaction, Usage
 from chalicelib.layout import PartStamp
 
-FORMAT = "lighthpc-receipt/1"
+FORMAT = "lighthpc-receipt/2"
+FORMAT_1 = "lighthpc-receipt/1"  # the result line has the whole result's sha256
 CONTENT_TYPE = "application/x-ndjson"
 _CHUNK = 1024 * 1024
 
@@ -73,6 +85,14 @@ def full_object_checksum(response: dict[str, Any]) -> str | None:
     if not value or "-" in value or response.get("ChecksumType") == "COMPOSITE":
         return None
     return str(value)
+
+
+def parts_digest(sha256s: Iterable[str]) -> str:
+    """`parts_sha256`: the sha256 of the parts' sha256s (hex), in order, concatenated."""
+    digest = hashlib.sha256()
+    for sha256 in sha256s:
+        digest.update(sha256.encode())
+    return digest.hexdigest()
 
 
 def b64_sha256(hex_digest: str) -> str:
@@ -153,20 +173,39 @@ def encode(record: dict[str, Any]) -> bytes:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """Transaction lines a writer wrote (a merge's work in one span of one invocation, carried
+    to the next), with what the result line needs of them."""
+
+    lines: bytes
+    transactions: int
+    digests: tuple[str, ...]  # the merged parts' sha256s (hex), in index order
+    size: int  # the result bytes those parts take
+    last_index: int  # the last transaction's index (-1: none)
+
+
 class ManifestWriter:
     """Writes a manifest line by line into `write` (a file, a spooled buffer, a multipart
     upload's buffer), holding one line at a time, and hashes what it wrote.
 
-    Fed the mission, then each transaction in index order, then the result. `offset` is where
-    the next merged part starts in the result (a writer for a later byte range starts there)."""
+    Fed the mission, then each transaction in index order (or chunks of them another writer
+    wrote), then the result. `offset` is where the next merged part starts in the result, and
+    `last_index` the index before the next transaction (a writer for a later range starts
+    there)."""
 
-    def __init__(self, write: Callable[[bytes], object], offset: int = 0) -> None:
+    def __init__(
+        self, write: Callable[[bytes], object], offset: int = 0, last_index: int = -1
+    ) -> None:
         self._write = write
         self._digest = hashlib.sha256()
+        self._parts = hashlib.sha256()  # over the parts' sha256s: `parts_sha256`
+        self.start = offset
         self.offset = offset
         self.transactions = 0
         self.parts = 0
-        self._last_index = -1
+        self.digests: list[str] = []  # of the parts this writer's own lines name
+        self.last_index = last_index
 
     def _line(self, record: dict[str, Any]) -> None:
         line = encode(record)
@@ -186,18 +225,47 @@ class ManifestWriter:
         )
 
     def transaction(self, txn: Transaction, part: MergedPart | None) -> None:
-        if txn.index <= self._last_index:
-            raise ValueError(f"transaction {txn.index} after {self._last_index}: not index order")
-        self._last_index = txn.index
+        if txn.index <= self.last_index:
+            raise ValueError(f"transaction {txn.index} after {self.last_index}: not index order")
+        self.last_index = txn.index
         self._line(transaction_record(txn, part, self.offset))
         self.transactions += 1
         if part is not None:
             self.offset += part.size
             self.parts += 1
+            self.digests.append(part.sha256)
+            self._parts.update(part.sha256.encode())
+
+    def chunk(self, lines: bytes) -> Chunk:
+        """What this writer wrote (`lines`: the bytes it handed to `write`), as a chunk."""
+        return Chunk(
+            lines, self.transactions, tuple(self.digests), self.offset - self.start, self.last_index
+        )
+
+    def append(self, chunk: Chunk) -> None:
+        """Lines an earlier writer wrote, as they are: they continue this manifest."""
+        if chunk.transactions and chunk.last_index <= self.last_index:
+            raise ValueError(f"a chunk ending at {chunk.last_index} after {self.last_index}")
+        self._digest.update(chunk.lines)
+        self._write(chunk.lines)
+        for sha256 in chunk.digests:
+            self._parts.update(sha256.encode())
+        self.transactions += chunk.transactions
+        self.parts += len(chunk.digests)
+        self.offset += chunk.size
+        self.last_index = max(self.last_index, chunk.last_index)
 
     def result(
-        self, *, key: str, size: int, sha256: str, usage: Usage, merged_at: datetime
+        self,
+        *,
+        key: str,
+        size: int,
+        usage: Usage,
+        merged_at: datetime,
+        s3_checksum: str | None = None,
     ) -> None:
+        """The last line. `s3_checksum`: the ChecksumSHA256 S3 gave the result object (for a
+        multipart upload, its checksum of the parts' checksums, `<base64>-<parts>`)."""
         if size != self.offset:
             raise ValueError(f"a result of {size} bytes from parts of {self.offset} bytes")
         self._line(
@@ -205,7 +273,8 @@ class ManifestWriter:
                 "kind": "result",
                 "key": key,
                 "bytes": size,
-                "sha256": sha256,
+                "parts_sha256": self._parts.hexdigest(),
+                "s3_checksum_sha256": s3_checksum,
                 "transactions": self.transactions,
                 "parts": self.parts,
                 "instance_seconds": round(usage.instance_seconds, 3),
@@ -285,20 +354,28 @@ def verify(
     manifest: Iterable[bytes],
     read_result: Callable[[], BinaryIO],
     read_part: Callable[[str], BinaryIO | None] | None = None,
+    s3_checksum: Callable[[], str | None] | None = None,
 ) -> list[Problem]:
     """Every way the result (and, with `read_part`, each part object) differs from the manifest.
 
     `manifest` is its lines; `read_result()` opens the result; `read_part(key)` opens a part
-    object, or answers None if there is none. The result is read once, front to back: each
-    merged part's range is checked against its sha256, then the whole against the result line.
-    An empty list: the result is the one the manifest describes."""
+    object, or answers None if there is none; `s3_checksum()`, asked once the result is read,
+    the ChecksumSHA256 S3 gave for it (None: unknown). The result is read once, front to back: each
+    merged part's range is checked against its sha256, the ranges must follow each other from
+    byte 0 with nothing after the last, and the result line must name these parts
+    (`parts_sha256`) and this many bytes. An empty list: the result is the one the manifest
+    describes."""
     problems: list[Problem] = []
     records = _records(manifest, problems)
     header = next(records, None)
-    if header is None or header.get("kind") != "mission" or header.get("format") != FORMAT:
+    if (
+        header is None
+        or header.get("kind") != "mission"
+        or header.get("format") not in (FORMAT, FORMAT_1)
+    ):
         return [*problems, Problem(f"the manifest does not begin with a {FORMAT} mission line")]
     result = read_result()
-    whole = hashlib.sha256()
+    whole, parts = hashlib.sha256(), hashlib.sha256()
     position, last_index, transactions, footer = 0, -1, 0, None
     for record in records:
         kind = record.get("kind")
@@ -317,8 +394,11 @@ def verify(
         last_index = record["index"]
         if record["part"] is not None:
             position += record["part"]["bytes"]
+            parts.update(str(record["part"]["sha256"]).encode())
     position += _digest_of(result, None, whole)  # anything after the last part
-    return problems + _check_result(footer, header, transactions, position, whole.hexdigest())
+    checksum = None if s3_checksum is None else s3_checksum()
+    found = _Found(transactions, position, whole.hexdigest(), parts.hexdigest(), checksum)
+    return problems + _check_result(footer, header, found)
 
 
 def _check_transaction(
@@ -374,30 +454,65 @@ def _check_transaction(
         )
 
 
+@dataclass(frozen=True)
+class _Found:
+    """What `verify` found the result to be."""
+
+    transactions: int
+    size: int
+    sha256: str  # of the whole result
+    parts_sha256: str  # of the sha256s the transaction lines name
+    s3_checksum: str | None
+
+
 def _check_result(
-    footer: dict[str, Any] | None,
-    header: dict[str, Any],
-    transactions: int,
-    size: int,
-    sha256: str,
+    footer: dict[str, Any] | None, header: dict[str, Any], found: _Found
 ) -> list[Problem]:
     key = (header.get("result") or {}).get("key")
     if footer is None:
         return [Problem("the manifest has no result line: it is truncated", key=key)]
     problems = []
-    if footer.get("transactions") != transactions:
+    if footer.get("transactions") != found.transactions:
         problems.append(
             Problem(
-                f"the manifest lists {transactions} transactions, its result line says"
+                f"the manifest lists {found.transactions} transactions, its result line says"
                 f" {footer.get('transactions')}",
                 key=key,
             )
         )
-    if (size, sha256) != (footer.get("bytes"), footer.get("sha256")):
+    if header.get("format") == FORMAT_1:
+        described = (footer.get("bytes"), footer.get("sha256"))
+        if (found.size, found.sha256) != described:
+            problems.append(
+                Problem(
+                    f"the result ({found.size} bytes, sha256 {found.sha256}) is not the one the"
+                    f" manifest describes ({described[0]} bytes, sha256 {described[1]})",
+                    key=key,
+                )
+            )
+        return problems
+    if found.size != footer.get("bytes"):
         problems.append(
             Problem(
-                f"the result ({size} bytes, sha256 {sha256}) is not the one the manifest"
-                f" describes ({footer.get('bytes')} bytes, sha256 {footer.get('sha256')})",
+                f"the result ({found.size} bytes) is not the one the manifest describes"
+                f" ({footer.get('bytes')} bytes)",
+                key=key,
+            )
+        )
+    if found.parts_sha256 != footer.get("parts_sha256"):
+        problems.append(
+            Problem(
+                f"the transaction lines name parts with parts_sha256 {found.parts_sha256}, the"
+                f" result line says {footer.get('parts_sha256')}",
+                key=key,
+            )
+        )
+    described_checksum = footer.get("s3_checksum_sha256")
+    if described_checksum and found.s3_checksum and found.s3_checksum != described_checksum:
+        problems.append(
+            Problem(
+                f"S3 holds checksum {found.s3_checksum} for the result, the manifest says"
+                f" {described_checksum}",
                 key=key,
             )
         )

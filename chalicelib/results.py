@@ -7,47 +7,30 @@ mission changes nothing, and exactly one holder sends the email.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import tempfile
-import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from typing import Any, BinaryIO
+from collections.abc import Iterable
+from typing import Any
 
-from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import ClientError, FlexibleChecksumError
+from botocore.exceptions import ClientError
 
+from chalicelib import merge
 from chalicelib.capacity import mission_instances
 from chalicelib.context import Context
-from chalicelib.domain import Mission, Transaction, Usage, utc
-from chalicelib.events import ObjectCreated, SourceEvent
-from chalicelib.layout import (
-    SHA256_METADATA,
-    FailureMarker,
-    PartStamp,
-    manifest_key,
-    parse_outcome_key,
-    result_key,
-)
+from chalicelib.domain import Mission, Usage
+from chalicelib.events import MergeRequest, ObjectCreated, SourceEvent
+from chalicelib.layout import SHA256_METADATA, FailureMarker, manifest_key, parse_outcome_key
 from chalicelib.notify import MAX_FAILURES_LISTED, FailedTransaction, MissionReport, publish
-from chalicelib.observability import MetricUnit, bind_mission, count, logger, metrics
+from chalicelib.observability import bind_mission, count, logger
 from chalicelib.pricing import estimated_cost
-from chalicelib.receipt import (
-    CONTENT_TYPE,
-    ManifestWriter,
-    MergedPart,
-    b64_sha256,
-    full_object_checksum,
-    part_problem,
-)
 from chalicelib.states import MissionStatus, TransactionStatus, mission_outcome, shown_status
 
 NOTIFY_LEASE_SECONDS = 120
-_MERGE_TRANSFER = TransferConfig(multipart_chunksize=16 * 1024**2, max_concurrency=4)
 
 
 def handle_result_object(ctx: Context, obj: SourceEvent) -> None:
+    if isinstance(obj, MergeRequest):
+        continue_merge(ctx, obj.mission_id)
+        return
     if not isinstance(obj, ObjectCreated):
         return  # start requests belong to the scheduler's queue
     if obj.bucket != ctx.settings.result_bucket:
@@ -65,7 +48,24 @@ def handle_result_object(ctx: Context, obj: SourceEvent) -> None:
         "outcome counted" if counted else "outcome already counted",
         extra={"index": outcome.index, "succeeded": outcome.succeeded},
     )
-    settle(ctx, outcome.mission_id)
+    try:
+        settle(ctx, outcome.mission_id)
+    except merge.MergeSuspended as e:  # continued by its own request (or the sweeper)
+        logger.info("merge under way", extra={"why": str(e)})
+
+
+def continue_merge(ctx: Context, mission_id: str) -> None:
+    """A merge that ran out of time asked for this: settle the mission, the merge continuing
+    from its checkpoint; or, if the mission ended meanwhile, clean up what the merge left."""
+    bind_mission(mission_id)
+    mission = ctx.store.missions.get(mission_id)
+    if mission.status is not MissionStatus.RUNNING:
+        merge.abandon(ctx, mission)
+        return
+    try:
+        settle(ctx, mission_id)
+    except merge.MergeSuspended as e:
+        logger.info("merge under way", extra={"why": str(e)})
 
 
 def settle(ctx: Context, mission_id: str) -> None:
@@ -258,47 +258,14 @@ def _age_of(instances: Iterable[dict[str, Any]], now: float) -> Usage:
 
 
 def merge_parts(ctx: Context, mission: Mission) -> str | None:
-    """Concatenate the succeeded parts in index order into one object, streaming, and write its
-    receipt next to it (`chalicelib.receipt`), built as the parts go by.
+    """Concatenate the succeeded parts in index order into one object, with its receipt next
+    to it (`chalicelib.receipt`), over as many invocations as it takes (`chalicelib.merge`).
 
-    Each part is checked against its worker's stamp (and S3's own checksum) as it is read. One
-    that does not match is never merged: the mission fails with the reason, and None is
-    returned. A rerun (a redelivered event) writes the same result; the first receipt written
-    stays (If-None-Match), so the receipt a mission has never changes."""
-    began = time.monotonic()
-    s3 = ctx.aws.s3
-    bucket = ctx.settings.result_bucket
-    target = result_key(mission.mission_id)
-    with tempfile.SpooledTemporaryFile(max_size=_MANIFEST_IN_MEMORY_BYTES) as manifest:
-        receipt = ManifestWriter(manifest.write)
-        receipt.mission(
-            mission,
-            source_bucket=ctx.settings.source_bucket,
-            result_bucket=bucket,
-            result_key=target,
-        )
-        merged = _Concatenation(_checked_parts(ctx, mission, receipt))
-        try:
-            s3.upload_fileobj(
-                merged,
-                bucket,
-                target,
-                ExtraArgs={"ChecksumAlgorithm": "SHA256"},
-                Config=_MERGE_TRANSFER,
-            )
-        except _PartMismatch as e:
-            _refuse_merge(ctx, mission, e)
-            return None
-        receipt.result(
-            key=target,
-            size=merged.size,
-            sha256=merged.sha256,
-            usage=usage(ctx, mission),
-            merged_at=utc(ctx.clock()),
-        )
-        _put_manifest(ctx, mission.mission_id, manifest, receipt.sha256)
-    metrics.add_metric(name="MergeSeconds", unit=MetricUnit.Seconds, value=time.monotonic() - began)
-    return target
+    Each part is checked against its worker's stamp (and S3's own checksum). One that does not
+    match is never merged: the mission fails with the reason, and None is returned. Raises
+    `merge.MergeSuspended` when the merge continues in another invocation. Once merged, the
+    result and its receipt never change."""
+    return merge.merge(ctx, mission, lambda: usage(ctx, mission))
 
 
 def receipt_of(ctx: Context, mission: Mission) -> tuple[str | None, str | None]:
@@ -314,139 +281,6 @@ def receipt_of(ctx: Context, mission: Mission) -> tuple[str | None, str | None]:
             raise
         return f"s3://{bucket}/{key}", None
     return f"s3://{bucket}/{key}", head.get("Metadata", {}).get(SHA256_METADATA)
-
-
-# A receipt line is ~330 bytes: 12,000 transactions' receipt stays in memory, a larger one is
-# spooled to the function's /tmp.
-_MANIFEST_IN_MEMORY_BYTES = 4 * 1024**2
-
-
-class _PartMismatch(Exception):
-    def __init__(self, txn: Transaction, reason: str) -> None:
-        super().__init__(f"transaction {txn.index}: part {txn.part_key}: {reason}")
-        self.txn = txn
-        self.reason = reason
-
-
-def _checked_parts(
-    ctx: Context, mission: Mission, receipt: ManifestWriter
-) -> Iterator[_CheckedPart]:
-    """The succeeded parts' bodies in index order, each entering the receipt once read to its
-    end; the other transactions enter it as they go by. Lazy: one GetObject open at a time."""
-    s3, bucket = ctx.aws.s3, ctx.settings.result_bucket
-    for t in ctx.store.transactions.of(mission.mission_id):
-        if t.status is TransactionStatus.SUCCEEDED and t.part_key:
-            # ChecksumMode: botocore checks the bytes against S3's full-object checksum too.
-            response = s3.get_object(Bucket=bucket, Key=t.part_key, ChecksumMode="ENABLED")
-            yield _CheckedPart(t, response, receipt)
-        else:
-            receipt.transaction(t, None)
-
-
-class _CheckedPart:
-    """One part's body as the merge reads it: hashed on the way; at its end, checked against
-    its worker's stamp and entered in the receipt (a mismatch raises `_PartMismatch`)."""
-
-    def __init__(self, txn: Transaction, response: dict[str, Any], receipt: ManifestWriter):
-        self._txn = txn
-        self._body = response["Body"]
-        self._stamp = PartStamp.from_metadata(response.get("Metadata") or {})
-        self._s3_checksum = full_object_checksum(response)
-        self._receipt = receipt
-        self._digest = hashlib.sha256()
-        self._size = 0
-        self._ended = False
-
-    def read(self, size: int) -> bytes:
-        try:
-            chunk = self._body.read(size)
-        except FlexibleChecksumError as e:
-            raise _PartMismatch(self._txn, f"S3's checksum refused its bytes ({e})") from e
-        if chunk:
-            self._digest.update(chunk)
-            self._size += len(chunk)
-        elif not self._ended:
-            self._ended = True
-            self._end()
-        return bytes(chunk)
-
-    def _end(self) -> None:
-        sha256 = self._digest.hexdigest()
-        problem = part_problem(self._stamp, sha256, self._s3_checksum)
-        if problem is not None or self._stamp is None:
-            raise _PartMismatch(self._txn, problem or "no stamp")
-        key = self._txn.part_key or ""
-        self._receipt.transaction(self._txn, MergedPart(key, self._size, sha256, self._stamp))
-
-    def close(self) -> None:
-        self._body.close()
-
-
-def _refuse_merge(ctx: Context, mission: Mission, e: _PartMismatch) -> None:
-    """A part that is not what its worker uploaded is never merged, nor silently dropped: the
-    mission fails, naming it (RUNNING -> FAILED as a whole, the transition a deadline uses)."""
-    reason = (
-        f"transaction {e.txn.index}: its part {e.txn.part_key} is not what its worker uploaded"
-        f" ({e.reason}); nothing was merged"
-    )
-    logger.error("part refused by the merge", extra={"index": e.txn.index, "reason": e.reason})
-    count("PartsRefused")
-    ctx.store.missions.time_out(mission, reason, ctx.clock())
-
-
-def _put_manifest(ctx: Context, mission_id: str, manifest: BinaryIO, sha256: str) -> None:
-    """One PUT (S3 checks the body against the sha256 sent); its sha256 also in its metadata.
-    If-None-Match: the first receipt written stays, whatever reruns."""
-    manifest.seek(0)
-    try:
-        ctx.aws.s3.put_object(
-            Bucket=ctx.settings.result_bucket,
-            Key=manifest_key(mission_id),
-            Body=manifest,
-            ContentType=CONTENT_TYPE,
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=b64_sha256(sha256),
-            Metadata={SHA256_METADATA: sha256},
-            IfNoneMatch="*",
-        )
-    except ClientError as e:
-        # 412: a receipt is there already; 409: another writer's PUT is in flight.
-        if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") not in (409, 412):
-            raise
-        logger.info("receipt already written; kept")
-
-
-class _Concatenation(io.RawIOBase):
-    """A read-only stream over several bodies, one after the other, never all in memory; it
-    hashes and counts what it hands out (the result's size and sha256)."""
-
-    def __init__(self, bodies: Iterable[Any]) -> None:
-        self._bodies: Iterator[Any] = iter(bodies)
-        self._current: Any = None
-        self._digest = hashlib.sha256()
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while True:
-            if self._current is None:
-                self._current = next(self._bodies, None)
-                if self._current is None:
-                    return 0
-            chunk = self._current.read(len(buffer))
-            if chunk:
-                buffer[: len(chunk)] = chunk
-                self._digest.update(chunk)
-                self.size += len(chunk)
-                return len(chunk)
-            self._current.close()
-            self._current = None
-
-    @property
-    def sha256(self) -> str:
-        return self._digest.hexdigest()
 
 
 def _read_failure_marker(ctx: Context, key: str) -> FailureMarker:

@@ -72,6 +72,8 @@ class Settings:
     imds_url: str
     lease_seconds: int
     spot_poll_seconds: float
+    # result_processor's own queue: a merge that must continue in a new invocation asks there.
+    result_queue: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -101,6 +103,7 @@ class Settings:
             imds_url=e.get("LIGHTHPC_IMDS_URL", "http://169.254.169.254"),
             lease_seconds=int(e.get("LEASE_SECONDS", "90")),
             spot_poll_seconds=float(e.get("SPOT_POLL_SECONDS", "5")),
+            result_queue=e.get("RESULT_QUEUE", f"{prefix}-result-events"),
         )
 
 

@@ -245,7 +245,8 @@ class Verification:
     manifest_uri: str
     manifest_sha256: str  # of the manifest's bytes as read
     result_bytes: int | None
-    result_sha256: str | None
+    result_sha256: str | None  # of the result's bytes as read (the manifest pins its parts)
+    parts_sha256: str | None  # the manifest's result line: the sha256 of its parts' sha256s
     transactions: int
     parts: int
     parts_checked: bool
@@ -290,13 +291,21 @@ def verify_receipt(
         except s3.exceptions.NoSuchKey:
             return None
 
+    whole = hashlib.sha256()
+    s3_checksum: str | None = None
+
     def read_result() -> Any:
+        nonlocal s3_checksum
         try:
-            return s3.get_object(Bucket=bucket, Key=rkey)["Body"]
+            response = s3.get_object(Bucket=bucket, Key=rkey, ChecksumMode="ENABLED")
         except s3.exceptions.NoSuchKey:
             return _Empty()
+        s3_checksum = response.get("ChecksumSHA256")
+        return _Hashed(response["Body"], whole)
 
-    problems = verify(manifest(), read_result, read_part if check_parts else None)
+    problems = verify(
+        manifest(), read_result, read_part if check_parts else None, lambda: s3_checksum
+    )
     sha256 = digest.hexdigest()
     stored = response.get("Metadata", {}).get(SHA256_METADATA)
     if stored != sha256:
@@ -315,12 +324,25 @@ def verify_receipt(
         manifest_uri=f"s3://{bucket}/{mkey}",
         manifest_sha256=sha256,
         result_bytes=footer.get("bytes"),
-        result_sha256=footer.get("sha256"),
+        result_sha256=footer.get("sha256") or whole.hexdigest(),
+        parts_sha256=footer.get("parts_sha256"),
         transactions=counts["transactions"],
         parts=counts["parts"],
         parts_checked=check_parts,
         problems=problems,
     )
+
+
+class _Hashed:
+    """A body that feeds `digest` with what is read of it."""
+
+    def __init__(self, body: Any, digest: Any) -> None:
+        self._body, self._digest = body, digest
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._body.read(size)
+        self._digest.update(chunk)
+        return bytes(chunk)
 
 
 class _Empty:
@@ -351,7 +373,8 @@ def verify_mission(
 def describe_verification(v: Verification) -> str:
     parts = " (every part object in S3 checked too)" if v.parts_checked else ""
     head = [
-        f"result    {v.result_uri}  ({v.result_bytes} bytes, sha256 {v.result_sha256})",
+        f"result    {v.result_uri}  ({v.result_bytes} bytes, sha256 {v.result_sha256}"
+        + (f"; parts_sha256 {v.parts_sha256})" if v.parts_sha256 else ")"),
         f"manifest  {v.manifest_uri}  (sha256 {v.manifest_sha256}; the email's"
         ' "Receipt sha256" must be this)',
     ]

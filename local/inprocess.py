@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from chalice.test import Client
+from chalice.local import LambdaContext
+from chalice.test import Client, InvokeResponse, TestLambdaClient
 
 from chalicelib.capacity import mission_instances
 from chalicelib.context import get_context
@@ -32,6 +33,23 @@ from worker_ami.metadata import InstanceIdentity, StaticMetadata
 
 APP_DIR = Path(__file__).resolve().parent.parent
 __all__ = ["ApiCallCounter", "Email", "InProcessCluster"]
+
+
+class _TimedLambdaClient(TestLambdaClient):
+    """Chalice's test Lambda client, but each invocation gets its function's configured
+    timeout (.chalice/config.json), as in Lambda, not LambdaContext's default 3 s: work that
+    budgets by the time left (the merge, chalicelib.merge) sees what it would there."""
+
+    def invoke(self, function_name: str, payload: Any = None) -> Any:
+        scoped = self._config.scope(self._config.chalice_stage, function_name)
+        context = LambdaContext(
+            function_name,
+            memory_size=scoped.lambda_memory_size,
+            max_runtime_ms=scoped.lambda_timeout * 1000,
+        )
+        with self._patched_env_vars(scoped.environment_variables):
+            response = self._app.handler_map[function_name](payload or {}, context)
+        return InvokeResponse(payload=response)
 
 
 class ApiCallCounter:
@@ -67,6 +85,7 @@ class InProcessCluster:
             module=r"chalice\.local",
         )
         self.api = Client(_chalice_app(), stage_name=stack.stage, project_dir=str(APP_DIR))
+        self.api._lambda_client = _TimedLambdaClient(self.api._app, self.api._chalice_config)
         session = boto3.Session(region_name=stack.region)
         self.s3 = session.client("s3")
         self.sqs = session.client("sqs")

@@ -6,6 +6,7 @@ Every status change is a conditional write whose sources come from `chalicelib.s
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
@@ -310,6 +311,77 @@ class MissionStore:
             condition=MissionModel.notified_at.does_not_exist(),
         )
 
+    # ---- the merge (chalicelib.merge) -------------------------------------------------------
+
+    def claim_merge(
+        self, mission_id: str, owner: str, now: float, until: float, running: bool = True
+    ) -> MergeClaim | None:
+        """The right to work on a mission's merge: one holder at a time, until `until` (no
+        later than the holder's invocation can run, so a holder that died frees it then).
+
+        Returns where the merge stands, or None if another holder has it, or (`running`) the
+        mission is not RUNNING: a merge of a mission that ended is only ever cleaned up."""
+        free = MissionModel.merge_lease_until.does_not_exist() | (
+            MissionModel.merge_lease_until < now
+        )
+        condition = free & (MissionModel.status == M.RUNNING.value) if running else free
+        with conditional(f"claim the merge of {mission_id}") as write:
+            item = self._update(
+                mission_id,
+                [
+                    MissionModel.merge_owner.set(owner),
+                    MissionModel.merge_lease_until.set(until),
+                    MissionModel.merge_claims.add(1),
+                ],
+                condition=condition,
+            )
+        if not write.applied:
+            return None
+        return MergeClaim(item.merge_checkpoint, int(item.merge_claims or 0))
+
+    def save_merge(self, mission_id: str, owner: str, checkpoint: str, until: float | None) -> bool:
+        """Record the merge's checkpoint, keeping the lease until `until` (None: releasing it).
+        Only its holder, and only while the mission is RUNNING: False otherwise, and the
+        holder stops (a newer holder took over, or the mission ended meanwhile)."""
+        lease = (
+            [MissionModel.merge_owner.remove(), MissionModel.merge_lease_until.remove()]
+            if until is None
+            else [MissionModel.merge_lease_until.set(until)]
+        )
+        with conditional(f"save the merge of {mission_id}") as write:
+            self._update(
+                mission_id,
+                [MissionModel.merge_checkpoint.set(checkpoint), *lease],
+                condition=(MissionModel.merge_owner == owner)
+                & (MissionModel.status == M.RUNNING.value),
+            )
+        return write.applied
+
+    def end_merge(self, mission_id: str, owner: str, checkpoint: str | None) -> bool:
+        """Release the lease, leaving `checkpoint` (None: none), whatever the mission's state:
+        a merge refused, abandoned or cleaned up. Only its holder; False otherwise."""
+        with conditional(f"end the merge of {mission_id}") as write:
+            self._update(
+                mission_id,
+                [
+                    MissionModel.merge_owner.remove(),
+                    MissionModel.merge_lease_until.remove(),
+                    _set_or_remove(MissionModel.merge_checkpoint, checkpoint),
+                ],
+                condition=MissionModel.merge_owner == owner,
+            )
+        return write.applied
+
+    def merge_checkpoint(self, mission_id: str) -> str | None:
+        """The merge's last checkpoint, read fresh (None: it never began)."""
+        with translated(f"read mission {mission_id}", missing=f"no mission {mission_id!r}"):
+            item = MissionModel.get(
+                mission_id,
+                consistent_read=True,
+                attributes_to_get=["mission_id", "merge_checkpoint"],
+            )
+        return item.merge_checkpoint
+
     # ---- capacity ---------------------------------------------------------------------------
 
     def add_instance_usage(self, mission_id: str, seconds: float, cost: float) -> bool:
@@ -420,6 +492,16 @@ class MissionStore:
                 actions=actions, condition=exists if condition is None else exists & condition
             )
         return item
+
+
+@dataclass(frozen=True)
+class MergeClaim:
+    """Where a merge stands when its lease is taken: the checkpoint its last holder saved
+    (JSON, `chalicelib.merge.Checkpoint`), None if it never began; and how many times its
+    lease was taken, this time included (1: no invocation before this one began it)."""
+
+    checkpoint: str | None
+    claims: int = 1
 
 
 def _set_or_remove(attribute: object, value: object) -> Action:

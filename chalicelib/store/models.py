@@ -122,6 +122,11 @@ class MissionModel(_RetriesTransient, Model):
     cancelled_by = UnicodeAttribute(null=True)  # the caller whose DELETE cancelled it
     notify_lease_until = NumberAttribute(null=True)
     notified_at = UTCDateTimeAttribute(null=True)
+    # The merge (chalicelib.merge): who holds it and until when, and where it stands (JSON).
+    merge_owner = UnicodeAttribute(null=True)
+    merge_lease_until = NumberAttribute(null=True)  # epoch seconds
+    merge_checkpoint = UnicodeAttribute(null=True)
+    merge_claims = NumberAttribute(null=True)  # how many invocations took the merge's lease
     listed = UnicodeAttribute(default=LISTED)
     needs_care = UnicodeAttribute(null=True)  # NEEDS_CARE until notified_at is set
 

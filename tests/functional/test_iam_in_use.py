@@ -26,11 +26,15 @@ from typing import Any
 import pytest
 
 from chalicelib.context import get_context
+from chalicelib.events import MergeRequest
+from chalicelib.layout import result_key
+from chalicelib.results import handle_result_object
 from chalicelib.store.models import NEEDS_CARE, MissionModel
 from chalicelib.sweeper import SweepReport, sweep
 from local import inprocess
 from local.faults import on_every_client
 from local.inprocess import InProcessCluster
+from local.staged_merge import stage_mission
 from tests.deploy.policies import (
     FUNCTION_POLICY_FILES,
     SERVICE_SID_PREFIX,
@@ -52,6 +56,7 @@ _ACTION_OF = {
     ("s3", "CreateMultipartUpload"): ["s3:PutObject"],
     ("s3", "UploadPart"): ["s3:PutObject"],
     ("s3", "CompleteMultipartUpload"): ["s3:PutObject"],
+    ("s3", "ListMultipartUploads"): ["s3:ListBucketMultipartUploads"],
     ("dynamodb", "TransactGetItems"): ["dynamodb:GetItem"],
     # EC2 Fleet launches the instances as the caller: it needs these too.
     ("ec2", "CreateFleet"): [
@@ -87,6 +92,17 @@ def requested(service: str, operation: str, params: dict[str, Any]) -> list[tupl
     if service == "dynamodb" and operation == "TransactGetItems":
         return [
             ("dynamodb:GetItem", _table_arn(i["Get"]["TableName"])) for i in params["TransactItems"]
+        ]
+    if service == "s3" and operation == "UploadPartCopy":  # writes the target, reads the source
+        source = params["CopySource"]
+        return [
+            ("s3:PutObject", f"arn:aws:s3:::{params['Bucket']}/{params['Key']}"),
+            ("s3:GetObject", f"arn:aws:s3:::{source['Bucket']}/{source['Key']}"),
+        ]
+    if service == "s3" and operation == "DeleteObjects":  # IAM evaluates each key
+        return [
+            ("s3:DeleteObject", f"arn:aws:s3:::{params['Bucket']}/{o['Key']}")
+            for o in params["Delete"]["Objects"]
         ]
     actions = _ACTION_OF.get((service, operation), [f"{service}:{operation}"])
     if service == "s3" and operation in ("GetObject", "HeadObject") and params.get("VersionId"):
@@ -413,7 +429,109 @@ def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> list[SweepRe
     timed_out = set(sweeps[-1].timed_out)
     assert {spot, never, stuck} <= timed_out, sweeps[-1]
     cluster.deliver_result_events()
+
+    _merges_longer_than_an_invocation(cluster, recorder, sweeper)
     return sweeps
+
+
+MIB = 1024**2
+
+
+class Invocation:
+    """Seconds left in a make-believe invocation, `step` fewer at every look; at look `at`,
+    `then()` runs (as the test itself)."""
+
+    def __init__(self, recorder: Recorder, start: float, step: float, at: int = 0, then=None):
+        self.left, self.step, self.looks = start, step, 0
+        self.recorder, self.at, self.then = recorder, at, then
+
+    def __call__(self) -> float:
+        self.looks += 1
+        if self.then is not None and self.looks == self.at:
+            with self.recorder.acting_as(None):
+                self.then()
+        self.left -= self.step
+        return self.left
+
+
+def _merged_part(i: int) -> bytes:
+    """Small parts, one of 6 MiB in one PUT (S3 holds its sha256: checked unread, topped up by
+    a ranged read) and one of 9 MiB in several (read to be hashed, then copied by S3)."""
+    size = {2: 6 * MIB, 10: 9 * MIB}.get(i, 20_000)
+    return bytes([65 + i % 26]) * size
+
+
+def _merges_longer_than_an_invocation(
+    cluster: InProcessCluster, recorder: Recorder, sweeper: Any
+) -> None:
+    """Merges staged as a mission's end (every outcome counted; no workers), each longer than
+    an invocation: result_processor stops in time and continues through its queue, one
+    invocation loses its lease midway, a cancel ends one mid-merge (cleaned up), and the
+    sweeper starts one whose completing event was lost and, its continuation lost too, ends it
+    (a stray upload of the result aborted)."""
+    ctx = get_context()
+    queue = cluster.stack.result_queue_url
+
+    def continuation(mission_id: str, invocation: Invocation) -> None:
+        get_context().aws.queue_urls.clear()
+        sliced = dataclasses.replace(get_context(), time_left=invocation)
+        with recorder.acting_as("result_processor"):
+            handle_result_object(sliced, MergeRequest(mission_id))
+
+    def merge_state(mission_id: str) -> dict:
+        return json.loads(MissionModel.get(mission_id).merge_checkpoint or "{}")
+
+    def drop_queued() -> None:  # lost events (PurgeQueue: once a minute)
+        while messages := cluster.sqs.receive_message(
+            QueueUrl=queue, MaxNumberOfMessages=10, VisibilityTimeout=0
+        ).get("Messages"):
+            for m in messages:
+                cluster.sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
+
+    with recorder.acting_as(None):
+        resumed = stage_mission(ctx, 16, _merged_part)
+        ended = stage_mission(ctx, 16, _merged_part)
+        drop_queued()  # the staged parts' events: counted already
+
+    # Out of time after a few parts (an upload begun, a part of it up): a checkpoint, and a
+    # continuation asked for. The next invocation loses its lease to another: it stops.
+    continuation(resumed, Invocation(recorder, 6, 0.25))
+    assert 0 < merge_state(resumed)["next_index"] < 16 and merge_state(resumed)["upload_id"]
+
+    def steal() -> None:
+        MissionModel(resumed).update(actions=[MissionModel.merge_owner.set("another")])
+
+    continuation(resumed, Invocation(recorder, 60, 0.5, at=4, then=steal))
+    MissionModel(resumed).update(
+        actions=[MissionModel.merge_owner.remove(), MissionModel.merge_lease_until.remove()]
+    )
+    cluster.deliver_result_events()  # the continuation: merged, mailed
+    assert ctx.store.missions.get(resumed).status.value == "SUCCEEDED"
+    assert merge_state(resumed)["phase"] == "done"
+
+    continuation(ended, Invocation(recorder, 6, 0.25))
+    assert merge_state(ended)["upload_id"]
+    assert cluster.api.http.delete(f"/missions/{ended}").status_code == 200
+    cluster.deliver_result_events()  # the continuation finds it cancelled: cleaned up
+    assert merge_state(ended) == {}
+
+    with recorder.acting_as(None):
+        swept = stage_mission(ctx, 40, lambda i: b"%d\n" % i)
+        drop_queued()  # its completing event lost
+    get_context().aws.queue_urls.clear()
+    with recorder.acting_as("sweeper"):
+        report = sweep(dataclasses.replace(get_context(), time_left=Invocation(recorder, 6, 0.25)))
+    assert 0 < merge_state(swept)["next_index"] < 40 and merge_state(swept)["tail"]
+    # (A merge under way reaches the sweep as MergeSuspended, which it reports as an error.)
+    assert list(report.errors) == [swept] and "MergeSuspended" in report.errors[swept]
+    with recorder.acting_as(None):
+        drop_queued()  # its continuation lost as well
+        bucket = cluster.stack.outputs["ResultBucketName"]
+        cluster.s3.create_multipart_upload(Bucket=bucket, Key=result_key(swept))  # a stray
+    sweeper()
+    assert ctx.store.missions.get(swept).status.value == "SUCCEEDED"
+    listed = cluster.s3.list_multipart_uploads(Bucket=bucket, Prefix=result_key(swept))
+    assert not listed.get("Uploads")
 
 
 # Where the principals' code paths live: every function here must run in the scenarios, so a new
@@ -425,6 +543,7 @@ COVERED_MODULES = (
     "chalicelib/scheduler.py",
     "chalicelib/sweeper.py",
     "chalicelib/results.py",
+    "chalicelib/merge.py",
     "chalicelib/interruptions.py",
     "chalicelib/missions.py",
     "chalicelib/capacity.py",

@@ -123,7 +123,9 @@ def test_a_merged_result_verifies_against_its_manifest(cluster: InProcessCluster
         assert stored["Metadata"]["sha256"] == sha(body)
         assert result[offset : offset + part["bytes"]] == body
         offset += part["bytes"]
-    assert (foot["bytes"], foot["sha256"]) == (len(result), sha(result))
+    # The result line pins the result by its parts: their sha256s, in order, and its length.
+    digests = "".join(r["part"]["sha256"] for r in rows)
+    assert (foot["bytes"], foot["parts_sha256"]) == (len(result), sha(digests.encode()))
     assert foot["transactions"] == foot["parts"] == 12 and foot["estimated_cost_usd"] > 0
 
     # The email names the manifest and pins it by its sha256.
@@ -181,10 +183,12 @@ def test_lighthpc_verify_detects_a_tampered_result(cluster: InProcessCluster, do
     tampered = result[:at] + b"X" + result[at + 1 :]
     cluster.s3.put_object(Bucket=bucket(cluster), Key=result_key(mission_id), Body=tampered)
     problems = verify_receipt(cluster.s3, bucket(cluster), mission_id).problems
-    assert [(p.index, p.key) for p in problems] == [
-        (3, third["key"]),
-        (None, result_key(mission_id)),
-    ]
+    assert [(p.index, p.key) for p in problems] == [(3, third["key"])]
+    # Grown by a byte: past the last part's range, the result is not the one described.
+    cluster.s3.put_object(Bucket=bucket(cluster), Key=result_key(mission_id), Body=result + b"X")
+    problems = verify_receipt(cluster.s3, bucket(cluster), mission_id).problems
+    assert [(p.index, p.key) for p in problems] == [(None, result_key(mission_id))]
+    assert f"({len(result) + 1} bytes) is not the one the manifest describes" in problems[0].what
 
 
 def test_a_rerun_of_the_merge_leaves_the_same_receipt(cluster: InProcessCluster, done: str):

@@ -19,12 +19,15 @@ from chalicelib.layout import PartStamp
 from chalicelib.notify import FailedTransaction, MissionReport, body_budget, email_body
 from chalicelib.receipt import (
     FORMAT,
+    FORMAT_1,
+    Chunk,
     ManifestWriter,
     MergedPart,
     b64_sha256,
     full_object_checksum,
     lines,
     part_problem,
+    parts_digest,
     verify,
 )
 from chalicelib.settings import Settings
@@ -97,13 +100,7 @@ def build(parts: dict[int, bytes] = PARTS) -> tuple[bytes, bytes]:
         stamp = PartStamp(sha(body), 0, 1.25)
         writer.transaction(t, MergedPart(t.part_key or "", len(body), sha(body), stamp))
         result += body
-    writer.result(
-        key="results/m-1/r",
-        size=len(result),
-        sha256=sha(result),
-        usage=Usage(12.5, 0.0012),
-        merged_at=NOW,
-    )
+    writer.result(key="results/m-1/r", size=len(result), usage=Usage(12.5, 0.0012), merged_at=NOW)
     manifest = out.getvalue()
     assert writer.sha256 == sha(manifest)
     return manifest, result
@@ -157,7 +154,9 @@ def test_the_manifest_is_json_lines_mission_transactions_result() -> None:
     assert (rows[2]["exit_code"], rows[2]["seconds"]) == (0, 1.25)
     assert rows[3]["part"] is None and rows[3]["status"] == "FAILED"
     assert (rows[3]["exit_code"], rows[3]["attempts"]) == (2, 3)
-    assert foot["bytes"] == len(result) and foot["sha256"] == sha(result)
+    digests = [sha(body) for _, body in sorted(PARTS.items())]
+    assert foot["bytes"] == len(result) and foot["parts_sha256"] == sha("".join(digests).encode())
+    assert foot["parts_sha256"] == parts_digest(digests) and foot["s3_checksum_sha256"] is None
     assert (foot["transactions"], foot["parts"]) == (5, 4)
     assert foot["estimated_cost_usd"] == 0.0012
     assert manifest.isascii() and build() == (manifest, result)  # deterministic
@@ -176,7 +175,7 @@ def test_the_writer_refuses_a_result_other_than_its_parts() -> None:
     t = transactions()[0]
     writer.transaction(t, MergedPart("k", 5, sha(b"12345"), PartStamp(sha(b"12345"), 0, 1)))
     with pytest.raises(ValueError, match="4 bytes from parts of 5"):
-        writer.result(key="r", size=4, sha256="x", usage=Usage(0, 0), merged_at=NOW)
+        writer.result(key="r", size=4, usage=Usage(0, 0), merged_at=NOW)
 
 
 def test_a_writer_for_a_later_range_starts_at_its_offset() -> None:
@@ -200,9 +199,9 @@ def test_a_tampered_result_is_named_by_index_and_key() -> None:
     manifest, result = build()
     tampered = result.replace(b"ref 22", b"ref 23")
     problems = check(manifest, tampered)
-    assert [(p.index, p.key) for p in problems] == [(2, KEY.format(2)), (None, "results/m-1/r")]
+    # Every byte of the result is in exactly one part's range: the range names the change.
+    assert [(p.index, p.key) for p in problems] == [(2, KEY.format(2))]
     assert "bytes [12, 19) of the result do not match" in problems[0].what
-    assert "is not the one the manifest describes" in problems[1].what
     assert str(problems[0]).startswith(f"#2 {KEY.format(2)}: ")
 
 
@@ -251,6 +250,62 @@ def test_a_manifest_with_a_moved_part_is_caught() -> None:
     moved = manifest.replace(b'"offset":12,"bytes":7', b'"offset":13,"bytes":7', 1)
     problems = check(moved, result)
     assert problems and problems[0].index == 2 and "offset 13" in problems[0].what
+
+
+def test_a_manifest_built_in_chunks_is_the_manifest_built_at_once() -> None:
+    """A merge over several invocations: each writes the lines of its span (a writer starting
+    at the offset and index where the last stopped); the end puts them together."""
+    whole, result = build()
+    head = io.BytesIO()
+    final = ManifestWriter(head.write)
+    final.mission(MISSION, source_bucket="src", result_bucket="res", result_key="results/m-1/r")
+    offset, last = 0, -1
+    for span in (transactions()[:2], transactions()[2:3], [], transactions()[3:]):
+        out = io.BytesIO()
+        writer = ManifestWriter(out.write, offset=offset, last_index=last)
+        for t in span:
+            body = PARTS.get(t.index)
+            part = None
+            if body is not None:
+                part = MergedPart(
+                    t.part_key or "", len(body), sha(body), PartStamp(sha(body), 0, 1.25)
+                )
+            writer.transaction(t, part)
+        chunk = writer.chunk(out.getvalue())
+        final.append(chunk)
+        offset, last = offset + chunk.size, chunk.last_index
+    final.result(key="results/m-1/r", size=len(result), usage=Usage(12.5, 0.0012), merged_at=NOW)
+    assert head.getvalue() == whole and final.sha256 == sha(whole)
+    with pytest.raises(ValueError, match="a chunk ending at 1 after 4"):
+        final.append(Chunk(b"", 1, (), 0, 1))
+
+
+def test_the_result_line_must_name_the_parts_and_the_checksum_s3_holds() -> None:
+    manifest, result = build()
+    foot = json.loads(manifest.splitlines()[-1])
+    other = manifest.replace(foot["parts_sha256"].encode(), b"0" * 64)
+    problems = check(other, result)
+    assert [p.key for p in problems] == ["results/m-1/r"]
+    assert "result line says " + "0" * 64 in problems[0].what
+    named = manifest.replace(b'"s3_checksum_sha256":null', b'"s3_checksum_sha256":"abc-2"')
+    ok = verify(named.splitlines(), lambda: io.BytesIO(result), None, lambda: "abc-2")
+    bad = verify(named.splitlines(), lambda: io.BytesIO(result), None, lambda: "xyz-2")
+    assert ok == [] and ["S3 holds checksum xyz-2" in p.what for p in bad] == [True]
+    assert verify(named.splitlines(), lambda: io.BytesIO(result), None, lambda: None) == []
+
+
+def test_a_format_1_manifest_still_verifies_by_the_whole_sha256() -> None:
+    manifest, result = build()
+    *rows, foot = manifest.splitlines()
+    footer = json.loads(foot)
+    footer["sha256"] = sha(result)
+    del footer["parts_sha256"], footer["s3_checksum_sha256"]
+    old = b"\n".join([rows[0].replace(FORMAT.encode(), FORMAT_1.encode()), *rows[1:]])
+    old += b"\n" + json.dumps(footer).encode()
+    assert check(old, result) == []
+    problems = check(old, result.replace(b"ref 22", b"ref 23"))
+    assert [p.index for p in problems] == [2, None]
+    assert "is not the one the manifest describes" in problems[1].what
 
 
 def test_lines_split_across_reads_and_feed_the_digest() -> None:
