@@ -235,18 +235,8 @@ def _reachable(user: AppUser, python: str, directory: str, module: str | None = 
         if module
         else "import os, sys; sys.exit(not os.access(sys.argv[1], os.R_OK | os.X_OK))"
     )
-    probe = subprocess.run(  # noqa: S603 - argv list, no shell
-        [python, "-S", "-c", code, directory],
-        cwd="/",
-        env={"PYTHONPATH": directory},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=60,
-        check=False,
-        **_as_user(user),
-    )
-    return probe.returncode == 0
+    argv = [python, "-S", "-c", code, directory]
+    return _run_quietly_as(user, argv, timeout=60, env={"PYTHONPATH": directory}).returncode == 0
 
 
 def _code_root_for(user: AppUser, python: str) -> str:
@@ -294,6 +284,24 @@ def _root_owned_directory(path: Path) -> None:
         raise PermissionError(f"{path} is not a directory of root's that only root may write")
 
 
+def _run_quietly_as(
+    user: AppUser, argv: list[str], timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """`argv` as `user`, from /, with no input or output and the given environment (none by
+    default): how the sandbox probes interpreters and paths, and clears away an app user."""
+    return subprocess.run(  # noqa: S603 - argv list, no shell
+        argv,
+        cwd="/",
+        env=env or {},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=timeout,
+        check=False,
+        **_as_user(user),
+    )
+
+
 def _interpreter_for(user: AppUser, python: str) -> str | None:
     """The first interpreter `user` can run the built-in apps with: `python`, or the system's of
     the same version. PermissionError if this process cannot switch to `user` at all."""
@@ -303,17 +311,7 @@ def _interpreter_for(user: AppUser, python: str) -> str | None:
         if not os.path.exists(candidate):
             continue
         try:
-            probe = subprocess.run(  # noqa: S603 - argv list, no shell
-                [candidate, "-I", "-S", "-c", _PROBE],
-                cwd="/",
-                env={},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                timeout=60,
-                check=False,
-                **_as_user(user),
-            )
+            probe = _run_quietly_as(user, [candidate, "-I", "-S", "-c", _PROBE], timeout=60)
         except PermissionError as e:
             if e.errno == errno.EPERM:  # from setgroups/setgid/setuid: no switching users here
                 raise
@@ -509,17 +507,7 @@ def _kill_every_process_of(user: AppUser, python: str) -> bool:
     """True once no process of `user` is alive. Done by that user itself, which needs no
     privilege and sees its own processes wherever /proc hides other users' (ProtectProc)."""
     try:
-        killer = subprocess.run(  # noqa: S603 - argv list, no shell
-            [python, "-I", "-S", "-c", _KILL_EVERY_PROCESS],
-            cwd="/",
-            env={},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=30,
-            check=False,
-            **_as_user(user),
-        )
+        killer = _run_quietly_as(user, [python, "-I", "-S", "-c", _KILL_EVERY_PROCESS], 30)
     except (OSError, subprocess.TimeoutExpired) as e:
         logger.error("could not kill the app user's processes", extra={"error": repr(e)})
         return False
