@@ -34,6 +34,7 @@ from chalicelib.context import Context
 from chalicelib.domain import Mission, Transaction
 from chalicelib.events import send_start_request
 from chalicelib.layout import FailureMarker, Outcome, failure_key, part_key
+from chalicelib.merge import MergeSuspended
 from chalicelib.observability import bind_mission, count, logger
 from chalicelib.results import cancel_settled, send_report, settle, stop_instances
 from chalicelib.scheduler import PLANNING_LEASE_SECONDS
@@ -64,6 +65,8 @@ def sweep(ctx: Context) -> SweepReport:
         bind_mission(mission_id)
         try:
             _care_for(ctx, ctx.store.missions.get(mission_id), report)
+        except MergeSuspended as e:  # a long merge goes on through its own requests: no error
+            logger.info("merge under way", extra={"why": str(e)})
         except Exception as e:  # one mission's trouble must not stop the sweep for the others
             report.errors[mission_id] = repr(e)
             logger.exception("sweeping this mission failed; the next sweep tries again")
