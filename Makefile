@@ -46,11 +46,16 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/bandit -q -r chalicelib worker_ami app.py --severity-level high
 
-# Packer (Debian's package) validates worker_ami/packer in tests/deploy.
+# Packer (Debian's package) validates worker_ami/packer in tests/deploy; Chromium and its
+# driver (Debian's packages, never a downloaded browser) run the dashboard's tests/browser.
 tools:
 	@command -v packer >/dev/null 2>&1 || apt-get install -y -qq packer >/dev/null 2>&1 \
 		|| (apt-get update -qq && apt-get install -y -qq packer) >/dev/null 2>&1 \
 		|| { echo "packer is needed by the tests: apt-get install packer" >&2; exit 1; }
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 \
+		|| apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+		|| (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
+		|| { echo "the browser tests need: apt-get install chromium chromium-driver" >&2; exit 1; }
 
 # The deployable template for one stage: build/$(STAGE)/sam.yaml + deployment.zip, linted.
 STAGE ?= dev

@@ -17,7 +17,7 @@ from typing import Any
 from chalice import Chalice, ConvertToMiddleware, IAMAuthorizer, Response
 from chalice.app import CloudWatchEvent, Rate, Request, SQSEvent
 
-from chalicelib import auth, missions, openapi
+from chalicelib import auth, dashboard, missions, openapi
 from chalicelib.batch import process_sqs_batch
 from chalicelib.config import parse_query_int
 from chalicelib.context import get_context, in_invocation
@@ -96,6 +96,10 @@ def _int_param(name: str, default: int, minimum: int) -> int:
     return parse_query_int(name, query.get(name), default, minimum)
 
 
+def _has_param(name: str) -> bool:
+    return name in (app.current_request.query_params or {})
+
+
 # ---- REST API ("MissionCfg") -------------------------------------------------------------
 
 
@@ -146,6 +150,42 @@ def get_transactions(mission_id: str) -> dict[str, Any]:
 def get_openapi() -> dict[str, Any]:
     """This API's OpenAPI description (chalicelib/openapi.json); behind SigV4 like every route."""
     return openapi.document()
+
+
+# The dashboard's reads (chalicelib.dashboard): each bounded per call at any mission size.
+@app.route("/overview", methods=["GET"], authorizer=iam)
+@answers(200)
+def get_overview() -> dict[str, Any]:
+    status = (app.current_request.query_params or {}).get("status")
+    return dashboard.overview(get_context(), app.current_request.context[CALLER], status)
+
+
+@app.route("/missions/{mission_id}/map", methods=["GET"], authorizer=iam)
+@answers(200)
+def get_transaction_map(mission_id: str) -> dict[str, Any]:
+    first = _int_param("first", 0, minimum=0)
+    last = _int_param("last", -1, minimum=0) if _has_param("last") else None
+    cells = _int_param("cells", 0, minimum=1) if _has_param("cells") else None
+    caller = app.current_request.context[CALLER]
+    return dashboard.transaction_map(get_context(), mission_id, caller, first, last, cells)
+
+
+@app.route("/missions/{mission_id}/timeline", methods=["GET"], authorizer=iam)
+@answers(200)
+def get_timeline(mission_id: str) -> dict[str, Any]:
+    after = _int_param("after", -1, minimum=-1)
+    limit = min(
+        _int_param("limit", dashboard.TIMELINE_RANGE_LIMIT, minimum=1),
+        dashboard.TIMELINE_RANGE_LIMIT,
+    )
+    caller = app.current_request.context[CALLER]
+    return dashboard.timeline(get_context(), mission_id, caller, after=after, limit=limit)
+
+
+@app.route("/missions/{mission_id}/outcome", methods=["GET"], authorizer=iam)
+@answers(200)
+def get_outcome(mission_id: str) -> dict[str, Any]:
+    return dashboard.outcome(get_context(), mission_id, app.current_request.context[CALLER])
 
 
 # ---- Events ------------------------------------------------------------------------------

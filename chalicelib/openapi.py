@@ -17,6 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from chalicelib import dashboard
 from chalicelib.apps import BUILTIN_APPS
 from chalicelib.config import MAX_BODY_BYTES, MAX_NESTING, QUERY_INT_MAX, MissionConfig
 from chalicelib.idempotency import _KEY as IDEMPOTENCY_KEY
@@ -219,6 +220,155 @@ def _schemas() -> dict[str, Any]:
         ["Code", "Message"],
         description="Chalice's own answer, e.g. to a body that is not application/json.",
     )
+    schemas.update(_dashboard_schemas(counts))
+    return schemas
+
+
+def _dashboard_schemas(counts: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard's answers (chalicelib.dashboard)."""
+    index = {"type": "integer", "minimum": 0}
+    number = {"type": "number", "minimum": 0}
+    schemas: dict[str, Any] = {}
+    schemas["Overview"] = _object(
+        {
+            "missions": {
+                "type": "array",
+                "items": {
+                    "allOf": [
+                        _ref("MissionSummary"),
+                        _object(
+                            {
+                                "transactions": _object(counts, list(counts)),
+                                "instances": index,
+                                "instance_seconds": number,
+                                "estimated_cost_usd": number,
+                            },
+                            ["transactions", "instances", "instance_seconds", "estimated_cost_usd"],
+                        ),
+                    ]
+                },
+            },
+            "now": TIME,
+        },
+        ["missions", "now"],
+        description="The newest missions the caller may see, each with its counts and cost.",
+    )
+    failure = _object(
+        {
+            "index": index,
+            "span": {"type": "integer", "minimum": 1},
+            "attempts": index,
+            "exit_code": _nullable({"type": "integer"}),
+            "error_tail": TEXT,
+            "finished_at": _nullable(TIME),
+        },
+        ["index", "attempts", "exit_code", "error_tail"],
+    )
+    codes = "".join(dashboard.STATUS_CODES)
+    schemas["TransactionMap"] = _object(
+        {
+            "mission_id": TEXT,
+            "status": {"type": "string", "enum": [s.value for s in MissionStatus]},
+            "total": index,
+            "claim_cursor": {**index, "description": "Indexes below it were handed out."},
+            "transactions": _object(counts, list(counts)),
+            "first": index,
+            "last": _nullable(index),
+            "next_first": _nullable(
+                {**index, "description": "Pass as `first` for the rest; null when covered."}
+            ),
+            "codes": {"type": "object", "additionalProperties": TEXT},
+            "per_cell": {"type": "integer", "minimum": 1},
+            "statuses": {
+                "type": "string",
+                "pattern": f"^[{codes}]*$",
+                "description": "With per_cell 1: one status code per transaction, first..last.",
+            },
+            "buckets": {
+                "type": "object",
+                "additionalProperties": {"type": "array", "items": index},
+                "description": "With per_cell above 1: per status code, its count per bucket.",
+            },
+            "failures": {"type": "array", "items": failure},
+        },
+        ["mission_id", "status", "total", "first", "last", "next_first", "per_cell", "failures"],
+    )
+    schemas["Timeline"] = _object(
+        {
+            "mission_id": TEXT,
+            "status": {"type": "string", "enum": [s.value for s in MissionStatus]},
+            "now": TIME,
+            "claim_cursor": index,
+            "attempts": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "index": index,
+                        "span": {"type": "integer", "minimum": 1},
+                        "instance": TEXT,
+                        "status": {"type": "string", "enum": [s.value for s in TransactionStatus]},
+                        "started_at": TIME,
+                        "finished_at": _nullable(TIME),
+                        "run_seconds": _nullable({"type": "number"}),
+                        "attempts": index,
+                        "exit_code": _nullable({"type": "integer"}),
+                    },
+                    ["index", "instance", "status", "started_at"],
+                ),
+            },
+            "marks": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "index": index,
+                        "kind": {"type": "string", "enum": ["lost", "spot"]},
+                        "instance": _nullable(TEXT),
+                        "reason": TEXT,
+                    },
+                    ["index", "kind", "instance", "reason"],
+                ),
+            },
+            "instances": _nullable(
+                {
+                    "type": "array",
+                    "description": "The mission's instances (on the first page only).",
+                    "items": _object(
+                        {
+                            "instance_id": TEXT,
+                            "state": _nullable(TEXT),
+                            "launched_at": _nullable(TIME),
+                            "market": TEXT,
+                            "type": _nullable(TEXT),
+                            "state_reason": _nullable(TEXT),
+                        },
+                        ["instance_id", "state"],
+                    ),
+                }
+            ),
+            "next_after": _nullable(index),
+        },
+        ["mission_id", "status", "attempts", "marks", "instances", "next_after"],
+    )
+    schemas["Outcome"] = {
+        "allOf": [
+            _ref("Mission"),
+            _object(
+                {
+                    "now": TIME,
+                    "manifest": _nullable(
+                        _object({"uri": TEXT, "sha256": _nullable(TEXT)}, ["uri", "sha256"])
+                    ),
+                    "email": _nullable(
+                        _object(
+                            {"sent_at": TIME, "to": _nullable(TEXT), "subject": TEXT},
+                            ["sent_at", "subject"],
+                        )
+                    ),
+                },
+                ["manifest", "email"],
+            ),
+        ]
+    }
     return schemas
 
 
@@ -322,6 +472,7 @@ def _paths() -> dict[str, Any]:
                 "responses": _responses(200, "TransactionPage", "The page.", 400, 401, 404),
             },
         },
+        **_dashboard_paths(),
         ROUTE: {
             "get": {
                 "operationId": "getOpenApi",
@@ -334,6 +485,88 @@ def _paths() -> dict[str, Any]:
                     "401": _responses(200, "Error", "", 401)["401"],
                 },
             }
+        },
+    }
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+def _dashboard_paths() -> dict[str, Any]:
+    """The dashboard's reads: each bounded per call at any mission size."""
+
+    def integer(minimum: int, **extra: Any) -> dict[str, Any]:
+        return {"type": "integer", "minimum": minimum, "maximum": QUERY_INT_MAX, **extra}
+
+    span, cells = dashboard.MAP_RANGE_LIMIT, dashboard.MAP_CELLS_LIMIT
+    timeline_limit = dashboard.TIMELINE_RANGE_LIMIT
+    return {
+        "/overview": {
+            "get": {
+                "operationId": "overview",
+                "summary": "The newest missions with their counts, instance-seconds and cost",
+                "parameters": [
+                    _query(
+                        "status",
+                        "Only missions with this status.",
+                        {"type": "string", "enum": [s.value for s in MissionStatus]},
+                    )
+                ],
+                "responses": _responses(200, "Overview", "The missions.", 400, 401),
+            }
+        },
+        "/missions/{mission_id}/map": {
+            "parameters": [MISSION_ID],
+            "get": {
+                "operationId": "transactionMap",
+                "summary": "The status of each transaction of an index range (the map)",
+                "description": f"At most {span} indexes a call (`next_first` continues); with"
+                f" `cells` below the range's size, counts per status over that many buckets"
+                f" (at most {cells}).",
+                "parameters": [
+                    _query("first", "The first index (default 0).", integer(0, default=0)),
+                    _query("last", "The last index (default: the mission's last).", integer(0)),
+                    _query("cells", "Buckets wanted (default: one per index).", integer(1)),
+                ],
+                "responses": _responses(200, "TransactionMap", "The map.", 400, 401, 404),
+            },
+        },
+        "/missions/{mission_id}/timeline": {
+            "parameters": [MISSION_ID],
+            "get": {
+                "operationId": "workerTimeline",
+                "summary": "The attempts of an index range, each on its instance",
+                "description": f"At most {timeline_limit} indexes a call (`next_after`"
+                " continues); the mission's instances on the first page.",
+                "parameters": [
+                    _query(
+                        "after",
+                        "Transactions after this index (-1: from the first).",
+                        integer(-1, default=-1),
+                    ),
+                    _query(
+                        "limit",
+                        f"Indexes per page; more than {timeline_limit} count as {timeline_limit}.",
+                        integer(1, default=timeline_limit),
+                    ),
+                ],
+                "responses": _responses(200, "Timeline", "The page.", 400, 401, 404),
+            },
+        },
+        "/missions/{mission_id}/outcome": {
+            "parameters": [MISSION_ID],
+            "get": {
+                "operationId": "missionOutcome",
+                "summary": "A mission with its result, its receipt and its email once sent",
+                "responses": _responses(200, "Outcome", "The mission.", 401, 404),
+            },
         },
     }
 

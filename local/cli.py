@@ -7,6 +7,7 @@
     lighthpc status [ID]              missions, or one mission
     lighthpc cancel ID                cancel a mission
     lighthpc verify ID                check a merged result against its receipt
+    lighthpc dashboard                the dashboard page, for the local stack or --api URL
 
 Everything but `up` and `demo` talks to a running `lighthpc up` through HTTP and S3, found through
 `<home>/stack.json` (home: `--home`, `$LIGHTHPC_HOME` or `.lighthpc`), or, with `--api URL`, to a
@@ -41,6 +42,7 @@ from local.client import (
     verify_mission,
     watch,
 )
+from local.dashboard import DashboardServer
 from local.fidelity import FidelityInvalid, FidelityOptions
 from local.runtime import LocalRuntime
 
@@ -116,7 +118,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     info = runtime.start()
+    try:
+        dashboard = DashboardServer(info, port=args.dashboard_port).start()
+    except OSError as e:  # its port is taken (another `up`?): the stack itself still serves
+        print(f"dashboard port {args.dashboard_port}: {e}; serving on a free port", flush=True)
+        dashboard = DashboardServer(info, port=0).start()
     print("lighthpc is up (Ctrl-C to stop)\n" + info.describe(), flush=True)
+    print(f"dashboard      {dashboard.url}/", flush=True)
     if runtime.fidelity is not None:
         print(f"AWS-fidelity profile: {runtime.fidelity.options.describe()}", flush=True)
     print(f"stack details: {args.home.resolve() / 'stack.json'}", flush=True)
@@ -126,6 +134,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     print("\nstopping...", flush=True)
+    dashboard.stop()
     stopper = threading.Thread(target=runtime.stop, name="stop", daemon=True)
     stopper.start()
     stopper.join(timeout=STOP_TIMEOUT_SECONDS)
@@ -245,6 +254,27 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return 0 if row["ok"] else 1
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """The dashboard page on this machine, for the local stack or (--api) a deployed stage: its
+    calls are forwarded there, signed with the user's own credentials for a deployed one."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    where = target(args)
+    try:
+        server = DashboardServer(where, port=args.port).start()
+    except OSError as e:
+        raise CliError(f"cannot serve the dashboard on port {args.port}: {e}") from e
+    print(f"dashboard      {server.url}/   (for {where.api_url}; Ctrl-C to stop)", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    server.stop()
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from local.demo import run_demo, run_demo_in_process
 
@@ -286,6 +316,7 @@ def _add_up(commands: Any) -> None:
     up.add_argument("--aws-port", type=int, default=4566, help="embedded AWS port (0: any)")
     up.add_argument("--api-port", type=int, default=8000, help="REST API port (0: any)")
     up.add_argument("--max-workers", type=int, default=8, help="concurrent local workers")
+    up.add_argument("--dashboard-port", type=int, default=8080, help="dashboard page port (0: any)")
     up.add_argument("--verbose", action="store_true", help="log every request")
     up.add_argument(
         "--sweep-seconds",
@@ -419,6 +450,12 @@ def _add_mission_commands(commands: Any) -> None:
         help="the manifest's sha256 as the email gives it: the manifest must have it",
     )
     verify.set_defaults(func=cmd_verify)
+
+    dashboard = commands.add_parser(
+        "dashboard", help="serve the dashboard page for the local stack, or for --api URL"
+    )
+    dashboard.add_argument("--port", type=int, default=8080, help="port to serve on (0: any)")
+    dashboard.set_defaults(func=cmd_dashboard)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,8 +24,12 @@ expected = [
     "/me",
     "/missions",
     "/missions/{mission_id}",
+    "/missions/{mission_id}/map",
+    "/missions/{mission_id}/outcome",
+    "/missions/{mission_id}/timeline",
     "/missions/{mission_id}/transactions",
     "/openapi.json",
+    "/overview",
 ]
 assert routes == expected, routes
 handlers = sorted(source.name for source in app.app.event_sources)
