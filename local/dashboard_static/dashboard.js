@@ -6,7 +6,8 @@
 const POLL_MS = Number(new URLSearchParams(location.search).get("poll")) || 2000;
 const MAP_CHUNK = 10000; // the API's MAP_RANGE_LIMIT: indexes one map call covers
 const MAP_CALLS_PER_REFRESH = 3; // a live refresh re-reads at most this many chunks
-const TIMELINE_WINDOW = 1000; // the API's TIMELINE_RANGE_LIMIT
+const TIMELINE_WINDOW = 1000; // the API's TIMELINE_RANGE_LIMIT: a small mission's whole timeline
+const TIMELINE_LATEST = 300; // a bigger mission's: its latest claims (each attempt ~230 bytes)
 const TERMINAL = new Set(["SUCCEEDED", "FAILED", "CANCELLED"]);
 // Map codes (the API's STATUS_CODES) to colours and names; index in CODES is the byte stored.
 const CODES = ["P", "W", "R", "S", "F", "C"];
@@ -162,6 +163,7 @@ async function refreshMission() {
     renderMission(m);
     await refreshMap(m);
     await refreshTimeline(m);
+    state.stats.refreshes = (state.stats.refreshes || 0) + 1;
     live(`live · updated ${new Date().toLocaleTimeString()}` + (TERMINAL.has(m.status) ? " · finished" : ""));
   } catch (e) {
     if (e.status === 404) { offline(null); $("mission-title").textContent = `no mission ${id}`; live("not found"); return; }
@@ -274,6 +276,7 @@ async function refreshMap(m) {
     map.next = (chunk + 1) % chunks;
     if (first && chunk === wanted[0]) drawMap(); // the first render does not wait for the rest
   }
+  if (!map.loaded) state.stats.mapLoadedMs = performance.now();
   map.loaded = true;
   drawMap();
   renderFailures();
@@ -314,6 +317,7 @@ function drawMap() {
     }
   }
   context.putImageData(image, 0, 0);
+  if (n && !state.stats.firstMapMs) state.stats.firstMapMs = performance.now(); // measured, in README
   Object.assign(canvas.dataset, { cells: String(n), first: String(lo), last: String(hi), cell: String(cell), columns: String(columns), counts: JSON.stringify(counts) });
   canvas.setAttribute("aria-label", `transaction map of ${num(n)} transactions (${lo} to ${hi}): ` +
     Object.entries(counts).filter(([, v]) => v).map(([k, v]) => `${num(v)} ${CODE_NAMES[k]}`).join(", "));
@@ -331,7 +335,7 @@ function mapIndexAt(event) {
 }
 
 function renderFailures() {
-  const failures = [...state.map.failures.values()].sort((a, b) => a.index - b.index).slice(0, 200);
+  const failures = [...state.map.failures.values()].sort((a, b) => a.index - b.index).slice(0, 50); // the first 50: the map keeps up to 100 a chunk
   $("failures").tBodies[0].replaceChildren(...failures.map((f) => el("tr", { "data-index": String(f.index) },
     el("td", { class: "num", text: String(f.index) }), el("td", { class: "num", text: String(f.attempts) }),
     el("td", { class: "num", text: f.exit_code == null ? "–" : String(f.exit_code) }),
@@ -347,12 +351,14 @@ function renderFailures() {
 async function refreshTimeline(m) {
   const total = m.transactions.total || 0;
   const cursor = state.map ? state.map.cursor : total;
-  const first = await call(`/missions/${m.mission_id}/timeline?after=-1&limit=${TIMELINE_WINDOW}`);
+  const small = total <= TIMELINE_WINDOW;
+  // A big mission's first page is read for its instances only (limit 1).
+  const first = await call(`/missions/${m.mission_id}/timeline?after=-1&limit=${small ? TIMELINE_WINDOW : 1}`);
   let body = first;
-  if (total > TIMELINE_WINDOW) {
-    const after = Math.max(-1, Math.min(total, cursor) - TIMELINE_WINDOW - 1);
-    if (after > -1) body = { ...(await call(`/missions/${m.mission_id}/timeline?after=${after}&limit=${TIMELINE_WINDOW}`)), instances: first.instances };
-    $("timeline-note").textContent = `Attempts of the latest ${num(TIMELINE_WINDOW)} transactions claimed (indexes ${after + 1} to ${after + TIMELINE_WINDOW}).`;
+  if (!small) {
+    const after = Math.max(-1, Math.min(total, cursor) - TIMELINE_LATEST - 1);
+    body = { ...(await call(`/missions/${m.mission_id}/timeline?after=${after}&limit=${TIMELINE_LATEST}`)), instances: first.instances };
+    $("timeline-note").textContent = `Attempts of the latest ${num(TIMELINE_LATEST)} transactions claimed (indexes ${after + 1} to ${after + TIMELINE_LATEST}).`;
   } else {
     $("timeline-note").textContent = "A bar per transaction's latest attempt; earlier attempts show by the mark they left.";
   }
