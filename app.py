@@ -25,7 +25,7 @@ from chalicelib.errors import ApiError
 from chalicelib.idempotency import HEADER as IDEMPOTENCY_HEADER
 from chalicelib.interruptions import on_spot_interruption
 from chalicelib.observability import flush_metrics, logger
-from chalicelib.results import handle_result_object
+from chalicelib.results import count_batch, handle_result_object
 from chalicelib.scheduler import handle_source_event
 from chalicelib.settings import RESULT_QUEUE_NAME, SOURCE_QUEUE_NAME
 from chalicelib.sweeper import sweep
@@ -199,7 +199,7 @@ def light_scheduler(event: SQSEvent) -> dict[str, Any]:
 @app.on_sqs_message(queue=RESULT_QUEUE_NAME, batch_size=10, name="result_processor")
 def result_processor(event: SQSEvent) -> dict[str, Any]:
     ctx = in_invocation(get_context(), event.context)  # a long merge stops in time, resumes
-    return process_sqs_batch(ctx, event.to_dict(), handle_result_object)
+    return process_sqs_batch(ctx, event.to_dict(), handle_result_object, prepare=count_batch)
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES), name="sweeper")

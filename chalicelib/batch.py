@@ -27,14 +27,31 @@ def process_sqs_batch(
     ctx: Context,
     event: dict[str, Any],
     handle: Callable[[Context, SourceEvent], None],
+    prepare: Callable[[Context, list[SourceEvent]], set[SourceEvent]] | None = None,
 ) -> dict[str, Any]:
+    """Each record's events through `handle`; with `prepare`, the whole batch's events first
+    (those it returns are done, and skipped). A record that cannot be parsed is left to its
+    own handling, which reports it failed."""
+    records = event.get("Records", [])
+    done: set[SourceEvent] = set()
+    if prepare is not None:
+        items: list[SourceEvent] = []
+        for record in records:
+            try:
+                items += parse_queue_body(record.get("body", ""))
+            except Exception:  # noqa: S112 - reported by its own handling, below
+                continue
+        done = prepare(ctx, items)
+
     def record_handler(record: SQSRecord) -> None:
         for item in parse_queue_body(record.body):
+            if item in done:
+                continue
             bind_mission(None)
             handle(ctx, item)
 
     processor = BatchProcessor(event_type=EventType.SQS)
-    with processor(records=event.get("Records", []), handler=record_handler):
+    with processor(records=records, handler=record_handler):
         processor.process()
     response = processor.response()
     failures = response.get("batchItemFailures", [])
@@ -42,5 +59,5 @@ def process_sqs_batch(
         for _, exception, _ in processor.exceptions:
             logger.error("record failed", extra={"error": repr(exception)})
         if not ctx.settings.partial_batch_responses:
-            raise BatchFailed(f"{len(failures)} of {len(event.get('Records', []))} records failed")
+            raise BatchFailed(f"{len(failures)} of {len(records)} records failed")
     return response

@@ -85,9 +85,14 @@ def _span(t: Transaction) -> int:
     return max(1, int(getattr(t, "span", 1) or 1))
 
 
-def _items(ctx: Context, mission: Mission, first: int, last: int) -> Iterator[Transaction]:
-    """The items of indexes first..last, as the API tells their status (`shown_status`)."""
-    for t in ctx.store.transactions.of(mission.mission_id, first, last):
+def _items(
+    ctx: Context, mission: Mission, first: int, last: int, covering: bool = False
+) -> Iterator[Transaction]:
+    """The items keyed first..last (with `covering`, also the block before that reaches into
+    the range), as the API tells their status (`shown_status`)."""
+    transactions = ctx.store.transactions
+    read = transactions.covering if covering else transactions.of
+    for t in read(mission.mission_id, first, last):
         shown = shown_status(t.status, t.counted, mission.status)
         yield t if shown is t.status else _with_status(t, shown)
 
@@ -133,7 +138,7 @@ def transaction_map(
     pending = "C" if mission.status is MissionStatus.CANCELLED else "P"
     codes = [pending] * width
     failures: list[dict[str, Any]] = []
-    for t in _items(ctx, mission, first, end):
+    for t in _items(ctx, mission, first, end, covering=True):
         code = _code(t)
         for i in range(max(t.index, first), min(t.index + _span(t) - 1, end) + 1):
             codes[i - first] = code

@@ -7,7 +7,7 @@ times are datetimes (or epoch seconds for leases, which conditions compare with 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
 
@@ -116,6 +116,46 @@ class Transaction:
     run_seconds: float | None = None
     part_key: str | None = None
     counted: bool = False  # its outcome is in the mission's counters (result_processor set it)
+    # A claim packs a run of consecutive transactions into one item (a block): this one covers
+    # indexes `index` .. `last`, all in its status, with one lease and one part. Only its first
+    # transaction may have been attempted before (a block stops at its first failure and sends
+    # the rest back from there), so `attempts` is the first's.
+    span: int = 1
+
+    @property
+    def last(self) -> int:
+        return self.index + self.span - 1
+
+    @property
+    def indexes(self) -> range:
+        return range(self.index, self.index + self.span)
+
+    def attempts_of(self, index: int) -> int:
+        """How many attempts transaction `index` of this block has had (claimed: this one)."""
+        if index == self.index:
+            return self.attempts
+        return 0 if self.status is TransactionStatus.PENDING else 1
+
+    def member(self, s: Slice) -> Transaction:
+        """Transaction `s.index` of this block, alone: the block's status, lease and times, its
+        own slice and attempts. A block's seconds are its whole run's, so a member has none; an
+        error or failing exit code is its first transaction's (a block stops at its first
+        failure), so the others have none."""
+        if self.span == 1:
+            return self
+        first = s.index == self.index
+        succeeded = self.status is TransactionStatus.SUCCEEDED
+        return replace(
+            self,
+            index=s.index,
+            start=s.start,
+            end=s.end,
+            span=1,
+            attempts=self.attempts_of(s.index),
+            run_seconds=None,
+            exit_code=self.exit_code if first or succeeded else None,
+            error=self.error if first else None,
+        )
 
     @classmethod
     def pending(cls, mission_id: str, s: Slice) -> Transaction:

@@ -23,8 +23,8 @@ PARTS_PREFIX = "parts/"
 INDEX_DIGITS = 8  # zero-padded, so keys sort in index order
 MAX_TRANSACTIONS_EVER = 10**INDEX_DIGITS
 _OUTCOME = re.compile(
-    rf"^parts/(?P<mission>[^/]+)/(?P<index>\d{{{INDEX_DIGITS}}})\.(?P<claim>[1-9]\d*)"
-    r"\.(?P<kind>out|failed)$"
+    rf"^parts/(?P<mission>[^/]+)/(?P<index>\d{{{INDEX_DIGITS}}})(?:-(?P<last>\d{{{INDEX_DIGITS}}}))?"
+    r"\.(?P<claim>[1-9]\d*)\.(?P<kind>out|failed)$"
 )
 RESULTS_PREFIX = "results/"
 
@@ -35,12 +35,21 @@ STAGE_TAG = "lighthpc:stage"
 # Outcome keys carry the claim that produced them (a transaction's claims only ever count up,
 # even when a hand-back gives its attempt back), so a part from a claim that no longer holds the
 # transaction is never mistaken for the holder's: it is not counted, and never merged.
-def part_key(mission_id: str, index: int, claim: int) -> str:
-    return f"{PARTS_PREFIX}{mission_id}/{index:0{INDEX_DIGITS}d}.{claim}.out"
+# A block's part (a claim of several consecutive transactions: their outputs concatenated in
+# index order) names its last index too, so that counting it needs no read: `first-last`.
+def _outcome_stem(mission_id: str, index: int, claim: int, span: int) -> str:
+    stem = f"{PARTS_PREFIX}{mission_id}/{index:0{INDEX_DIGITS}d}"
+    if span > 1:
+        stem += f"-{index + span - 1:0{INDEX_DIGITS}d}"
+    return f"{stem}.{claim}"
 
 
-def failure_key(mission_id: str, index: int, claim: int) -> str:
-    return f"{PARTS_PREFIX}{mission_id}/{index:0{INDEX_DIGITS}d}.{claim}.failed"
+def part_key(mission_id: str, index: int, claim: int, span: int = 1) -> str:
+    return f"{_outcome_stem(mission_id, index, claim, span)}.out"
+
+
+def failure_key(mission_id: str, index: int, claim: int, span: int = 1) -> str:
+    return f"{_outcome_stem(mission_id, index, claim, span)}.failed"
 
 
 def result_key(mission_id: str) -> str:
@@ -88,6 +97,7 @@ class Outcome:
     index: int
     succeeded: bool
     claim: int  # which claim of the transaction produced it
+    span: int = 1  # the transactions it reports: index .. index + span - 1 (a block)
 
 
 def parse_outcome_key(key: str) -> Outcome | None:
@@ -95,7 +105,11 @@ def parse_outcome_key(key: str) -> Outcome | None:
     m = _OUTCOME.match(key)
     if m is None:
         return None
-    return Outcome(m["mission"], int(m["index"]), m["kind"] == "out", int(m["claim"]))
+    index = int(m["index"])
+    span = 1 if m["last"] is None else int(m["last"]) - index + 1
+    if span < 1:
+        return None
+    return Outcome(m["mission"], index, m["kind"] == "out", int(m["claim"]), span)
 
 
 @dataclass(frozen=True)

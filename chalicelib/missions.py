@@ -203,9 +203,15 @@ def transactions(
     first, last = after + 1, min(after + limit, mission.total - 1)
     if mission.total == 0 or first > last:
         return {"transactions": [], "next_after": None}
-    claimed = {t.index: t for t in ctx.store.transactions.of(mission_id, first, last)}
+    claimed = {
+        i: block
+        for block in ctx.store.transactions.covering(mission_id, first, last)
+        for i in block.indexes
+    }
     page = [
-        claimed.get(i) or Transaction.pending(mission_id, mission.plan.slice(i))
+        claimed[i].member(mission.plan.slice(i))
+        if i in claimed
+        else Transaction.pending(mission_id, mission.plan.slice(i))
         for i in range(first, last + 1)
     ]
     # In a cancelled mission, what did not count before the cancel is CANCELLED.

@@ -49,8 +49,9 @@ from typing import Any, BinaryIO
 from chalicelib.domain import Mission, Transaction, Usage
 from chalicelib.layout import PartStamp
 
-FORMAT = "lighthpc-receipt/2"
+FORMAT = "lighthpc-receipt/3"
 FORMAT_1 = "lighthpc-receipt/1"  # the result line has the whole result's sha256
+FORMAT_2 = "lighthpc-receipt/2"  # one transaction per line (no `span`): as 3 with spans of 1
 CONTENT_TYPE = "application/x-ndjson"
 _CHUNK = 1024 * 1024
 
@@ -137,7 +138,10 @@ def mission_record(
         "config": mission.config.model_dump(mode="json"),
         "plan": {
             "transactions": mission.total,
-            "slices": "lines" if mission.plan.lines_per_transaction is not None else "interval",
+            # What a slice's start and end count: lines, input bytes, or the interval's units.
+            "slices": {"lines": "lines", "bytes": "bytes"}.get(
+                mission.config.split.mode, "interval"
+            ),
         },
         "result": {"bucket": result_bucket, "key": result_key},
     }
@@ -149,6 +153,7 @@ def transaction_record(txn: Transaction, part: MergedPart | None, offset: int) -
     record: dict[str, Any] = {
         "kind": "transaction",
         "index": txn.index,
+        "span": txn.span,  # a block: transactions index .. index + span - 1, one part
         "status": txn.status.value,
         "slice": {"start": txn.start, "end": txn.end},
         "attempts": txn.attempts,
@@ -227,9 +232,9 @@ class ManifestWriter:
     def transaction(self, txn: Transaction, part: MergedPart | None) -> None:
         if txn.index <= self.last_index:
             raise ValueError(f"transaction {txn.index} after {self.last_index}: not index order")
-        self.last_index = txn.index
+        self.last_index = txn.last
         self._line(transaction_record(txn, part, self.offset))
-        self.transactions += 1
+        self.transactions += txn.span
         if part is not None:
             self.offset += part.size
             self.parts += 1
@@ -371,7 +376,7 @@ def verify(
     if (
         header is None
         or header.get("kind") != "mission"
-        or header.get("format") not in (FORMAT, FORMAT_1)
+        or header.get("format") not in (FORMAT, FORMAT_2, FORMAT_1)
     ):
         return [*problems, Problem(f"the manifest does not begin with a {FORMAT} mission line")]
     result = read_result()
@@ -385,13 +390,17 @@ def verify(
         if kind != "transaction" or footer is not None:
             problems.append(Problem(f"unexpected manifest line {str(record)[:200]}"))
             continue
-        transactions += 1
+        span = record.get("span", 1)
+        if not isinstance(span, int) or span < 1:
+            problems.append(Problem(f"span {span!r} is not a count", record.get("index")))
+            span = 1
+        transactions += span
         try:
             _check_transaction(record, last_index, position, result, whole, read_part, problems)
         except (KeyError, TypeError, ValueError) as e:
             problems.append(Problem(f"malformed transaction line ({e!r})", record.get("index")))
             continue
-        last_index = record["index"]
+        last_index = record["index"] + span - 1
         if record["part"] is not None:
             position += record["part"]["bytes"]
             parts.update(str(record["part"]["sha256"]).encode())

@@ -18,13 +18,61 @@ from chalicelib.capacity import mission_instances
 from chalicelib.context import Context
 from chalicelib.domain import Mission, Usage
 from chalicelib.events import MergeRequest, ObjectCreated, SourceEvent
-from chalicelib.layout import SHA256_METADATA, FailureMarker, manifest_key, parse_outcome_key
+from chalicelib.layout import (
+    SHA256_METADATA,
+    FailureMarker,
+    Outcome,
+    manifest_key,
+    parse_outcome_key,
+)
 from chalicelib.notify import MAX_FAILURES_LISTED, FailedTransaction, MissionReport, publish
 from chalicelib.observability import bind_mission, count, logger
 from chalicelib.pricing import estimated_cost
 from chalicelib.states import MissionStatus, TransactionStatus, mission_outcome, shown_status
+from chalicelib.store.transactions import MAX_COUNTED_AT_ONCE
 
 NOTIFY_LEASE_SECONDS = 120
+
+
+def count_batch(ctx: Context, items: list[SourceEvent]) -> set[SourceEvent]:
+    """Count a batch's outcomes together before they are handled one by one: per mission, its
+    blocks in one DynamoDB transaction with one write of the mission's counts (the hottest
+    item, written once per batch rather than once per block), then the mission settled once.
+
+    All or nothing per mission: if any of them was counted already or is stale (a duplicate
+    event, a part from a lost claim), none is, and each is then handled on its own. Returns
+    the events counted and settled here, which `handle_result_object` then skips."""
+    groups: dict[str, dict[str, tuple[SourceEvent, Outcome]]] = {}
+    for obj in items:
+        if isinstance(obj, ObjectCreated) and obj.bucket == ctx.settings.result_bucket:
+            outcome = parse_outcome_key(obj.key)
+            if outcome is not None:  # a key twice in a batch is counted once (by its first)
+                groups.setdefault(outcome.mission_id, {}).setdefault(obj.key, (obj, outcome))
+    handled: set[SourceEvent] = set()
+    for mission_id, by_key in groups.items():
+        if len(by_key) < 2:
+            continue  # one alone is counted as usual
+        bind_mission(mission_id)
+        batch = list(by_key.items())[:MAX_COUNTED_AT_ONCE]
+        entries = [
+            (outcome, key, None if outcome.succeeded else _read_failure_marker(ctx, key))
+            for key, (_, outcome) in batch
+        ]
+        if not ctx.store.transactions.count_outcomes(entries):
+            logger.info("batch not counted at once: one by one", extra={"outcomes": len(batch)})
+            continue
+        for outcome, _, _ in entries:
+            count(
+                "TransactionsSucceeded" if outcome.succeeded else "TransactionsFailed", outcome.span
+            )
+        logger.info("outcomes counted at once", extra={"outcomes": len(batch)})
+        handled |= {obj for _, (obj, _) in batch}
+        try:
+            settle(ctx, mission_id)
+        except merge.MergeSuspended as e:
+            logger.info("merge under way", extra={"why": str(e)})
+    bind_mission(None)
+    return handled
 
 
 def handle_result_object(ctx: Context, obj: SourceEvent) -> None:
@@ -43,10 +91,10 @@ def handle_result_object(ctx: Context, obj: SourceEvent) -> None:
     failure = None if outcome.succeeded else _read_failure_marker(ctx, obj.key)
     counted = ctx.store.transactions.count_outcome(outcome, obj.key, failure)
     if counted:
-        count("TransactionsSucceeded" if outcome.succeeded else "TransactionsFailed")
+        count("TransactionsSucceeded" if outcome.succeeded else "TransactionsFailed", outcome.span)
     logger.info(
         "outcome counted" if counted else "outcome already counted",
-        extra={"index": outcome.index, "succeeded": outcome.succeeded},
+        extra={"index": outcome.index, "span": outcome.span, "succeeded": outcome.succeeded},
     )
     try:
         settle(ctx, outcome.mission_id)
@@ -186,7 +234,9 @@ def build_report(ctx: Context, mission: Mission) -> MissionReport:
     no more anyway."""
     failures: list[FailedTransaction] = []
     more_failures = 0
-    for t in ctx.store.transactions.of(mission.mission_id):
+    # Only counted failures show as FAILED: without any, no transaction needs reading.
+    listed = ctx.store.transactions.of(mission.mission_id) if mission.failed else ()
+    for t in listed:
         if shown_status(t.status, t.counted, mission.status) is not TransactionStatus.FAILED:
             continue
         if len(failures) >= MAX_FAILURES_LISTED:

@@ -193,12 +193,12 @@ def _recount(ctx: Context, mission: Mission, report: SweepReport) -> bool:
     counted = 0
     for txn in ctx.store.transactions.finished_uncounted(mission.mission_id):
         succeeded = txn.status is TransactionStatus.SUCCEEDED
-        outcome = Outcome(mission.mission_id, txn.index, succeeded, txn.claim)
+        outcome = Outcome(mission.mission_id, txn.index, succeeded, txn.claim, txn.span)
         if succeeded:
-            key = txn.part_key or part_key(mission.mission_id, txn.index, txn.claim)
+            key = txn.part_key or part_key(mission.mission_id, txn.index, txn.claim, txn.span)
             failure = None
         else:
-            key = failure_key(mission.mission_id, txn.index, txn.claim)
+            key = failure_key(mission.mission_id, txn.index, txn.claim, txn.span)
             failure = FailureMarker(error=txn.error, exit_code=txn.exit_code, attempts=txn.attempts)
         counted += ctx.store.transactions.count_outcome(outcome, key, failure)
     if counted:
@@ -215,13 +215,16 @@ def _take_back(
 ) -> None:
     reason = f"lease of {txn.lease_owner} expired: worker lost"
     attempts = mission.config.max_attempts
-    requeue = after_failed_attempt(txn.attempts, attempts) is TransactionStatus.PENDING
+    # A block of several is cut in two and requeued, no attempt spent (`take_back_expired`).
+    requeue = (
+        txn.span > 1 or after_failed_attempt(txn.attempts, attempts) is TransactionStatus.PENDING
+    )
     # The lease is taken back first: a worker that heartbeat meanwhile keeps its transaction
     # (the condition says no), and nothing is reported for it.
-    if not ctx.store.transactions.take_back_expired(txn, now, reason, requeue=requeue):
+    if not ctx.store.transactions.take_back_expired(txn, now, reason, requeue, mission.plan):
         return
     if requeue:
-        report.requeued += 1
+        report.requeued += txn.span
         logger.warning("expired lease: transaction requeued", extra={"index": txn.index})
         return
     # Out of attempts, now FAILED: reported like a worker would, through a failure marker (if

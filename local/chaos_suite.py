@@ -232,7 +232,7 @@ def _stale_outcomes_counted(missions: list[str]) -> int:
         for mission_id in missions
         for t in store.transactions.of(mission_id)
         if t.status is TransactionStatus.SUCCEEDED
-        and t.part_key != part_key(mission_id, t.index, t.claim)
+        and t.part_key != part_key(mission_id, t.index, t.claim, t.span)
     )
 
 
@@ -250,8 +250,9 @@ def _concurrent_double_runs(workers: Path) -> int:
                 end = datetime.strptime(entry["timestamp"], "%Y-%m-%d %H:%M:%S,%f%z").timestamp()
             except (ValueError, KeyError):
                 continue
-            key = (entry.get("mission_id"), entry.get("index"))
-            runs.setdefault(key, []).append((end - float(entry.get("seconds", 0)), end, log.stem))
+            began = end - float(entry.get("seconds", 0))
+            for index in _members(entry):  # a block's success is logged once, for all of it
+                runs.setdefault((entry.get("mission_id"), index), []).append((began, end, log.stem))
     overlapping = 0
     for spans in runs.values():
         spans.sort()
@@ -276,8 +277,17 @@ def _completions(workers: Path) -> Counter:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            runs[(entry.get("mission_id"), entry.get("index"))] += 1
+            for index in _members(entry):
+                runs[(entry.get("mission_id"), index)] += 1
     return runs
+
+
+def _members(entry: dict[str, Any]) -> range:
+    """The transactions a worker's log line reports: a block's `index` and `span` of them."""
+    index = entry.get("index")
+    if not isinstance(index, int):
+        return range(0)
+    return range(index, index + int(entry.get("span", 1)))
 
 
 COLUMNS = [

@@ -60,6 +60,7 @@ from chalicelib.settings import Settings
 from chalicelib.splitting import copy_range, decode_slice_bounds, fetch_slice, offset_range
 from chalicelib.states import MissionStatus, TransactionStatus, after_failed_attempt
 from chalicelib.store import Conflict, NotFound, Store, StoreError
+from chalicelib.store.transactions import MAX_SPAN
 from worker_ami.metadata import MetadataSource
 from worker_ami.runner import AppResult, app_sandbox, run_app
 
@@ -83,6 +84,53 @@ _STREAM_BREAKS = (
 _STREAM_RESUMES = 3  # per range: then the slot stops, and the lease expires into a retry
 
 R = TypeVar("R")
+
+# A claim takes about this much work (AWS Batch's advice: pack short jobs into minutes; lithops'
+# chunksize): the calls made per claim (the cursor, the item, the lease, the part, the count)
+# then cost little per transaction, and a lost block costs at most this much work again.
+BLOCK_SECONDS = 30.0
+
+
+def block_size(mean_seconds: float | None, remaining: int, parallel: int) -> int:
+    """How many transactions to claim at once: about BLOCK_SECONDS of them at the pace seen so
+    far (one while none has run), and no more than a share of what remains to hand out (guided
+    self-scheduling: half of it over the slots that share it), so the last blocks shrink and
+    the slots finish about together."""
+    if mean_seconds is None:
+        return 1
+    by_time = int(BLOCK_SECONDS / max(mean_seconds, 1e-3))
+    by_share = remaining // (2 * max(1, parallel))
+    return max(1, min(MAX_SPAN, by_time, by_share))
+
+
+class _Pace:
+    """What this worker has seen: how long a transaction takes here (wall time, input and
+    upload included), and how many were never handed out yet, as of its last claim."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seconds = 0.0
+        self._runs = 0
+        self.remaining = 0
+
+    @property
+    def mean_seconds(self) -> float | None:
+        with self._lock:
+            return self._seconds / self._runs if self._runs else None
+
+    def ran(self, seconds: float) -> None:
+        with self._lock:
+            self._seconds += seconds
+            self._runs += 1
+
+    def claimed(self, block: Transaction, total: int) -> None:
+        """New blocks come off the cursor in index order: what lies past the furthest one
+        claimed is left (a retry, further back, says nothing)."""
+        with self._lock:
+            self.remaining = min(self.remaining, max(0, total - block.last - 1))
+
+    def start(self, mission: Mission) -> None:
+        self.remaining = max(0, mission.total - mission.handed_out)
 
 
 @dataclass(frozen=True)
@@ -181,6 +229,7 @@ class WorkerAgent:
         self._counts_lock = threading.Lock()
         self._verdicts: Counter[Verdict] = Counter()
         self._last_requeue_at: float | None = None  # when this worker last queued a retry
+        self._pace = _Pace()  # how big a block to claim
         # Set by a Spot interruption notice: stop claiming, stop apps, hand work back.
         self.interrupted = threading.Event()
         # Set by a notice or a rebalance recommendation: claim no more transactions.
@@ -303,6 +352,7 @@ class WorkerAgent:
         mission = self._wait_until_planned(mission_id)
         if mission is None:
             return
+        self._pace.start(mission)
         # Default: one slot per vCPU of this machine.
         slots = self._slots_override or mission.config.instances.slots or os.cpu_count() or 1
         threads = [
@@ -368,23 +418,28 @@ class WorkerAgent:
         bind_mission(mission.mission_id)
         lease = self._settings.lease_seconds
         transactions = self._store.transactions
+        slots = self._slots_override or mission.config.instances.slots or os.cpu_count() or 1
+        parallel = max(1, mission.instances) * slots
 
         def claim() -> Transaction | None:
-            return transactions.claim_next(mission, owner, self._clock(), lease)
+            want = block_size(self._pace.mean_seconds, self._pace.remaining, parallel)
+            return transactions.claim_next(mission, owner, self._clock(), lease, want)
 
         try:
             while not self.draining.is_set():
-                # Safe to repeat: a claim whose reply was lost leaves an index handed out but
-                # never written (the sweeper requeues it) or a lease nobody renews (it expires).
-                txn = self._retrying("claim", claim)
-                if txn is None:
+                # Safe to repeat: a claim whose reply was lost leaves indexes handed out but
+                # never written (the sweeper requeues them) or a lease nobody renews (it
+                # expires).
+                block = self._retrying("claim", claim)
+                if block is None:
                     if not self._requeued_recently():
                         return
                     # A retry this worker just queued may not be in the retry index yet (a GSI:
                     # it lags, typically under a second): look again before leaving.
                     self._sleep(RETRY_POLL_SECONDS)
                     continue
-                self._run_transaction(owner, mission, txn)
+                self._pace.claimed(block, mission.total)
+                self._run_block(owner, mission, block)
         except Exception:
             # The store stayed unreachable past the backoff, or S3 failed: this slot stops. The
             # lease it held is renewed no more, expires, and the sweeper takes it back.
@@ -394,45 +449,151 @@ class WorkerAgent:
         last = self._last_requeue_at
         return last is not None and self._clock() - last < RETRY_VISIBLE_WITHIN_SECONDS
 
-    # ---- one transaction ------------------------------------------------------------------
+    # ---- one block --------------------------------------------------------------------------
 
-    def _run_transaction(self, owner: str, mission: Mission, txn: Transaction) -> None:
-        scratch = Path(tempfile.mkdtemp(prefix=f"t{txn.index:08d}-", dir=self._workdir))
+    def _run_block(self, owner: str, mission: Mission, block: Transaction) -> None:
+        """Run the block's transactions one after another, each as its own attempt of the app,
+        their outputs joined in index order into the block's one part.
+
+        The block stops at the first transaction that does not succeed (or at a Spot notice):
+        what succeeded before it is delivered as a block of its own (`split`), and the verdict
+        on that transaction applies to the rest of the block from it on, so a failed
+        transaction is retried alone, first in its block, and nothing after it was tried."""
+        workdir = Path(tempfile.mkdtemp(prefix=f"b{block.index:08d}-", dir=self._workdir))
         lease = self._settings.lease_seconds
         heartbeat = _Heartbeat(
-            self._store, txn, owner, lease, self._clock, self._backoff, self._mission_ended
+            self._store, block, owner, lease, self._clock, self._backoff, self._mission_ended
         )
+        joined = workdir / "part.out"
         try:
-            with heartbeat:  # from the claim until the outcome is recorded
-                output = scratch / "part.out"
-                result = self._attempt(mission, txn, scratch, output, heartbeat)
-                if self._mission_ended.is_set() and heartbeat.held:
-                    # Cancelled: no outcome, no part; the transaction is settled here, by the
-                    # lease holder (or, if this worker dies first, by the sweeper).
-                    if self._mission_ended_as is MissionStatus.CANCELLED:
-                        self._retrying(
-                            "cancel",
-                            lambda: self._store.transactions.cancel(
-                                txn, self._clock(), "stopped: its mission was cancelled", owner
-                            ),
+            with heartbeat, open(joined, "wb") as part:  # from the claim until it is recorded
+                seconds = 0.0
+                for index in block.indexes:
+                    member = block.member(mission.plan.slice(index))
+                    if index > block.index and self.interrupted.is_set():
+                        result = AppResult(0, "", 0.0, aborted=True)  # not started: handed back
+                    else:
+                        began = self._clock()
+                        result = self._run_member(mission, member, heartbeat, part)
+                        if result is None:  # the mission ended, or the lease was lost
+                            return self._abandon(owner, block, heartbeat)
+                        self._pace.ran(self._clock() - began)
+                    verdict = verdict_of(
+                        result, member.attempts, mission, self.interrupted.is_set()
+                    )
+                    if verdict is not Verdict.SUCCEEDED:
+                        part.close()
+                        self._stop_at(
+                            verdict, owner, mission, block, index, result, joined, seconds
                         )
-                    logger.warning("mission ended: attempt stopped", extra={"index": txn.index})
-                    return
-                if not heartbeat.alive:
-                    # Taken back, maybe claimed again: the outcome is the new holder's to give.
-                    logger.warning(
-                        "lost the lease; outcome dropped",
-                        extra={"index": txn.index, "attempt": txn.attempts},
-                    )
-                    return
-                if result.exit_code == 0 and not output.exists():
-                    result = AppResult(
-                        1, f"the app exited 0 but wrote no output to {output}", result.seconds
-                    )
-                verdict = verdict_of(result, txn.attempts, mission, self.interrupted.is_set())
-                self._apply(verdict, owner, mission, txn, result, output)
+                        return None
+                    seconds += result.seconds
+                part.close()
+                self._settle(
+                    Verdict.SUCCEEDED, owner, mission, block, AppResult(0, "", seconds), joined
+                )
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return None
+
+    def _run_member(
+        self,
+        mission: Mission,
+        member: Transaction,
+        heartbeat: _Heartbeat,
+        part: Any,
+    ) -> AppResult | None:
+        """One transaction of a block, in its own scratch; a success's output is appended to
+        the block's part. None if the block is to be abandoned (mission ended, lease lost)."""
+        # Beside the block's folder, not in it: the runner opens the scratch to the app's user,
+        # who must not reach the part being joined.
+        scratch = Path(tempfile.mkdtemp(prefix=f"t{member.index:08d}-", dir=self._workdir))
+        output = scratch / "part.out"
+        try:
+            result = self._attempt(mission, member, scratch, output, heartbeat)
+            if self._mission_ended.is_set() or not heartbeat.alive:
+                return None
+            if result.exit_code == 0 and not output.exists():
+                return AppResult(
+                    1, f"the app exited 0 but wrote no output to {output}", result.seconds
+                )
+            if result.exit_code == 0 and not result.aborted and not result.refused:
+                with open(output, "rb") as out:
+                    shutil.copyfileobj(out, part, _READ_CHUNK)
+            return result
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def _abandon(self, owner: str, block: Transaction, heartbeat: _Heartbeat) -> None:
+        """The mission ended (cancelled: the block is settled here, by the lease holder, or, if
+        this worker dies first, by the sweeper), or the lease was lost (taken back, maybe
+        claimed again: the outcome is the new holder's to give). Nothing is uploaded."""
+        if self._mission_ended.is_set() and heartbeat.held:
+            if self._mission_ended_as is MissionStatus.CANCELLED:
+                self._retrying(
+                    "cancel",
+                    lambda: self._store.transactions.cancel(
+                        block, self._clock(), "stopped: its mission was cancelled", owner
+                    ),
+                )
+            logger.warning("mission ended: attempt stopped", extra={"index": block.index})
+            return
+        logger.warning(
+            "lost the lease; outcome dropped",
+            extra={"index": block.index, "span": block.span, "attempt": block.attempts},
+        )
+
+    def _stop_at(
+        self,
+        verdict: Verdict,
+        owner: str,
+        mission: Mission,
+        block: Transaction,
+        index: int,
+        result: AppResult,
+        joined: Path,
+        seconds: float,
+    ) -> None:
+        """The block stopped at transaction `index`: deliver what succeeded before it, and give
+        the verdict to the rest, `index` first (a lone failure alone: the rest goes back)."""
+        transactions, plan, lease = (
+            self._store.transactions,
+            mission.plan,
+            self._settings.lease_seconds,
+        )
+        rest = block
+
+        def cut(held: Transaction, at: int) -> tuple[Transaction, Transaction]:
+            # Safe to repeat: one whose reply was lost shortened the block, so its repeat is
+            # refused (a Conflict), and the lease, renewed no more, expires into a retry.
+            return self._retrying(
+                "cut the block",
+                lambda: transactions.split(
+                    held, owner, at, plan.slice(at).start, self._clock(), lease
+                ),
+            )
+
+        try:
+            if index > block.index:
+                done, rest = cut(block, index)
+                self._settle(
+                    Verdict.SUCCEEDED, owner, mission, done, AppResult(0, "", seconds), joined
+                )
+            if verdict is Verdict.FAILED and rest.span > 1:
+                rest, after = cut(rest, index + 1)
+                self._retrying(
+                    "hand back",
+                    lambda: transactions.hand_back(
+                        after, owner, self._clock(), f"sent back: transaction {index} failed"
+                    ),
+                )
+        except Conflict:
+            logger.warning("lost the lease; outcome dropped", extra={"index": block.index})
+            return
+        except StoreError as e:
+            logger.error("could not cut the block", extra={"index": index, "error": str(e)})
+            return
+        self._settle(verdict, owner, mission, rest, result, None)
 
     def _attempt(
         self,
@@ -477,17 +638,23 @@ class WorkerAgent:
             output=output,
         )
 
-    def _apply(
+    def _settle(
         self,
         verdict: Verdict,
         owner: str,
         mission: Mission,
         txn: Transaction,
         result: AppResult,
-        output: Path,
+        output: Path | None,
     ) -> None:
-        """Carry the verdict out: the part or the marker to S3, the record to the store."""
-        log = {"index": txn.index, "attempt": txn.attempts, "seconds": round(result.seconds, 3)}
+        """Carry a block's verdict out: the part (`output`, for a success) or the marker to
+        S3, the record to the store. A verdict other than success is its first transaction's."""
+        log = {
+            "index": txn.index,
+            "span": txn.span,
+            "attempt": txn.attempts,
+            "seconds": round(result.seconds, 3),
+        }
         failed = verdict in (Verdict.RETRY, Verdict.FAILED)
         if failed:  # the app failed on this worker, whoever holds the lease now
             log |= {"exit_code": result.exit_code, "stderr": result.stderr_tail[-300:]}
@@ -514,7 +681,9 @@ class WorkerAgent:
                 count("TransactionsRetried")
                 self._last_requeue_at = self._clock()
             elif verdict is Verdict.SUCCEEDED:
-                key = part_key(mission.mission_id, txn.index, txn.claim)
+                if output is None:
+                    raise ValueError("a success without its part")
+                key = part_key(mission.mission_id, txn.index, txn.claim, txn.span)
                 # The part's sha256, exit code and seconds go with it; the merge checks them.
                 stamp = PartStamp.of_file(output, result.exit_code, result.seconds)
                 self._s3.upload_file(str(output), bucket, key, ExtraArgs=stamp.upload_args())
@@ -540,13 +709,13 @@ class WorkerAgent:
             logger.error("could not record the outcome", extra=log | {"error": str(e)})
             return
         if not failed:
-            self._tally(verdict)
+            self._tally(verdict, txn.span if verdict is Verdict.SUCCEEDED else 1)
         message, level = _LOG_OF[verdict]
         getattr(logger, level)(message, extra=log)
 
-    def _tally(self, verdict: Verdict) -> None:
+    def _tally(self, verdict: Verdict, transactions: int = 1) -> None:
         with self._counts_lock:
-            self._verdicts[verdict] += 1
+            self._verdicts[verdict] += transactions
 
     def _finish(
         self,

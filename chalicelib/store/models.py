@@ -181,6 +181,8 @@ class TransactionModel(_RetriesTransient, Model):
     run_seconds = NumberAttribute(null=True)
     part_key = UnicodeAttribute(null=True)
     counted = BooleanAttribute(null=True)  # set once by result_processor: counts exactly once
+    # A block: the item covers indexes index .. index + span - 1 (chalicelib.domain.Transaction).
+    span = NumberAttribute(null=True)  # null: 1
 
     retry_index = RetryIndex()
     lease_index = LeaseIndex()

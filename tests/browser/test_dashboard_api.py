@@ -35,6 +35,11 @@ class FakeTransactions:
         self.reads.append((first, last))
         return [t for t in self.items if first <= t.index <= last]
 
+    def covering(self, mission_id: str, first: int, last: int):
+        """As the store's: the keyed items, and the block before that reaches into the range."""
+        self.reads.append((first, last))
+        return [t for t in self.items if t.index <= last and t.index + t.span - 1 >= first]
+
 
 def item(index: int, status: T, span: int = 1, **extra) -> Transaction:
     return Block(MISSION_ID, index, status, start=index, end=index + span, span=span, **extra)

@@ -86,7 +86,7 @@ def test_functions_terminate_and_launch_only_within_their_stage():
 # lease and outcome on a transaction), and what it must never write.
 WORKER_WRITES = {
     "MissionTable": {"next_index", "instance_seconds", "estimated_cost"},
-    "TransactionTable": {"status", "lease_owner", "lease_expires_at", "attempts", "claims"},
+    "TransactionTable": {"status", "lease_owner", "lease_expires_at", "attempts", "claims", "span"},
 }
 NEVER_WORKER_WRITTEN = {
     "MissionTable": {"config_json", "notify", "submitted_by", "n_succeeded", "n_failed"},

@@ -15,6 +15,7 @@ import ast
 import dataclasses
 import fnmatch
 import json
+import os
 import sys
 import threading
 import time
@@ -25,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.context import get_context
+from chalicelib.context import get_context, reset_process_state
 from chalicelib.events import MergeRequest
 from chalicelib.layout import result_key
 from chalicelib.results import handle_result_object
@@ -263,6 +264,11 @@ def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> list[SweepRe
         cluster.get("/me")
     cluster.get("/openapi.json")
     cluster.get(f"/missions/{done}/transactions?limit=2")
+    # The dashboard's reads (chalicelib.dashboard).
+    cluster.get("/overview?status=SUCCEEDED")
+    cluster.get(f"/missions/{done}/map?first=0&last=3&cells=2")
+    cluster.get(f"/missions/{done}/timeline?limit=2")
+    cluster.get(f"/missions/{done}/outcome")
 
     # Its email lost after it finished (the sender died): the sweeper sends it.
     MissionModel(done).update(
@@ -290,6 +296,27 @@ def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> list[SweepRe
     cluster.run_workers(beat)
     cluster.deliver_result_events()
     assert mission(cluster, beat)["status"] == "SUCCEEDED"
+
+    # Short transactions claimed in blocks, one of them failing once inside its block: the
+    # worker cuts the block there, delivers what ran before it, sends the rest back.
+    once = (
+        "import sys; open(sys.argv[3], 'w');"
+        " sys.exit(3 if int(sys.argv[1]) == 9 and int(sys.argv[2]) == 1 else 0)"
+    )
+    packed_argv = ["{python}", "-c", once, "{index}", "{attempt}", "{output}"]
+    packed_config = kmer_config("packed", "packed.fa", count=24, app={"argv": packed_argv})
+    packed_config["instances"] = {"max_instances": 1, "slots": 2}
+    packed = submit(cluster, packed_config)
+    cluster.upload("packed.fa", SAMPLE)
+    cluster.deliver_source_events()
+    cluster.run_workers(packed)
+    cluster.deliver_result_events()
+    assert mission(cluster, packed)["status"] == "SUCCEEDED"
+    assert any(t.span > 1 for t in get_context().store.transactions.of(packed))
+
+    # A cancel while the apps run: each worker stops its app and settles its own block (a lease
+    # of 6 s, so the agents look at their mission every 2 s).
+    _cancel_while_running(cluster)
 
     # A part changed in S3 before the merge (its worker's stamp copied): never merged, and the
     # mission fails naming it.
@@ -382,7 +409,7 @@ def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> list[SweepRe
     cluster.upload("lost.fa", SAMPLE)
     cluster.deliver_source_events()
     lose_a_worker(cluster, lost)
-    get_context().store.transactions._advance_cursor(lost)  # a worker died right after it
+    get_context().store.transactions._advance_cursor(lost, 1)  # a worker died right after it
     cluster.run_workers(lost)
     cluster.deliver_result_events()
     for _ in range(2):  # the expired lease first; the lost claim once nothing else waits
@@ -435,6 +462,36 @@ def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> list[SweepRe
 
 
 MIB = 1024**2
+
+
+def _cancel_while_running(cluster: InProcessCluster) -> None:
+    saved = os.environ.get("LEASE_SECONDS")
+    os.environ["LEASE_SECONDS"] = "6"
+    reset_process_state()
+    try:
+        argv = ["{python}", "-c", SLOW, "{output}", "30"]
+        config = kmer_config("cancel running", "running.fa", count=2, app={"argv": argv})
+        config["instances"] = {"max_instances": 1, "slots": 2}
+        running = submit(cluster, config)
+        cluster.upload("running.fa", SAMPLE)
+        cluster.deliver_source_events()
+        workers = threading.Thread(target=cluster.run_workers, args=(running,))
+        workers.start()
+        try:
+            deadline = time.monotonic() + 30
+            while mission(cluster, running)["transactions"]["RUNNING"] < 2:
+                assert time.monotonic() < deadline, "the apps never started"
+                time.sleep(0.2)
+            assert cluster.api.http.delete(f"/missions/{running}").status_code == 200
+        finally:
+            workers.join()
+        assert mission(cluster, running)["transactions"]["CANCELLED"] == 2
+    finally:
+        if saved is None:
+            os.environ.pop("LEASE_SECONDS", None)
+        else:
+            os.environ["LEASE_SECONDS"] = saved
+        reset_process_state()
 
 
 class Invocation:

@@ -273,7 +273,7 @@ def test_a_waiting_retry_is_not_stranded_while_the_cursor_hands_out_work(cluster
 def test_a_claim_lost_between_cursor_and_item_is_requeued(cluster: InProcessCluster):
     """A worker dies after the cursor handed it an index but before its claim was written."""
     mission_id = start(cluster, kmer_config("lost claim", "lc.fa", count=6))
-    lost = get_context().store.transactions._advance_cursor(mission_id)  # a dead half-claim
+    lost = get_context().store.transactions._advance_cursor(mission_id, 1)  # a dead half-claim
     cluster.run_workers(mission_id)
     cluster.deliver_result_events()
     assert mission(cluster, mission_id)["status"] == "RUNNING"

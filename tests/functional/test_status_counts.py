@@ -27,7 +27,7 @@ def counted_from_items(mission_id: str) -> dict[str, int]:
     counts: Counter[str] = Counter()
     for t in ctx.store.transactions.of(mission_id):
         finished = t.status in (T.SUCCEEDED, T.FAILED)
-        counts[T.RUNNING.value if finished and not t.counted else t.status.value] += 1
+        counts[T.RUNNING.value if finished and not t.counted else t.status.value] += t.span
     counts[T.PENDING.value] += mission.total - sum(counts.values())
     return {s.value: counts.get(s.value, 0) for s in T} | {"total": mission.total}
 

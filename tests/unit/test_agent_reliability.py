@@ -87,8 +87,9 @@ class FakeTransactions:
         self.lock = threading.Lock()
 
     def claim_next(
-        self, mission: Mission, owner: str, now: float, lease_seconds: int
+        self, mission: Mission, owner: str, now: float, lease_seconds: int, want: int = 1
     ) -> Transaction | None:
+        """One transaction at a time, whatever `want` (blocks are the real table's test)."""
         self.faults.enter("claim_next")
         with self.lock:
             for index in range(mission.total):
