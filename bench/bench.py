@@ -314,6 +314,8 @@ def phase_end_to_end(n: int, fidelity: bool = False, instances: int = 4) -> dict
         "hottest_item": item,
         "hot_item_writes_per_transaction": writes / n,
         "hot_item_wcu_per_transaction": hotspots.hottest(hotspots.item_wcu)[1] / n,
+        "hot_prefix_writes_per_transaction": hotspots.hottest(hotspots.prefix_writes)[1] / n,
+        "hot_prefix_reads_per_transaction": hotspots.hottest(hotspots.prefix_reads)[1] / n,
         "blocks": len(blocks),
         "transactions_per_block": n / len(blocks),
         "largest_block": max(b.span for b in blocks),
@@ -869,7 +871,16 @@ def render_merge(runs: list[dict]) -> str:
 # ---- orchestration -----------------------------------------------------------------------
 
 
-def run_phase(name: str, **kwargs: Any) -> dict:
+def _kept(name: str, figures: dict) -> dict:
+    """A phase's figures, also kept on disk as soon as they are in (a later phase that fails
+    does not lose them): bench/results/phases/<name>.json."""
+    folder = RESULTS / "phases"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    return figures
+
+
+def run_phase(name: str, label: str | None = None, **kwargs: Any) -> dict:
     out = subprocess.run(
         [sys.executable, "-m", "bench.bench", "--phase", name, "--args", json.dumps(kwargs)],
         cwd=ROOT,
@@ -878,7 +889,7 @@ def run_phase(name: str, **kwargs: Any) -> dict:
     )
     if out.returncode != 0:
         raise RuntimeError(f"phase {name} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _kept(label or name, json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def main() -> int:
@@ -913,11 +924,11 @@ def main() -> int:
     merged = run_phase("merge", n=2000 if args.quick else 10_000)
     small, big = (2000, 10_000) if args.quick else (10_000, 100_000)
     print(f"running: end to end, {small:,} ...", file=sys.stderr, flush=True)
-    e2e_small = run_phase("end_to_end", n=small)
+    e2e_small = run_phase("end_to_end", "end_to_end_small", n=small)
     print(f"running: end to end, {small:,}, fidelity latency on ...", file=sys.stderr, flush=True)
-    e2e_fidelity = run_phase("end_to_end", n=small, fidelity=True)
+    e2e_fidelity = run_phase("end_to_end", "end_to_end_fidelity", n=small, fidelity=True)
     print(f"running: end to end, {big:,} ...", file=sys.stderr, flush=True)
-    e2e_big = run_phase("end_to_end", n=big)
+    e2e_big = run_phase("end_to_end", "end_to_end", n=big)
     moto_bound = fleet["moto_single_calls_per_second"] / e2e_small["calls_per_transaction"]
     results = {
         # The figures a reader looks for first, by plain names.
@@ -942,6 +953,9 @@ def main() -> int:
         "quick": args.quick,
     }
     results["capacity_model"] = capacity_model(e2e_small)
+    # Written before the tables are printed: a table that fails loses no figure.
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(render(results, sizes))
     print("\ncapacity model (measured per-transaction counts against AWS's limits; headroom):")
     print(render_capacity(results["capacity_model"]))
@@ -951,8 +965,6 @@ def main() -> int:
     print(render_merge([results["merge"]]))
     print("\nwhole missions end to end (submit to email, in process; no-op app, count mode):")
     print(render_end_to_end([e2e_small, e2e_fidelity, e2e_big]))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"\nwritten: {RESULTS / 'bench.json'}")
     return 0
 
