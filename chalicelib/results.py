@@ -128,7 +128,8 @@ def settle(ctx: Context, mission_id: str) -> None:
         if final is None:
             return
         merged = merge_parts(ctx, mission) if mission.succeeded else None
-        ctx.store.missions.finish(mission, final, merged, usage(ctx, mission), ctx.clock())
+        running = still_running(ctx, mission.mission_id)
+        ctx.store.missions.finish(mission, final, merged, running, ctx.clock())
         mission = ctx.store.missions.get(mission_id)
     if mission.status is MissionStatus.CANCELLED:
         # Its email waits until its figures are final (`cancel_settled`): the cancel or the
@@ -285,11 +286,16 @@ def build_report(ctx: Context, mission: Mission) -> MissionReport:
     )
 
 
+def still_running(ctx: Context, mission_id: str) -> Usage:
+    """The age of the mission's instances still running (the last workers are typically still
+    exiting at completion)."""
+    alive = mission_instances(ctx.aws.ec2, mission_id, ["pending", "running"])
+    return _age_of(alive, ctx.clock())
+
+
 def usage(ctx: Context, mission: Mission) -> Usage:
-    """What exited workers reported, plus the age of the instances still running (the last
-    workers are typically still exiting at completion)."""
-    alive = mission_instances(ctx.aws.ec2, mission.mission_id, ["pending", "running"])
-    running = _age_of(alive, ctx.clock())
+    """What exited workers reported, plus the age of the instances still running."""
+    running = still_running(ctx, mission.mission_id)
     return Usage(
         instance_seconds=mission.instance_seconds + running.instance_seconds,
         estimated_cost=mission.estimated_cost + running.estimated_cost,

@@ -256,10 +256,15 @@ class MissionStore:
         mission: Mission,
         status: MissionStatus,
         result_key: str | None,
-        usage: Usage,
+        running: Usage,
         now: float,
     ) -> bool:
-        """RUNNING -> SUCCEEDED/FAILED, once. False if another event already finished it."""
+        """RUNNING -> SUCCEEDED/FAILED, once. False if another event already finished it.
+
+        `running`: the instances still running, by their age (their agents' own reports are
+        refused from here on), added to what the agents reported: an ADD, not a SET of a total
+        read earlier, so a report that lands while the mission settles (a merge can take
+        minutes) is kept."""
         with conditional(f"finish mission {mission.mission_id}") as write:
             self._move_and_release(
                 mission,
@@ -267,8 +272,8 @@ class MissionStore:
                 [
                     _set_or_remove(MissionModel.result_key, result_key),
                     MissionModel.finished_at.set(utc(now)),
-                    MissionModel.instance_seconds.set(usage.instance_seconds),
-                    MissionModel.estimated_cost.set(usage.estimated_cost),
+                    MissionModel.instance_seconds.add(running.instance_seconds),
+                    MissionModel.estimated_cost.add(running.estimated_cost),
                 ],
                 only_from=[M.RUNNING],
             )

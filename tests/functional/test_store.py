@@ -458,3 +458,17 @@ def test_an_unknown_mission_is_not_found(cluster: InProcessCluster):
         store().missions.get("m-nope")
     assert cluster.get("/missions/m-nope").status_code == 404
     assert list(store().transactions.of("m-nope")) == []
+
+
+def test_finish_adds_the_running_instances_to_what_workers_reported_meanwhile(cluster):
+    """A worker's usage report that lands while the mission settles (after the mission was
+    read, before it is finished: a merge can take minutes) is kept, not overwritten."""
+    m = running(cluster, "usage race")
+    read = store().missions.get(m.mission_id)  # what the settling invocation read
+    assert store().missions.add_instance_usage(m.mission_id, 40.0, 0.01)  # a worker exits
+    running_now = Usage(instance_seconds=5.0, estimated_cost=0.002)
+    assert store().missions.finish(read, M.SUCCEEDED, None, running_now, time.time())
+    after = store().missions.get(m.mission_id)
+    assert after.instance_seconds == pytest.approx(read.instance_seconds + 45.0)
+    assert after.estimated_cost == pytest.approx(read.estimated_cost + 0.012)
+    assert not store().missions.add_instance_usage(m.mission_id, 7.0, 0.01)  # final now
