@@ -917,7 +917,7 @@ def main() -> int:
     print("running: lifecycle ...", file=sys.stderr, flush=True)
     lifecycle = run_phase("lifecycle", n=100 if args.quick else 200)
     print("running: fleet ...", file=sys.stderr, flush=True)
-    fleet = run_phase("fleet", n=48 if args.quick else 96, missions=3)
+    fleet = run_phase("fleet", n=48 if args.quick else 480, missions=3)
     print("running: bytes ...", file=sys.stderr, flush=True)
     split = run_phase("bytes", size_mib=256 if args.quick else 1024, chunks=1000)
     print("running: merge ...", file=sys.stderr, flush=True)

@@ -7,8 +7,9 @@ mission changes nothing, and exactly one holder sends the email.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -127,9 +128,10 @@ def settle(ctx: Context, mission_id: str) -> None:
         final = mission_outcome(mission.succeeded, mission.failed, mission.total)
         if final is None:
             return
-        merged = merge_parts(ctx, mission) if mission.succeeded else None
-        running = still_running(ctx, mission.mission_id)
-        ctx.store.missions.finish(mission, final, merged, running, ctx.clock())
+        # The instances still running, described once for the receipt and the mission's end.
+        running = functools.cache(lambda: still_running(ctx, mission_id))
+        merged = merge_parts(ctx, mission, running) if mission.succeeded else None
+        ctx.store.missions.finish(mission, final, merged, running(), ctx.clock())
         mission = ctx.store.missions.get(mission_id)
     if mission.status is MissionStatus.CANCELLED:
         # Its email waits until its figures are final (`cancel_settled`): the cancel or the
@@ -293,15 +295,6 @@ def still_running(ctx: Context, mission_id: str) -> Usage:
     return _age_of(alive, ctx.clock())
 
 
-def usage(ctx: Context, mission: Mission) -> Usage:
-    """What exited workers reported, plus the age of the instances still running."""
-    running = still_running(ctx, mission.mission_id)
-    return Usage(
-        instance_seconds=mission.instance_seconds + running.instance_seconds,
-        estimated_cost=mission.estimated_cost + running.estimated_cost,
-    )
-
-
 def _age_of(instances: Iterable[dict[str, Any]], now: float) -> Usage:
     """What described instances have run (and cost) from their launch until `now`."""
     seconds = cost = 0.0
@@ -313,7 +306,9 @@ def _age_of(instances: Iterable[dict[str, Any]], now: float) -> Usage:
     return Usage(instance_seconds=seconds, estimated_cost=cost)
 
 
-def merge_parts(ctx: Context, mission: Mission) -> str | None:
+def merge_parts(
+    ctx: Context, mission: Mission, running: Callable[[], Usage] | None = None
+) -> str | None:
     """Concatenate the succeeded parts in index order into one object, with its receipt next
     to it (`chalicelib.receipt`), over as many invocations as it takes (`chalicelib.merge`).
 
@@ -321,7 +316,16 @@ def merge_parts(ctx: Context, mission: Mission) -> str | None:
     match is never merged: the mission fails with the reason, and None is returned. Raises
     `merge.MergeSuspended` when the merge continues in another invocation. Once merged, the
     result and its receipt never change."""
-    return merge.merge(ctx, mission, lambda: usage(ctx, mission))
+    alive = running or (lambda: still_running(ctx, mission.mission_id))
+
+    def usage_now() -> Usage:  # what the workers reported, and the age of those still running
+        extra = alive()
+        return Usage(
+            instance_seconds=mission.instance_seconds + extra.instance_seconds,
+            estimated_cost=mission.estimated_cost + extra.estimated_cost,
+        )
+
+    return merge.merge(ctx, mission, usage_now)
 
 
 def receipt_of(ctx: Context, mission: Mission) -> tuple[str | None, str | None]:
