@@ -205,15 +205,34 @@ class InProcessCluster:
         def crashing(ctx: Any, event: Any) -> None:
             original(ctx, event)
             seen["records"] += 1
-            if not seen["crashed"] and seen["records"] == after_records:
+            crash_if_due()
+
+        def crash_if_due() -> None:
+            if not seen["crashed"] and seen["records"] >= after_records:
                 seen["crashed"] = True
                 raise RuntimeError(f"chaos: {function} crashed after {after_records} record(s)")
 
-        setattr(app_module, name, crashing)
+        patched = {name: crashing}
+        if function == "result_processor":
+            # Outcomes counted together for their batch (`count_batch`) are done there, not
+            # one by one: those count as handled records too.
+            count_batch = app_module.count_batch
+
+            def counting_then_crashing(ctx: Any, items: Any) -> Any:
+                done = count_batch(ctx, items)
+                seen["records"] += len(done)
+                crash_if_due()
+                return done
+
+            patched["count_batch"] = counting_then_crashing
+        originals = {n: getattr(app_module, n) for n in patched}
+        for n, f in patched.items():
+            setattr(app_module, n, f)
         try:
             yield
         finally:
-            setattr(app_module, name, original)
+            for n, f in originals.items():
+                setattr(app_module, n, f)
         assert seen["crashed"], "the crash was never triggered"
 
     def instance_states(self, mission_id: str) -> dict[str, str]:
