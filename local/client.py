@@ -238,6 +238,16 @@ def watch(info: Target, mission_id: str, timeout: float, out: TextIO | None = sy
 
 
 @dataclass(frozen=True)
+def _span_of(line: bytes) -> int:
+    """How many transactions a manifest's transaction line stands for (1 if it cannot say:
+    `verify` reports a malformed line itself)."""
+    try:
+        span = json.loads(line).get("span", 1)
+    except (ValueError, AttributeError):
+        return 1
+    return span if isinstance(span, int) and span > 0 else 1
+
+
 class Verification:
     """What `lighthpc verify` found: the objects checked and every problem (none: verified)."""
 
@@ -279,7 +289,9 @@ def verify_receipt(
     def manifest() -> Any:
         for line in lines(response["Body"], digest):
             if b'"kind":"transaction"' in line:
-                counts["transactions"] += 1
+                # A line is a block of `span` transactions (format 3; one before it).
+                span = _span_of(line)
+                counts["transactions"] += span
                 counts["parts"] += b'"part":null' not in line
             elif b'"kind":"result"' in line:
                 footer.update(json.loads(line))
