@@ -237,7 +237,6 @@ def watch(info: Target, mission_id: str, timeout: float, out: TextIO | None = sy
 # ---- receipts ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 def _span_of(line: bytes) -> int:
     """How many transactions a manifest's transaction line stands for (1 if it cannot say:
     `verify` reports a malformed line itself)."""
@@ -248,6 +247,7 @@ def _span_of(line: bytes) -> int:
     return span if isinstance(span, int) and span > 0 else 1
 
 
+@dataclass(frozen=True)
 class Verification:
     """What `lighthpc verify` found: the objects checked and every problem (none: verified)."""
 
