@@ -56,6 +56,15 @@ BUILTIN_APPS: dict[str, BuiltinApp] = {
             align="fasta",
             summary="name, length, GC fraction and digest of each FASTA record of the chunk",
         ),
+        BuiltinApp(
+            name="kmer-top",
+            module="worker_ami.apps.kmer_top",
+            split_mode="count",
+            summary=(
+                "the top N references by k-mer containment, from kmer-match's merged output"
+                " (a reduce)"
+            ),
+        ),
     )
 }
 

@@ -207,6 +207,10 @@ class FastaStatsParams(_Strict):
     pass
 
 
+class KmerTopParams(_Strict):
+    top: int = Field(default=10, ge=1, le=100_000)
+
+
 class KmerMatchApp(_Strict):
     builtin: Literal["kmer-match"]
     params: KmerMatchParams = KmerMatchParams()
@@ -220,6 +224,11 @@ class SeqStatsApp(_Strict):
 class FastaStatsApp(_Strict):
     builtin: Literal["fasta-stats"]
     params: FastaStatsParams = FastaStatsParams()
+
+
+class KmerTopApp(_Strict):
+    builtin: Literal["kmer-top"]
+    params: KmerTopParams = KmerTopParams()
 
 
 ArgvElement = Annotated[
@@ -270,6 +279,7 @@ AppSpec = Annotated[
     Annotated[KmerMatchApp, Tag("kmer-match")]
     | Annotated[SeqStatsApp, Tag("seq-stats")]
     | Annotated[FastaStatsApp, Tag("fasta-stats")]
+    | Annotated[KmerTopApp, Tag("kmer-top")]
     | Annotated[ArgvApp, Tag("argv")],
     Discriminator(
         _app_tag,

@@ -402,7 +402,7 @@ def test_config_invalid_message_joins_the_errors() -> None:
         (with_(KMER, name="  "), "must not be blank"),
         (with_(SEQ_STATS, split=_split(2)), "needs split mode 'lines'"),
         (with_(KMER, app={"argv": ["x", "{nope}"]}), "unknown placeholder {nope}"),
-        (with_(KMER, app={"builtin": "nope"}), "kmer-match, seq-stats"),
+        (with_(KMER, app={"builtin": "nope"}), "fasta-stats, kmer-match, kmer-top, seq-stats"),
         (b"{", "not valid JSON"),
         (b"[]", "must be a JSON object"),
         (b"", "empty"),
