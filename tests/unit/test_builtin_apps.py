@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from chalicelib.planning import Plan
-from worker_ami.apps import kmer_match, seq_stats
+from worker_ami.apps import kmer_match, kmer_top, seq_stats
 
 K, SEED, REF_LENGTH = 8, 11, 200
 N_REFS = 60
@@ -234,3 +236,172 @@ def test_seq_stats_main_missing_input(tmp_path: Path, capsys: pytest.CaptureFixt
     argv = ["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]
     assert seq_stats.main([*argv, "--start", "0", "--end", "1"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+# ---- kmer-top ------------------------------------------------------------------------------
+
+HITS = [
+    "ref_00000000\t3\t100\t0.030000\n",
+    "ref_00000001\t50\t100\t0.500000\n",
+    "ref_00000002\t0\t100\t0.000000\n",
+    "ref_00000003\t9\t10\t0.900000\n",
+    "ref_00000004\t45\t50\t0.900000\n",
+    "ref_00000005\t45\t50\t0.900000\n",
+    "ref_00000006\t1\t1\t1.000000\n",
+]
+
+
+def test_top_ranks_by_fraction_then_shared_then_name() -> None:
+    assert kmer_top.top(HITS, 10) == [
+        "1\tref_00000006\t1\t1\t1.000000\n",
+        "2\tref_00000004\t45\t50\t0.900000\n",  # ties on fraction: more shared k-mers first
+        "3\tref_00000005\t45\t50\t0.900000\n",  # ties on both: by name
+        "4\tref_00000003\t9\t10\t0.900000\n",
+        "5\tref_00000001\t50\t100\t0.500000\n",
+        "6\tref_00000000\t3\t100\t0.030000\n",
+    ]  # ref_00000002 shares nothing
+
+
+def test_top_ties_on_name_do_not_depend_on_input_order() -> None:
+    assert kmer_top.top(HITS[::-1], 10) == kmer_top.top(HITS, 10)
+    assert kmer_top.top(["b\t2\t4\t0.5\n", "a\t2\t4\t0.500000\n"], 1) == ["1\ta\t2\t4\t0.500000\n"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6])
+def test_top_n_is_a_prefix_of_the_whole_ranking(n: int) -> None:
+    assert kmer_top.top(HITS, n) == kmer_top.top(HITS, 100)[:n]
+
+
+def test_top_n_larger_than_the_references() -> None:
+    assert len(kmer_top.top(HITS, kmer_top.TOP_MAX)) == 6
+
+
+@pytest.mark.parametrize(
+    "lines", [[], ["r\t0\t10\t0.000000\n"], ["a\t0\t5\t0.0\n", "b\t0\t7\t0.000000"]]
+)
+def test_top_of_no_hits_is_empty(lines: list[str]) -> None:
+    assert kmer_top.top(lines, 10) == []
+
+
+def test_top_accepts_a_last_line_without_newline_and_crlf() -> None:
+    assert kmer_top.top(["a\t1\t2\t0.500000\r\n", "b\t1\t1\t1.000000"], 5) == [
+        "1\tb\t1\t1\t1.000000\n",
+        "2\ta\t1\t2\t0.500000\n",
+    ]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "ref_1\t3\t100\n",  # a field short
+        "ref_1\t3\t100\t0.03\textra\n",
+        "ref_1 3 100 0.03\n",
+        "\n",
+        "ref_1\tthree\t100\t0.03\n",
+        "ref_1\t-3\t100\t0.03\n",
+        "ref_1\t3\t100\tnan\n",
+        "ref_1\t3\t100\t1e-2\n",
+        "ref_1\t3\t0\t0.03\n",  # no k-mers
+        "ref_1\t30\t10\t0.03\n",  # more shared than the reference has
+        "ref_1\t3\t10\t3.000000\n",
+        "ref_\u00e9\t3\t100\t0.03\n",
+        "\t3\t100\t0.03\n",
+        "0\t4\t0.5000\t0123456789abcdef\n",  # seq-stats output
+    ],
+)
+def test_top_rejects_a_malformed_line_by_number(bad: str) -> None:
+    with pytest.raises(kmer_top.MalformedLine, match=r"^line 3: ") as caught:
+        kmer_top.top([HITS[0], HITS[1], bad, HITS[3]], 10)
+    assert caught.value.number == 3
+
+
+def test_top_refuses_n_below_one() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        kmer_top.top(HITS, 0)
+
+
+def test_top_streams_its_input() -> None:
+    # A generator consumed once: nothing but the heap of n keeps lines.
+    many = (f"ref_{i:08d}\t{i % 97 + 1}\t100\t{(i % 97 + 1) / 100:.6f}\n" for i in range(20_000))
+    best = kmer_top.top(many, 3)
+    assert [line.split("\t")[1] for line in best] == [
+        "ref_00000096",
+        "ref_00000193",
+        "ref_00000290",
+    ]
+
+
+def _top_args(src: Path, out: Path, *extra: str) -> list[str]:
+    return ["--input", str(src), "--output", str(out), "--start", "0", "--end", "1", *extra]
+
+
+def test_kmer_top_main_writes_the_top(tmp_path: Path) -> None:
+    src, out = tmp_path / "merged.out", tmp_path / "top.out"
+    src.write_text("".join(HITS))
+    assert kmer_top.main(_top_args(src, out, "--top", "2")) == 0
+    assert out.read_text() == "".join(kmer_top.top(HITS, 2))
+    assert kmer_top.main(_top_args(src, out)) == 0  # the default, 10: all six hits
+    assert out.read_text().count("\n") == 6
+
+
+@pytest.mark.parametrize("content", [b"", b"ref_1\t0\t10\t0.000000\n"])
+def test_kmer_top_main_empty_input_writes_empty_output(tmp_path: Path, content: bytes) -> None:
+    src, out = tmp_path / "merged.out", tmp_path / "top.out"
+    src.write_bytes(content)
+    assert kmer_top.main(_top_args(src, out)) == 0
+    assert out.read_bytes() == b""
+
+
+@pytest.mark.parametrize("bad", [b"ref_1\t3\n", b"ref_\xff\t3\t100\t0.030000\n"])
+def test_kmer_top_main_malformed_line_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: bytes
+) -> None:
+    src, out = tmp_path / "merged.out", tmp_path / "top.out"
+    src.write_bytes("".join(HITS[:2]).encode() + bad)
+    assert kmer_top.main(_top_args(src, out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kmer-top: {src}: line 3: ")
+    assert err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_kmer_top_main_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert kmer_top.main(_top_args(tmp_path / "nope", tmp_path / "out")) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n", ["0", "100001", "x"])
+def test_kmer_top_main_refuses_top_out_of_range(tmp_path: Path, n: str) -> None:
+    src = tmp_path / "merged.out"
+    src.write_text("".join(HITS))
+    with pytest.raises(SystemExit) as caught:
+        kmer_top.main(_top_args(src, tmp_path / "out", "--top", n))
+    assert caught.value.code == 2
+
+
+def test_kmer_top_cli_over_kmer_match_output_equals_top(tmp_path: Path, sample: set[str]) -> None:
+    # The reduce of a mission (kmer-match's parts, merged, then kmer-top as its own process)
+    # equals the single-process computation the demo does.
+    merged = tmp_path / "merged.out"
+    parts = [run_match(sample, s.start, s.end) for s in Plan.by_count(0, N_REFS, 4).slices()]
+    merged.write_text("".join(line for part in parts for line in part))
+    expected = kmer_top.top(run_match(sample, 0, N_REFS), 5)
+    assert len(expected) == 5
+    assert {line.split("\t")[1] for line in expected[:3]} == {
+        "ref_00000003", "ref_00000017", "ref_00000041"
+    }  # fmt: skip
+    out = tmp_path / "top.out"
+    argv = [sys.executable, "-m", "worker_ami.apps.kmer_top", *_top_args(merged, out, "--top", "5")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert out.read_text() == "".join(expected)
+
+
+def test_kmer_top_cli_malformed_line_exits_2(tmp_path: Path) -> None:
+    src, out = tmp_path / "merged.out", tmp_path / "top.out"
+    src.write_text("ref_1\t3\t100\t0.030000\nnot a kmer-match line\n")
+    argv = [sys.executable, "-m", "worker_ami.apps.kmer_top", *_top_args(src, out)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"kmer-top: {src}: line 2: ")
+    assert done.stderr.count("\n") == 1
