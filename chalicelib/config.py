@@ -339,6 +339,78 @@ class Timeouts(_Strict):
 InputKey = Annotated[
     str, StringConstraints(min_length=1, max_length=1024), Field(json_schema_extra=_SCHEMA_S3_KEY)
 ]
+# What `chalicelib.missions.new_mission_id` makes (and, with "-reduce", a mission's reduce).
+MISSION_ID_PATTERN = r"^m-[0-9]{14}-[0-9a-f]{8}(-reduce)?$"
+STAGE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+
+
+class UpstreamInput(_Strict):
+    """Another mission's result as the input: the mission waits (AWAITING_INPUT) until that one
+    SUCCEEDS, and fails with its reason if it fails or is cancelled."""
+
+    mission: Annotated[str, StringConstraints(pattern=MISSION_ID_PATTERN)]
+
+
+class StageInput(_Strict):
+    """In a pipeline (POST /pipelines): the result of the stage of that name."""
+
+    stage: Annotated[str, StringConstraints(pattern=STAGE_NAME_PATTERN)]
+
+
+def _input_tag(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "key"
+    if isinstance(value, BaseModel):
+        return "mission" if isinstance(value, UpstreamInput) else "stage"
+    if isinstance(value, dict):
+        if "mission" in value:
+            return "mission"
+        if "stage" in value:
+            return "stage"
+    return None
+
+
+InputSpec = Annotated[
+    Annotated[InputKey, Tag("key")]
+    | Annotated[UpstreamInput, Tag("mission")]
+    | Annotated[StageInput, Tag("stage")],
+    Discriminator(
+        _input_tag,
+        custom_error_type="unknown_input",
+        custom_error_message=(
+            'must be an S3 key of the source bucket, {"mission": ID} (that mission\'s result),'
+            ' or in a pipeline {"stage": NAME}'
+        ),
+    ),
+]
+
+
+class Reduce(_Strict):
+    """The reduce stage: one app run once, on a worker, over the merged parts (the map's
+    concatenation, in index order, as `{input}`), after every transaction succeeded. It runs as
+    a one-transaction mission of its own (`chalicelib.stages`) on its own machines, retried as
+    any transaction is; its output becomes the mission's result."""
+
+    app: AppSpec
+    instances: Instances = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    exit_rules: list[ExitRule] = Field(default_factory=list, max_length=5)
+    timeouts: Timeouts = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+
+    @field_validator("app")
+    @classmethod
+    def _reads_one_file(cls, app: Any) -> Any:
+        builtin = getattr(app, "builtin", None)
+        if builtin is not None and BUILTIN_APPS[builtin].split_mode != "count":
+            raise ValueError(
+                f"app {builtin!r} reads a slice of its input; a reduce reads the whole of it"
+            )
+        return app
+
+
+# A budget guard: at most this many USD of estimated instance cost (`chalicelib.budget`).
+MAX_BUDGET_USD = 1_000_000.0
+BudgetUsd = Annotated[float, Field(gt=0, le=MAX_BUDGET_USD, allow_inf_nan=False)]
 
 
 class MissionConfig(_Strict):
@@ -347,7 +419,7 @@ class MissionConfig(_Strict):
         StringConstraints(min_length=1, max_length=128),
         Field(json_schema_extra=_SCHEMA_NOT_BLANK),
     ]
-    input: InputKey
+    input: InputSpec
     split: Split
     app: AppSpec
     # Defaults validated in context, so stage limits apply to an omitted block as well.
@@ -356,6 +428,8 @@ class MissionConfig(_Strict):
     exit_rules: list[ExitRule] = Field(default_factory=list, max_length=5)
     timeouts: Timeouts = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     notify: str | None = Field(default=None, max_length=254)
+    reduce: Reduce | None = None
+    budget_usd: BudgetUsd | None = None
 
     @field_validator("name")
     @classmethod
@@ -366,7 +440,9 @@ class MissionConfig(_Strict):
 
     @field_validator("input")
     @classmethod
-    def _input_key(cls, value: str) -> str:
+    def _input_key(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
         _no_control(value)
         if value.startswith("/"):
             raise ValueError("is an S3 key: it must not start with '/'")
@@ -419,13 +495,25 @@ def _settings(info: ValidationInfo) -> Settings | None:
     return (info.context or {}).get("settings")
 
 
-_UNION_TAGS = {"app": {*BUILTIN_APPS, "argv"}, "split": {"count", "lines", "bytes"}}
+_UNION_TAGS = {
+    "app": {*BUILTIN_APPS, "argv"},
+    "split": {"count", "lines", "bytes"},
+    "input": {"key", "mission", "stage"},
+}
+
+
+def upstream_of(config: MissionConfig) -> str | None:
+    """The mission whose result is this config's input, if it names one."""
+    return config.input.mission if isinstance(config.input, UpstreamInput) else None
 
 
 def _field_name(loc: tuple[int | str, ...]) -> str:
-    # The tag of a union (loc ("app", "kmer-match", "params", ...)) is pydantic's bookkeeping.
-    if len(loc) > 1 and loc[1] in _UNION_TAGS.get(str(loc[0]), ()):
-        loc = loc[:1] + loc[2:]
+    # The tag of a union (loc ("app", "kmer-match", "params", ...)) is pydantic's bookkeeping,
+    # also one level down (("reduce", "app", "argv", "argv")).
+    for at in range(len(loc) - 1):
+        if loc[at + 1] in _UNION_TAGS.get(str(loc[at]), ()):
+            loc = loc[: at + 1] + loc[at + 2 :]
+            break
     return ".".join(str(p) for p in loc) or "(body)"
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
 
-from chalicelib.config import MissionConfig, exit_rules, slots_per_instance
+from chalicelib.config import MissionConfig, exit_rules, slots_per_instance, upstream_of
 from chalicelib.layout import pinned_input
 from chalicelib.planning import Plan, Slice
 from chalicelib.states import TERMINAL_MISSION, MissionStatus, TransactionStatus
@@ -20,6 +20,32 @@ from chalicelib.states import TERMINAL_MISSION, MissionStatus, TransactionStatus
 def utc(epoch: float) -> datetime:
     """Epoch seconds (the clock's) as the aware datetime the values carry."""
     return datetime.fromtimestamp(epoch, tz=UTC)
+
+
+def reduce_id(mission_id: str) -> str:
+    """The id of a mission's reduce stage (a one-transaction mission of its own): derived, so
+    creating it twice creates it once."""
+    return f"{mission_id}-reduce"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Stages submitted together (POST /pipelines): missions, each feeding the next through
+    `{"input": {"mission": ...}}`, watched and mailed as one. Stored with every stage, so any
+    of them finds the others. Its id is its first stage's with `p-` for `m-`."""
+
+    pipeline_id: str
+    name: str
+    stages: tuple[tuple[str, str], ...]  # (stage name, mission id), in submission order
+    notify: str | None = None
+    budget_usd: float | None = None
+
+    @property
+    def mission_ids(self) -> list[str]:
+        return [mission_id for _, mission_id in self.stages]
+
+    def stage_of(self, mission_id: str) -> str | None:
+        return next((name for name, m in self.stages if m == mission_id), None)
 
 
 @dataclass(frozen=True)
@@ -56,6 +82,31 @@ class Mission:
     result_key: str | None = None
     error: str | None = None  # why the mission failed as a whole
     cancelled_by: str | None = None  # the caller whose DELETE cancelled it
+    # Where the input is read from: None for the source bucket (an upload); the result bucket
+    # for a mission fed by another's result, once that result is bound to it.
+    input_bucket: str | None = None
+    reduce_of: str | None = None  # this mission is that mission's reduce stage
+    concatenation_key: str | None = None  # with a reduce: the merged parts (the reduce's input)
+    downstream: frozenset[str] = frozenset()  # missions waiting for this one's result
+    pipeline: Pipeline | None = None
+
+    @property
+    def upstream(self) -> str | None:
+        """The mission whose result is this one's input (a reduce's: the mission it reduces)."""
+        return upstream_of(self.config)
+
+    @property
+    def binds_input_key(self) -> bool:
+        """Whether it holds an input binding (an upload's key of the source bucket)."""
+        return self.upstream is None
+
+    def bucket_of_input(self, source_bucket: str) -> str:
+        return self.input_bucket or source_bucket
+
+    @property
+    def mails_its_own_end(self) -> bool:
+        """A reduce stage's end is its mission's news; a pipeline stage's, the pipeline's."""
+        return self.reduce_of is None and self.pipeline is None
 
     @cached_property
     def plan(self) -> Plan:

@@ -769,7 +769,7 @@ class _Run:
             receipt = ManifestWriter(manifest.write)
             receipt.mission(
                 self.mission,
-                source_bucket=self.ctx.settings.source_bucket,
+                source_bucket=self.mission.bucket_of_input(self.ctx.settings.source_bucket),
                 result_bucket=self.bucket,
                 result_key=self.key,
             )

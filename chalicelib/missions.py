@@ -10,15 +10,23 @@ from datetime import datetime
 from typing import Any
 
 from chalicelib.auth import LOCAL_CALLER, Caller
-from chalicelib.config import ConfigInvalid, FieldError, MissionConfig, parse_mission_config
+from chalicelib.config import (
+    MISSION_ID_PATTERN,
+    ConfigInvalid,
+    FieldError,
+    MissionConfig,
+    StageInput,
+    UpstreamInput,
+    parse_mission_config,
+)
 from chalicelib.context import Context
-from chalicelib.domain import Mission, Transaction, utc
+from chalicelib.domain import Mission, Pipeline, Transaction, reduce_id, utc
 from chalicelib.events import send_start_request
 from chalicelib.idempotency import answer_once
 from chalicelib.observability import bind_mission, logger
 from chalicelib.results import cancel_settled, send_report, stop_instances, transaction_counts
 from chalicelib.states import MissionStatus, shown_status
-from chalicelib.store import NotFound
+from chalicelib.store import Conflict, NotFound
 
 LIST_LIMIT = 100
 PAGE_LIMIT = 1000
@@ -54,7 +62,7 @@ def visible(ctx: Context, mission_id: str, caller: Caller) -> Mission:
     return mission
 
 
-MISSION_ID = re.compile(r"^m-\d{14}-[0-9a-f]{8}$")  # what new_mission_id makes
+MISSION_ID = re.compile(MISSION_ID_PATTERN)  # what new_mission_id makes (and its reduce's)
 
 
 def new_mission_id(now: float) -> str:
@@ -80,12 +88,10 @@ def submit(
     caller = caller or Caller(LOCAL_CALLER)
     # Checked before the idempotency record is written: a refused config writes nothing at all.
     config = parse_mission_config(body, ctx.settings)
-    if not caller.may_bind(config.input):
-        reason = (
-            f"{config.input!r} is outside your folder of the source bucket: upload your input"
-            f" under {caller.input_prefix!r} and name that key"
-        )
-        raise InputNotYours([FieldError("input", reason)])
+    if isinstance(config.input, StageInput):
+        reason = "names a stage: only a pipeline's stages can (POST /pipelines)"
+        raise ConfigInvalid([FieldError("input.stage", reason)])
+    check_input(ctx, config, caller, "input")
     return answer_once(
         ctx.settings.idempotency_table,
         ctx.aws.dynamodb,
@@ -97,31 +103,64 @@ def submit(
     )
 
 
-def _register(ctx: Context, config: MissionConfig, caller: Caller) -> dict[str, Any]:
-    now = ctx.clock()
-    mission = Mission(
-        mission_id=new_mission_id(now),
+def check_input(ctx: Context, config: MissionConfig, caller: Caller, field: str) -> None:
+    """An upload's key must be in the caller's folder (InputNotYours, a 403); another mission
+    as the input must be one the caller may see (a 400 naming the field, as for a mission that
+    does not exist: nothing leaks)."""
+    if isinstance(config.input, UpstreamInput):
+        try:
+            visible(ctx, config.input.mission, caller)
+        except NotFound:
+            reason = f"no mission {config.input.mission!r} (of yours) to take the result of"
+            raise ConfigInvalid([FieldError(f"{field}.mission", reason)]) from None
+        return
+    if isinstance(config.input, str) and not caller.may_bind(config.input):
+        reason = (
+            f"{config.input!r} is outside your folder of the source bucket: upload your input"
+            f" under {caller.input_prefix!r} and name that key"
+        )
+        raise InputNotYours([FieldError(field, reason)])
+
+
+def new_mission(
+    mission_id: str,
+    config: MissionConfig,
+    caller: Caller,
+    now: float,
+    pipeline: Pipeline | None = None,
+) -> Mission:
+    """A mission as submitted: waiting for its upload, or for its upstream's result (its input
+    key is bound when that result is there)."""
+    return Mission(
+        mission_id=mission_id,
         name=config.name,
         status=MissionStatus.AWAITING_INPUT,
         config=config,
-        input_key=config.input,
+        input_key=config.input if isinstance(config.input, str) else "",
         created_at=utc(now),
         submitted_by=caller.principal,
+        pipeline=pipeline,
     )
+
+
+def upload_view(ctx: Context, mission: Mission) -> dict[str, Any] | None:
+    """Where the owner uploads the input; None for a mission fed by another's result."""
+    if not mission.binds_input_key:
+        return None
+    bucket = ctx.settings.source_bucket
+    return {"bucket": bucket, "key": mission.input_key, "uri": f"s3://{bucket}/{mission.input_key}"}
+
+
+def _register(ctx: Context, config: MissionConfig, caller: Caller) -> dict[str, Any]:
+    now = ctx.clock()
+    mission = new_mission(new_mission_id(now), config, caller, now)
     ctx.store.missions.create(mission)
     bind_mission(mission.mission_id)
-    # The scheduler checks whether the input is already there; if not, the upload's event
-    # starts the mission.
+    # The scheduler checks whether the input is already there (or its upstream's result); if
+    # not, the upload's event (or the upstream's end) starts the mission.
     send_start_request(ctx, mission.mission_id)
-    logger.info("mission registered", extra={"input_key": config.input})
-    return {
-        **mission_summary(ctx, mission),
-        "upload": {
-            "bucket": ctx.settings.source_bucket,
-            "key": config.input,
-            "uri": f"s3://{ctx.settings.source_bucket}/{config.input}",
-        },
-    }
+    logger.info("mission registered", extra={"input_key": mission.input_key})
+    return {**mission_summary(ctx, mission), "upload": upload_view(ctx, mission)}
 
 
 def describe(ctx: Context, mission_id: str, caller: Caller) -> dict[str, Any]:
@@ -135,9 +174,11 @@ def describe(ctx: Context, mission_id: str, caller: Caller) -> dict[str, Any]:
         "estimated_cost_usd": round(mission.estimated_cost, 6),
         "launch_errors": mission.launch_errors,
         "input": {
-            "key": mission.input_key,
+            "bucket": mission.bucket_of_input(ctx.settings.source_bucket),
+            "key": mission.input_key or None,
             "etag": mission.input_etag,
             "bytes": mission.input_bytes,
+            "mission": mission.upstream,
         },
         "config": mission.config.model_dump(mode="json"),
     }
@@ -157,6 +198,9 @@ def mission_summary(ctx: Context, mission: Mission) -> dict[str, Any]:
         "finished_at": _iso(mission.finished_at),
         "notified_at": _iso(mission.notified_at),
         "result": f"s3://{ctx.settings.result_bucket}/{result}" if result else None,
+        "reduce": reduce_id(mission.mission_id) if mission.config.reduce is not None else None,
+        "reduce_of": mission.reduce_of,
+        "pipeline": mission.pipeline.pipeline_id if mission.pipeline else None,
     }
 
 
@@ -173,6 +217,8 @@ def cancel(ctx: Context, mission_id: str, caller: Caller) -> dict[str, Any]:
     mission = visible(ctx, mission_id, caller)
     bind_mission(mission_id)
     ctx.store.missions.cancel(mission, ctx.clock(), by=caller.principal)
+    if mission.status is MissionStatus.REDUCING:
+        _cancel_reduce(ctx, mission, caller)
     cancelled = ctx.store.missions.get(mission_id)
     terminated = stop_instances(ctx, cancelled)
     logger.info("mission cancelled", extra={"instances_terminated": len(terminated)})
@@ -182,6 +228,21 @@ def cancel(ctx: Context, mission_id: str, caller: Caller) -> dict[str, Any]:
         **mission_summary(ctx, ctx.store.missions.get(mission_id)),
         "instances_terminated": len(terminated),
     }
+
+
+def _cancel_reduce(ctx: Context, mission: Mission, caller: Caller) -> None:
+    """A mission cancelled while it reduced: its reduce stage is cancelled with it."""
+    try:
+        stage = ctx.store.missions.get(reduce_id(mission.mission_id))
+    except NotFound:
+        return  # not created yet: it never will be (its mission is no longer REDUCING)
+    if stage.terminal:
+        return
+    try:
+        ctx.store.missions.cancel(stage, ctx.clock(), by=caller.principal)
+    except Conflict:
+        return  # it ended meanwhile
+    stop_instances(ctx, ctx.store.missions.get(stage.mission_id))
 
 
 def list_missions(ctx: Context, caller: Caller) -> dict[str, Any]:

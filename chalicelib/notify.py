@@ -67,6 +67,29 @@ class MissionReport:
     cancelled: int = 0
     cancelled_by: str | None = None
     cancelled_at: datetime | None = None
+    # A mission with a reduce: its result is the reduce's output; the map's concatenation is
+    # kept as well.
+    concatenation_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class PipelineReport:
+    """A pipeline's one email: how each stage went, in the order they were submitted."""
+
+    pipeline_id: str
+    name: str
+    status: str
+    stages: list[tuple[str, MissionReport]]
+    notify: str | None = None
+    submitted_by: str | None = None
+    budget_usd: float | None = None
+
+    @property
+    def estimated_cost(self) -> float:
+        return sum(report.estimated_cost for _, report in self.stages)
+
+
+MAX_FAILURES_PER_STAGE = 5
 
 
 def printable(text: str) -> str:
@@ -154,6 +177,8 @@ def email_body(report: MissionReport) -> str:
         " list prices, Spot at a typical discount)",
         f"Result:           {clip(report.result_uri or '(none)', MAX_FIELD_BYTES)}",
     ]
+    if report.concatenation_uri:
+        lines.append(f"Concatenation:    {clip(report.concatenation_uri, MAX_FIELD_BYTES)}")
     if report.manifest_uri:  # in the head, which the failure list's budget never cuts
         lines += [
             f"Receipt:          {clip(report.manifest_uri, MAX_FIELD_BYTES)}",
@@ -209,6 +234,67 @@ def _more_line(report: MissionReport, n: int) -> str:
 
 def _size(lines: list[str]) -> int:
     return sum(len(line.encode()) + 1 for line in lines)
+
+
+def pipeline_subject(report: PipelineReport) -> str:
+    name = report.name.encode("ascii", "replace").decode().replace("\n", " ")
+    suffix = f" {report.status}"
+    room = _SUBJECT_LIMIT - len("lighthpc pipeline: ") - len(suffix) - 1
+    if len(name) > room:
+        name = name[: room - 3] + "..."
+    return f"lighthpc pipeline: {name}{suffix}"
+
+
+def pipeline_body(report: PipelineReport) -> str:
+    """One block per stage: its status, counts, cost, result, receipt and why it failed, with
+    its first few failed transactions (at most 10 stages: well within SNS's limit)."""
+    budget = "" if report.budget_usd is None else f" (budget ${report.budget_usd:.2f})"
+    lines = [
+        f"Pipeline {clip(report.name, MAX_FIELD_BYTES)!r} ({report.pipeline_id}) finished:"
+        f" {report.status}.",
+        "",
+        f"Stages:           {len(report.stages)}",
+        f"Estimated cost:   ${report.estimated_cost:.4f}{budget}",
+    ]
+    if report.submitted_by:
+        lines.append(f"Submitted by:     {clip(report.submitted_by, MAX_FIELD_BYTES)}")
+    for stage, r in report.stages:
+        lines += [
+            "",
+            f"Stage {stage!r} ({r.mission_id}): {r.status}",
+            f"  Transactions:   {r.total} in all, {r.succeeded} succeeded, {r.failed} failed",
+            f"  Instances:      {r.instances}, {r.instance_seconds:.1f} instance-seconds,"
+            f" ${r.estimated_cost:.4f}",
+            f"  Result:         {clip(r.result_uri or '(none)', MAX_FIELD_BYTES)}",
+        ]
+        if r.concatenation_uri:
+            lines.append(f"  Concatenation:  {clip(r.concatenation_uri, MAX_FIELD_BYTES)}")
+        if r.manifest_uri:
+            lines.append(f"  Receipt:        {clip(r.manifest_uri, MAX_FIELD_BYTES)}")
+        if r.error:
+            lines.append(f"  Why:            {clip(r.error, MAX_ERROR_TEXT_BYTES)}")
+        shown = r.failures[:MAX_FAILURES_PER_STAGE]
+        lines += ["  " + _failure_line(f) for f in shown]
+        more = len(r.failures) - len(shown) + r.more_failures
+        if more:
+            lines.append("  " + _more_line(r, more))
+    return "\n".join(lines) + "\n"
+
+
+def publish_pipeline(sns: Any, topic_arn: str, report: PipelineReport) -> str:
+    attributes = {
+        "pipeline_id": {"DataType": "String", "StringValue": report.pipeline_id},
+        "status": {"DataType": "String", "StringValue": report.status},
+    }
+    if report.notify:
+        attributes["notify"] = {"DataType": "String", "StringValue": report.notify}
+    response = sns.publish(
+        TopicArn=topic_arn,
+        Subject=pipeline_subject(report),
+        Message=pipeline_body(report),
+        MessageAttributes=attributes,
+    )
+    return str(response["MessageId"])
 
 
 def publish(sns: Any, topic_arn: str, report: MissionReport) -> str:

@@ -86,7 +86,15 @@ def _schemas() -> dict[str, Any]:
         "running_at": _nullable(TIME),
         "finished_at": _nullable(TIME),
         "notified_at": _nullable(TIME),
-        "result": _nullable({**TEXT, "description": "s3:// URI of the merged result"}),
+        "result": _nullable(
+            {
+                **TEXT,
+                "description": "s3:// URI of the merged result (with a reduce: the reduce's output)",
+            }
+        ),
+        "reduce": _nullable({**TEXT, "description": "the id of its reduce stage's mission"}),
+        "reduce_of": _nullable({**TEXT, "description": "this is that mission's reduce stage"}),
+        "pipeline": _nullable({**TEXT, "description": "the pipeline it is a stage of"}),
     }
     schemas["MissionSummary"] = _object(summary, list(summary))
     schemas["MissionCreated"] = {
@@ -94,10 +102,15 @@ def _schemas() -> dict[str, Any]:
             _ref("MissionSummary"),
             _object(
                 {
-                    "upload": _object(
-                        {"bucket": TEXT, "key": TEXT, "uri": TEXT},
-                        ["bucket", "key", "uri"],
-                        description="Where to upload the input; the upload starts the mission.",
+                    "upload": _nullable(
+                        _object(
+                            {"bucket": TEXT, "key": TEXT, "uri": TEXT},
+                            ["bucket", "key", "uri"],
+                            description=(
+                                "Where to upload the input; the upload starts the mission."
+                                " Null for a mission fed by another mission's result."
+                            ),
+                        )
                     )
                 },
                 ["upload"],
@@ -118,9 +131,13 @@ def _schemas() -> dict[str, Any]:
                     "launch_errors": _nullable(TEXT),
                     "input": _object(
                         {
-                            "key": TEXT,
+                            "bucket": TEXT,
+                            "key": _nullable(TEXT),
                             "etag": _nullable(TEXT),
                             "bytes": _nullable({"type": "integer", "minimum": 0}),
+                            "mission": _nullable(
+                                {**TEXT, "description": "the mission whose result it reads"}
+                            ),
                         },
                         ["key", "etag", "bytes"],
                     ),

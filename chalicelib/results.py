@@ -14,10 +14,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from chalicelib import merge
+from chalicelib import merge, stages
 from chalicelib.capacity import mission_instances
 from chalicelib.context import Context
-from chalicelib.domain import Mission, Usage
+from chalicelib.domain import Mission, Pipeline, Usage
 from chalicelib.events import MergeRequest, ObjectCreated, SourceEvent
 from chalicelib.layout import (
     SHA256_METADATA,
@@ -26,7 +26,14 @@ from chalicelib.layout import (
     manifest_key,
     parse_outcome_key,
 )
-from chalicelib.notify import MAX_FAILURES_LISTED, FailedTransaction, MissionReport, publish
+from chalicelib.notify import (
+    MAX_FAILURES_LISTED,
+    FailedTransaction,
+    MissionReport,
+    PipelineReport,
+    publish,
+    publish_pipeline,
+)
 from chalicelib.observability import bind_mission, count, logger
 from chalicelib.pricing import estimated_cost
 from chalicelib.states import MissionStatus, TransactionStatus, mission_outcome, shown_status
@@ -124,14 +131,21 @@ def settle(ctx: Context, mission_id: str) -> None:
     finished mission is finished once, and its email is sent by one holder.
     """
     mission = ctx.store.missions.get(mission_id)
+    # The instances still running, described once for the receipt and the mission's end.
+    running = functools.cache(lambda: still_running(ctx, mission_id))
     if mission.status is MissionStatus.RUNNING:
         final = mission_outcome(mission.succeeded, mission.failed, mission.total)
         if final is None:
             return
-        # The instances still running, described once for the receipt and the mission's end.
-        running = functools.cache(lambda: still_running(ctx, mission_id))
         merged = merge_parts(ctx, mission, running) if mission.succeeded else None
-        ctx.store.missions.finish(mission, final, merged, running(), ctx.clock())
+        if final is MissionStatus.SUCCEEDED and merged and mission.config.reduce is not None:
+            # The concatenation is the reduce's input; the reduce's output will be the result.
+            ctx.store.missions.begin_reduce(mission, merged, ctx.clock())
+        else:
+            ctx.store.missions.finish(mission, final, merged, running(), ctx.clock())
+        mission = ctx.store.missions.get(mission_id)
+    if mission.status is MissionStatus.REDUCING:
+        stages.advance_reduce(ctx, mission, running)
         mission = ctx.store.missions.get(mission_id)
     if mission.status is MissionStatus.CANCELLED:
         # Its email waits until its figures are final (`cancel_settled`): the cancel or the
@@ -219,6 +233,17 @@ def transaction_counts(mission: Mission) -> dict[str, int]:
 
 
 def send_report(ctx: Context, mission: Mission) -> None:
+    """Tell of a mission's end: start what it feeds, then send its one email, or, for a reduce
+    stage, end its mission (whose email tells), or, in a pipeline, the pipeline's email once
+    every stage ended (`chalicelib.pipelines`)."""
+    stages.release_downstream(ctx, mission)
+    if mission.reduce_of is not None:
+        settle(ctx, mission.reduce_of)
+        ctx.store.missions.mark_notified(mission.mission_id, ctx.clock())
+        return
+    if mission.pipeline is not None:
+        send_pipeline_report(ctx, mission.pipeline)
+        return
     now = ctx.clock()
     if not ctx.store.missions.claim_notification(mission.mission_id, now, NOTIFY_LEASE_SECONDS):
         return
@@ -228,6 +253,50 @@ def send_report(ctx: Context, mission: Mission) -> None:
     count("EmailsSent")
     logger.info(
         "completion email published", extra={"message_id": message_id, "status": report.status}
+    )
+
+
+def pipeline_status(stages: Iterable[Mission]) -> MissionStatus | None:
+    """A pipeline's status once every stage ended (None before): SUCCEEDED if every stage did,
+    FAILED if one failed, else CANCELLED."""
+    statuses = {m.status for m in stages}
+    if not all(m.terminal for m in stages):
+        return None
+    if statuses == {MissionStatus.SUCCEEDED}:
+        return MissionStatus.SUCCEEDED
+    return MissionStatus.FAILED if MissionStatus.FAILED in statuses else MissionStatus.CANCELLED
+
+
+def send_pipeline_report(ctx: Context, pipeline: Pipeline) -> None:
+    """The pipeline's one email, once every stage ended (a failed stage fails those it feeds,
+    so they all end): sent by the holder of its first stage's notification lease, then every
+    stage is marked notified (off the sweeper's list). Until then, nothing."""
+    stages_now = [ctx.store.missions.get(m) for m in pipeline.mission_ids]
+    status = pipeline_status(stages_now)
+    if status is None:
+        return
+    head, now = pipeline.mission_ids[0], ctx.clock()
+    if not ctx.store.missions.claim_notification(head, now, NOTIFY_LEASE_SECONDS):
+        return
+    first = stages_now[0]
+    report = PipelineReport(
+        pipeline_id=pipeline.pipeline_id,
+        name=pipeline.name,
+        status=status.value,
+        stages=[
+            (stage, build_report(ctx, m))
+            for (stage, _), m in zip(pipeline.stages, stages_now, strict=True)
+        ],
+        notify=pipeline.notify,
+        submitted_by=first.submitted_by,
+        budget_usd=pipeline.budget_usd,
+    )
+    message_id = publish_pipeline(ctx.aws.sns, ctx.settings.topic_arn, report)
+    for m in pipeline.mission_ids:
+        ctx.store.missions.mark_notified(m, ctx.clock())
+    count("EmailsSent")
+    logger.info(
+        "pipeline email published", extra={"message_id": message_id, "status": status.value}
     )
 
 
@@ -285,6 +354,9 @@ def build_report(ctx: Context, mission: Mission) -> MissionReport:
         cancelled_at=mission.finished_at if mission.status is MissionStatus.CANCELLED else None,
         manifest_uri=manifest_uri,
         manifest_sha256=manifest_sha256,
+        concatenation_uri=f"s3://{bucket}/{mission.concatenation_key}"
+        if mission.concatenation_key
+        else None,
     )
 
 

@@ -22,6 +22,7 @@ from chalicelib.observability import bind_mission, count, logger
 from chalicelib.planning import Plan, chunk_count_for_bytes, transaction_count_for_lines
 from chalicelib.results import settle
 from chalicelib.splitting import LineOffsets, encode_offsets
+from chalicelib.stages import bind_input
 from chalicelib.states import MissionStatus
 from chalicelib.store import NotFound
 
@@ -64,8 +65,14 @@ def on_start_request(ctx: Context, request: StartRequest) -> None:
             "start requested for an unknown mission", extra={"mission_id": request.mission_id}
         )
         return
+    if mission.status is MissionStatus.AWAITING_INPUT and mission.upstream is not None:
+        # Fed by another mission's result: bound once that is there, failed if it never will be.
+        if not bind_input(ctx, mission):
+            settle(ctx, mission.mission_id)  # the email of one that failed
+            return
+        mission = ctx.store.missions.get(mission.mission_id)
     startable = {MissionStatus.AWAITING_INPUT, MissionStatus.PLANNING}
-    if mission.status in startable and _input_head(ctx, mission.input_key) is not None:
+    if mission.status in startable and _input_head(ctx, mission) is not None:
         start_mission(ctx, mission.mission_id)
 
 
@@ -106,12 +113,14 @@ def start_mission(ctx: Context, mission_id: str) -> None:
 def plan(ctx: Context, mission: Mission) -> Plan:
     """The mission's plan (a formula: nothing per transaction); PlanningError for bad input."""
     config = mission.config
-    head = _input_head(ctx, mission.input_key)
-    where = f"s3://{ctx.settings.source_bucket}/{mission.input_key}"
+    head = _input_head(ctx, mission)
+    where = f"s3://{mission.bucket_of_input(ctx.settings.source_bucket)}/{mission.input_key}"
     if head is None:
         raise PlanningError(f"the input {where} does not exist")
     size = int(head["ContentLength"])
-    if size == 0:
+    # An upload that is empty is a mistake; another mission's result may be empty (no match),
+    # and a mission that runs its app once per transaction over the whole of it still runs.
+    if size == 0 and (mission.upstream is None or not isinstance(config.split, CountSplit)):
         raise PlanningError(f"the input {where} is empty")
     if size > ctx.settings.max_input_bytes:
         raise PlanningError(
@@ -121,7 +130,7 @@ def plan(ctx: Context, mission: Mission) -> Plan:
     etag, version = str(head.get("ETag", "")).strip('"'), head.get("VersionId")
     ctx.store.missions.record_input(mission.mission_id, etag, size, version)
     pin = pinned_input(version, etag)
-    if needs_text_input(config) and looks_binary(_input_start(ctx, mission.input_key, pin)):
+    if needs_text_input(config) and size and looks_binary(_input_start(ctx, mission, pin)):
         reason = (
             "it is split by lines"
             if isinstance(config.split, LinesSplit | BytesSplit)
@@ -143,7 +152,7 @@ def plan(ctx: Context, mission: Mission) -> Plan:
                 f" transactions; this stage allows at most {limit}"
             )
         return Plan.for_split(split, None, size)
-    index = count_lines(ctx, mission.input_key, pin, split.lines_per_transaction, limit)
+    index = count_lines(ctx, mission, pin, split.lines_per_transaction, limit)
     lines = index.lines
     total = transaction_count_for_lines(lines, split.lines_per_transaction)
     if total > limit:
@@ -172,19 +181,23 @@ def looks_binary(start: bytes) -> bool:
     return False
 
 
-def _input_start(ctx: Context, key: str, pin: dict[str, str]) -> bytes:
+def _input_start(ctx: Context, mission: Mission, pin: dict[str, str]) -> bytes:
     response = ctx.aws.s3.get_object(
-        Bucket=ctx.settings.source_bucket, Key=key, Range=f"bytes=0-{SNIFF_BYTES - 1}", **pin
+        Bucket=mission.bucket_of_input(ctx.settings.source_bucket),
+        Key=mission.input_key,
+        Range=f"bytes=0-{SNIFF_BYTES - 1}",
+        **pin,
     )
     return response["Body"].read()
 
 
 def count_lines(
-    ctx: Context, key: str, pin: dict[str, str], lines_per_slice: int, max_slices: int
+    ctx: Context, mission: Mission, pin: dict[str, str], lines_per_slice: int, max_slices: int
 ) -> LineOffsets:
     """Lines of the input, streamed once (a last line without a newline counts), with the byte
     offset where each slice of `lines_per_slice` lines begins (the first `max_slices`)."""
-    body = ctx.aws.s3.get_object(Bucket=ctx.settings.source_bucket, Key=key, **pin)["Body"]
+    bucket = mission.bucket_of_input(ctx.settings.source_bucket)
+    body = ctx.aws.s3.get_object(Bucket=bucket, Key=mission.input_key, **pin)["Body"]
     index = LineOffsets(lines_per_slice, max_slices)
     for chunk in body.iter_chunks(chunk_size=1024 * 1024):
         index.feed(chunk)
@@ -202,9 +215,12 @@ def write_line_index(ctx: Context, mission_id: str, index: LineOffsets) -> None:
     )
 
 
-def _input_head(ctx: Context, key: str) -> dict[str, Any] | None:
+def _input_head(ctx: Context, mission: Mission) -> dict[str, Any] | None:
+    if not mission.input_key:
+        return None  # fed by another mission: not bound yet
+    bucket = mission.bucket_of_input(ctx.settings.source_bucket)
     try:
-        return ctx.aws.s3.head_object(Bucket=ctx.settings.source_bucket, Key=key)
+        return ctx.aws.s3.head_object(Bucket=bucket, Key=mission.input_key)
     except ClientError as e:
         if e.response.get("Error", {}).get("Code") in _MISSING:
             return None

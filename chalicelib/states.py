@@ -14,9 +14,12 @@ from enum import StrEnum
 
 
 class MissionStatus(StrEnum):
-    AWAITING_INPUT = "AWAITING_INPUT"  # config stored, input not yet seen
+    AWAITING_INPUT = "AWAITING_INPUT"  # config stored, input not yet seen (or its upstream's)
     PLANNING = "PLANNING"  # one scheduler holds the planning lease
     RUNNING = "RUNNING"  # transactions recorded, workers launched
+    # every transaction succeeded and the parts are merged; the config's reduce runs on a worker
+    # as a mission of its own (`chalicelib.stages`), whose output becomes this one's result
+    REDUCING = "REDUCING"
     SUCCEEDED = "SUCCEEDED"  # every transaction succeeded; result merged; email sent
     FAILED = "FAILED"  # the input was unusable or some transaction failed for good
     CANCELLED = "CANCELLED"  # DELETE /missions/{id}: no new claims, instances terminated
@@ -49,6 +52,14 @@ MISSION_TRANSITIONS: dict[MissionStatus, frozenset[MissionStatus]] = {
         }
     ),
     MissionStatus.RUNNING: frozenset(
+        {
+            MissionStatus.REDUCING,
+            MissionStatus.SUCCEEDED,
+            MissionStatus.FAILED,
+            MissionStatus.CANCELLED,
+        }
+    ),
+    MissionStatus.REDUCING: frozenset(
         {MissionStatus.SUCCEEDED, MissionStatus.FAILED, MissionStatus.CANCELLED}
     ),
     MissionStatus.SUCCEEDED: frozenset(),

@@ -235,12 +235,13 @@ class InProcessCluster:
                 setattr(app_module, n, f)
         assert seen["crashed"], "the crash was never triggered"
 
-    def instance_states(self, mission_id: str) -> dict[str, str]:
+    def instances(self, mission_id: str) -> list[dict[str, Any]]:
+        """The mission's instances as EC2 describes them, in any state."""
         states = ["pending", "running", "shutting-down", "terminated", "stopping", "stopped"]
-        return {
-            i["InstanceId"]: i["State"]["Name"]
-            for i in mission_instances(self.ec2, mission_id, states)
-        }
+        return mission_instances(self.ec2, mission_id, states)
+
+    def instance_states(self, mission_id: str) -> dict[str, str]:
+        return {i["InstanceId"]: i["State"]["Name"] for i in self.instances(mission_id)}
 
     # ---- what the owner receives ------------------------------------------------------
 

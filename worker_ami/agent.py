@@ -811,7 +811,7 @@ class WorkerAgent:
         delivered, breaks = first, 0
         while delivered < stop:
             body = self._s3.get_object(
-                Bucket=self._settings.source_bucket,
+                Bucket=mission.bucket_of_input(self._settings.source_bucket),
                 Key=mission.input_key,
                 Range=f"bytes={delivered}-{stop - 1}",
                 **mission.input_pin,
@@ -846,7 +846,7 @@ class WorkerAgent:
             if self._input_path is None:
                 partial = self._workdir / "input.download"
                 partial.unlink(missing_ok=True)
-                source = self._settings.source_bucket
+                source = mission.bucket_of_input(self._settings.source_bucket)
                 # Exactly the version the mission planned, whatever was uploaded since.
                 pin = {"VersionId": mission.input_version} if mission.input_version else None
                 self._s3.download_file(source, mission.input_key, str(partial), ExtraArgs=pin)

@@ -5,6 +5,7 @@ Every status change is a conditional write whose sources come from `chalicelib.s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
 from chalicelib.config import MissionConfig
-from chalicelib.domain import Mission, Usage, utc
+from chalicelib.domain import Mission, Pipeline, Usage, utc
 from chalicelib.planning import Plan
 from chalicelib.states import TERMINAL_MISSION, MissionStatus, mission_sources
 from chalicelib.store.errors import InputBusy, NotFound, conditional, translated
@@ -57,6 +58,38 @@ def mission_of(item: MissionModel) -> Mission:
         result_key=item.result_key,
         error=item.error,
         cancelled_by=item.cancelled_by,
+        input_bucket=item.input_bucket,
+        reduce_of=item.reduce_of,
+        concatenation_key=item.concatenation_key,
+        downstream=frozenset(item.downstream or ()),
+        pipeline=_pipeline_of(item.pipeline_json),
+    )
+
+
+def _pipeline_json(pipeline: Pipeline | None) -> str | None:
+    if pipeline is None:
+        return None
+    return json.dumps(
+        {
+            "id": pipeline.pipeline_id,
+            "name": pipeline.name,
+            "stages": [list(stage) for stage in pipeline.stages],
+            "notify": pipeline.notify,
+            "budget_usd": pipeline.budget_usd,
+        }
+    )
+
+
+def _pipeline_of(text: str | None) -> Pipeline | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    return Pipeline(
+        pipeline_id=data["id"],
+        name=data["name"],
+        stages=tuple((name, mission_id) for name, mission_id in data["stages"]),
+        notify=data.get("notify"),
+        budget_usd=data.get("budget_usd"),
     )
 
 
@@ -110,9 +143,51 @@ class MissionStore:
 
     # ---- the life of a mission --------------------------------------------------------------
 
-    def create(self, mission: Mission) -> None:
-        """Store a new mission and register it as the one awaiting its input, atomically."""
-        item = MissionModel(
+    def create(self, *missions: Mission) -> None:
+        """Store new missions all or none (a pipeline's stages together), each an upload's
+        awaiting its input key, or a mission fed by another's result, which records it as
+        downstream, so its end starts it.
+
+        Raises InputBusy if another mission holds one of the input keys, NotFound if an upstream
+        outside this batch does not exist."""
+        new = {m.mission_id: m for m in missions}
+        fed: dict[str, set[str]] = {}
+        for m in missions:
+            if m.upstream is not None and m.reduce_of is None:
+                fed.setdefault(m.upstream, set()).add(m.mission_id)
+        with conditional(f"store missions {', '.join(new)}") as write, self._atomic() as tx:
+            for m in missions:
+                tx.save(
+                    self._item_of(m, fed.get(m.mission_id)),
+                    condition=MissionModel.mission_id.does_not_exist(),
+                )
+                if m.binds_input_key:
+                    tx.save(
+                        InputModel(m.input_key, mission_id=m.mission_id),
+                        condition=InputModel.input_key.does_not_exist(),
+                    )
+            for upstream, ids in fed.items():
+                if upstream not in new:
+                    tx.update(
+                        MissionModel(upstream),
+                        actions=[MissionModel.downstream.add(ids)],
+                        condition=MissionModel.mission_id.exists(),
+                    )
+        if write.applied:
+            return
+        for m in missions:
+            if m.binds_input_key:
+                holder = self.awaiting(m.input_key)
+                if holder is not None and holder != m.mission_id:
+                    raise InputBusy(m.input_key, holder)
+        for upstream in fed:
+            if upstream not in new:
+                self.get(upstream)  # NotFound if it is gone
+        raise InputBusy(missions[0].input_key, None)
+
+    @staticmethod
+    def _item_of(mission: Mission, downstream: set[str] | None) -> MissionModel:
+        return MissionModel(
             mission.mission_id,
             name=mission.name,
             status=mission.status.value,
@@ -122,13 +197,27 @@ class MissionStore:
             submitted_by=mission.submitted_by,
             created_at=mission.created_at,
             needs_care=NEEDS_CARE,
+            reduce_of=mission.reduce_of,
+            downstream=downstream or None,
+            pipeline_json=_pipeline_json(mission.pipeline),
         )
-        binding = InputModel(mission.input_key, mission_id=mission.mission_id)
-        with conditional(f"store mission {mission.mission_id}") as write, self._atomic() as tx:
-            tx.save(item, condition=MissionModel.mission_id.does_not_exist())
-            tx.save(binding, condition=InputModel.input_key.does_not_exist())
-        if not write.applied:
-            raise InputBusy(mission.input_key, self.awaiting(mission.input_key))
+
+    def create_reduce(self, reduce: Mission) -> bool:
+        """Store a mission's reduce stage, once: False if it exists already."""
+        with conditional(f"store the reduce {reduce.mission_id}") as write:
+            self._item_of(reduce, None).save(condition=MissionModel.mission_id.does_not_exist())
+        return write.applied
+
+    def bind_upstream_result(self, mission_id: str, bucket: str, key: str) -> bool:
+        """Its upstream's result becomes a waiting mission's input; False if it stopped waiting
+        (another delivery bound it and began planning, or it ended)."""
+        with conditional(f"bind the input of {mission_id}") as write:
+            self._update(
+                mission_id,
+                [MissionModel.input_bucket.set(bucket), MissionModel.input_key.set(key)],
+                condition=MissionModel.status == M.AWAITING_INPUT.value,
+            )
+        return write.applied
 
     def begin_planning(self, mission_id: str, now: float, lease_seconds: int) -> Mission | None:
         """Take the right to plan: exactly one caller wins, however many events arrive.
@@ -279,6 +368,45 @@ class MissionStore:
             )
         return write.applied
 
+    def begin_reduce(self, mission: Mission, concatenation_key: str, now: float) -> bool:
+        """RUNNING -> REDUCING, once: every transaction succeeded and the parts are merged into
+        `concatenation_key`, which its reduce stage reads. False if another event did it. The
+        mission's own instances are still accounted by their agents' reports (it is live)."""
+        with conditional(f"begin the reduce of {mission.mission_id}") as write:
+            self._move(
+                mission.mission_id,
+                M.REDUCING,
+                [MissionModel.concatenation_key.set(concatenation_key)],
+                only_from=[M.RUNNING],
+            )
+        return write.applied
+
+    def end_reduce(
+        self,
+        mission: Mission,
+        status: MissionStatus,
+        result_key: str | None,
+        error: str | None,
+        used: Usage,
+        now: float,
+    ) -> bool:
+        """REDUCING -> SUCCEEDED (the reduce's output its result) or FAILED (why), once, adding
+        `used`: its reduce stage's usage and the age of its own instances still running."""
+        with conditional(f"end the reduce of {mission.mission_id}") as write:
+            self._move_and_release(
+                mission,
+                status,
+                [
+                    _set_or_remove(MissionModel.result_key, result_key),
+                    _set_or_remove(MissionModel.error, error),
+                    MissionModel.finished_at.set(utc(now)),
+                    MissionModel.instance_seconds.add(used.instance_seconds),
+                    MissionModel.estimated_cost.add(used.estimated_cost),
+                ],
+                only_from=[M.REDUCING],
+            )
+        return write.applied
+
     def time_out(self, mission: Mission, reason: str, now: float) -> bool:
         """RUNNING -> FAILED for the mission as a whole; False if it already finished."""
         with conditional(f"time out mission {mission.mission_id}") as write:
@@ -308,13 +436,17 @@ class MissionStore:
             )
         return write.applied
 
-    def mark_notified(self, mission_id: str, now: float) -> None:
-        self._update(
-            mission_id,
-            # Off the care index: the sweeper has nothing left to do for it.
-            [MissionModel.notified_at.set(utc(now)), MissionModel.needs_care.remove()],
-            condition=MissionModel.notified_at.does_not_exist(),
-        )
+    def mark_notified(self, mission_id: str, now: float) -> bool:
+        """Its email went out (or, for a reduce stage or a pipeline stage, the email that tells
+        of it); False if it was marked already."""
+        with conditional(f"mark {mission_id} notified") as write:
+            self._update(
+                mission_id,
+                # Off the care index: the sweeper has nothing left to do for it.
+                [MissionModel.notified_at.set(utc(now)), MissionModel.needs_care.remove()],
+                condition=MissionModel.notified_at.does_not_exist(),
+            )
+        return write.applied
 
     # ---- the merge (chalicelib.merge) -------------------------------------------------------
 
@@ -478,11 +610,12 @@ class MissionStore:
                 actions=[MissionModel.status.set(target.value), *actions],
                 condition=condition if also is None else condition & also,
             )
-            tx.delete(
-                InputModel(mission.input_key),
-                condition=InputModel.input_key.does_not_exist()
-                | (InputModel.mission_id == mission.mission_id),
-            )
+            if mission.binds_input_key:
+                tx.delete(
+                    InputModel(mission.input_key),
+                    condition=InputModel.input_key.does_not_exist()
+                    | (InputModel.mission_id == mission.mission_id),
+                )
 
     def _update(
         self, mission_id: str, actions: list[Action], condition: Condition | None = None

@@ -127,6 +127,14 @@ class MissionModel(_RetriesTransient, Model):
     merge_lease_until = NumberAttribute(null=True)  # epoch seconds
     merge_checkpoint = UnicodeAttribute(null=True)
     merge_claims = NumberAttribute(null=True)  # how many invocations took the merge's lease
+    # Stages (chalicelib.stages): where the input is read (null: the source bucket), whose
+    # reduce this is, the merged parts a reduce reads, the missions fed by this one's result,
+    # and the pipeline it belongs to (JSON, the same on every stage).
+    input_bucket = UnicodeAttribute(null=True)
+    reduce_of = UnicodeAttribute(null=True)
+    concatenation_key = UnicodeAttribute(null=True)
+    downstream = UnicodeSetAttribute(null=True)
+    pipeline_json = UnicodeAttribute(null=True)
     listed = UnicodeAttribute(default=LISTED)
     needs_care = UnicodeAttribute(null=True)  # NEEDS_CARE until notified_at is set
 

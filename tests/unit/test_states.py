@@ -54,9 +54,10 @@ def test_any_live_mission_can_be_cancelled_or_failed() -> None:
     assert set(mission_sources(M.FAILED)) == live
 
 
-def test_a_mission_runs_only_after_planning_and_succeeds_only_from_running() -> None:
+def test_a_mission_runs_only_after_planning_and_succeeds_only_from_running_or_reducing() -> None:
     assert mission_sources(M.RUNNING) == ["PLANNING"]
-    assert mission_sources(M.SUCCEEDED) == ["RUNNING"]
+    assert mission_sources(M.SUCCEEDED) == ["RUNNING", "REDUCING"]
+    assert mission_sources(M.REDUCING) == ["RUNNING"]
     with pytest.raises(IllegalTransition):
         mission_sources(M.RUNNING, [M.AWAITING_INPUT])
 
