@@ -9,6 +9,11 @@
   are counted;
 - a mission with work left and no live worker gets new capacity, within its cap;
 - a planner that died is replaced (its start request is sent again);
+- a mission whose estimated cost reached its budget (`budget_usd`: its own, its pipeline's, or
+  for a reduce stage its mission's) is failed, saying so, and its instances terminated; what it
+  counted stays counted and its parts stay in the result bucket;
+- a mission waiting for another's result is asked to start once that one moved on (a lost
+  start request costs a sweep); a reducing mission is moved on once its reduce stage ended;
 - an email whose sender died is sent;
 - a cancelled mission is wound down: any instance of it still alive is stopped and accounted,
   every lease it still has is settled CANCELLED (a worker still at it finds its heartbeat
@@ -36,8 +41,9 @@ from chalicelib.events import send_start_request
 from chalicelib.layout import FailureMarker, Outcome, failure_key, part_key
 from chalicelib.merge import MergeSuspended
 from chalicelib.observability import bind_mission, count, logger
-from chalicelib.results import cancel_settled, send_report, settle, stop_instances
+from chalicelib.results import cancel_settled, send_report, settle, still_running, stop_instances
 from chalicelib.scheduler import PLANNING_LEASE_SECONDS
+from chalicelib.stages import upstream_moved
 from chalicelib.states import MissionStatus, TransactionStatus, after_failed_attempt
 
 # A mission still PLANNING this long after planning began has seen several planners die (each
@@ -51,6 +57,7 @@ class SweepReport:
     failed: int = 0
     recounted: int = 0
     timed_out: list[str] = field(default_factory=list)
+    over_budget: list[str] = field(default_factory=list)
     settled: list[str] = field(default_factory=list)
     relaunched: dict[str, int] = field(default_factory=dict)
     replanned: list[str] = field(default_factory=list)
@@ -81,12 +88,20 @@ def sweep(ctx: Context) -> SweepReport:
 
 
 def _care_for(ctx: Context, mission: Mission, report: SweepReport) -> None:
-    if mission.status is MissionStatus.AWAITING_INPUT:
+    if mission.status is MissionStatus.AWAITING_INPUT and mission.upstream is not None:
+        # No deadline of its own while it waits: its upstream's states all have theirs.
+        if upstream_moved(ctx, mission):
+            send_start_request(ctx, mission.mission_id)
+            report.replanned.append(mission.mission_id)
+    elif mission.status is MissionStatus.AWAITING_INPUT:
         _expire_if_input_never_came(ctx, mission, report)
     elif mission.status is MissionStatus.PLANNING:
         _replan_if_abandoned(ctx, mission, report)
     elif mission.status is MissionStatus.RUNNING:
         _care_for_running(ctx, mission, report)
+    elif mission.status is MissionStatus.REDUCING:
+        # Its reduce stage has deadlines of its own; once it ended, this one ends.
+        settle(ctx, mission.mission_id)
     elif mission.status is MissionStatus.CANCELLED and mission.notified_at is None:
         _wind_down_cancelled(ctx, mission, report)
     elif mission.terminal and mission.notified_at is None:
@@ -102,11 +117,13 @@ def _care_for_running(ctx: Context, mission: Mission, report: SweepReport) -> No
     began = mission.running_at or mission.created_at
     if now > (began + timedelta(seconds=limit)).timestamp():
         reason = f"timed out: still running after {limit} s"
-        if ctx.store.missions.time_out(mission, reason, now):
-            stop_instances(ctx, ctx.store.missions.get(mission.mission_id))  # and accounted
+        if _fail_running(ctx, mission, reason):
             report.timed_out.append(mission.mission_id)
-            logger.warning("mission timed out", extra={"reason": reason})
-        settle(ctx, mission.mission_id)
+        return
+    over = budget_exhausted(ctx, mission)
+    if over is not None:
+        if _fail_running(ctx, mission, over):
+            report.over_budget.append(mission.mission_id)
         return
     if mission.remaining == 0:  # every outcome counted: the event that completed it died
         settle(ctx, mission.mission_id)
@@ -127,6 +144,51 @@ def _care_for_running(ctx: Context, mission: Mission, report: SweepReport) -> No
         report.requeued += len(transactions.requeue_lost_claims(mission, now))
     if transactions.has_work_left(mission):
         _capacity_for(ctx, mission, working, now, report)
+
+
+def _fail_running(ctx: Context, mission: Mission, reason: str) -> bool:
+    """Fail a running mission as a whole: claims stop (they need RUNNING), its instances are
+    terminated and accounted, what counted stays counted, its parts stay; its email goes out.
+    False if it ended meanwhile."""
+    failed = ctx.store.missions.time_out(mission, reason, ctx.clock())
+    if failed:
+        stop_instances(ctx, ctx.store.missions.get(mission.mission_id))  # and accounted
+        logger.warning("mission failed as a whole", extra={"reason": reason})
+    settle(ctx, mission.mission_id)
+    return failed
+
+
+def budget_exhausted(ctx: Context, mission: Mission) -> str | None:
+    """Why the mission must stop for its budget, or None: its estimated cost so far (what its
+    agents reported, and its instances still running by their age) against its own
+    `budget_usd`; for a reduce stage, with its mission's cost, against its mission's budget;
+    in a pipeline, with the other stages' costs, against the pipeline's. One DescribeInstances
+    per sweep, only for a mission that has a budget to keep."""
+    parent = ctx.store.missions.get(mission.reduce_of) if mission.reduce_of else None
+    owner = parent or mission  # whose config and pipeline the budget is
+    pipeline = owner.pipeline
+    if owner.config.budget_usd is None and (pipeline is None or pipeline.budget_usd is None):
+        return None
+    spent = mission.estimated_cost + still_running(ctx, mission.mission_id).estimated_cost
+    if parent is not None:
+        spent += parent.estimated_cost
+    limits = [(owner.config.budget_usd, spent, "")]
+    if pipeline is not None and pipeline.budget_usd is not None:
+        others = sum(
+            ctx.store.missions.get(m).estimated_cost
+            for m in pipeline.mission_ids
+            if m != owner.mission_id
+        )
+        limits.append((pipeline.budget_usd, spent + others, f" (pipeline {pipeline.name!r})"))
+    for budget, cost, whose in limits:
+        if budget is not None and cost >= budget:
+            return f"budget exhausted: {usd(cost)} of {usd(budget)}{whose}"
+    return None
+
+
+def usd(amount: float) -> str:
+    """Dollars as a reader takes them: cents, or more digits for amounts under a cent."""
+    return f"${amount:,.2f}" if amount >= 0.01 else f"${amount:.6f}"
 
 
 def _wind_down_cancelled(ctx: Context, mission: Mission, report: SweepReport) -> None:

@@ -4,7 +4,14 @@ stage run on a worker, and a downstream mission that waits for its upstream's re
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
 
+from chalicelib import sweeper
+from chalicelib.context import get_context, reset_process_state
 from chalicelib.domain import reduce_id
 from local.inprocess import InProcessCluster
 from tests.functional.test_mission import SAMPLE, kmer_config, single_process_result
@@ -171,3 +178,49 @@ def test_an_upstream_that_does_not_exist_is_a_400(cluster: InProcessCluster):
     response = cluster.submit(config)
     assert response.status_code == 400, response.body
     assert json.loads(response.body)["fields"][0]["field"] == "input.mission"
+
+
+# The first attempt notes that it ran and sleeps (to be interrupted); a later one writes.
+SLEEP_ONCE = (
+    "import os, sys, time; marker = sys.argv[1];"
+    " seen = os.path.exists(marker); seen or open(marker, 'a').close();"
+    " time.sleep(0 if seen else 60); open(sys.argv[2], 'w').write('reduced\\n')"
+)
+
+
+def test_reduce_interrupted_by_a_spot_notice_is_handed_back_and_runs_again(
+    cluster: InProcessCluster, monkeypatch, tmp_path_factory
+):
+    monkeypatch.setenv("SPOT_POLL_SECONDS", "0.1")
+    reset_process_state()
+    folder = Path(tempfile.mkdtemp(prefix="lighthpc-reduce-", dir="/tmp"))
+    folder.chmod(0o777)  # apps run as users of their own when the agent is root
+    try:
+        argv = ["{python}", "-c", SLEEP_ONCE, f"{folder}/ran", "{output}"]
+        reduce = kmer_top_reduce(app={"argv": argv})
+        mission_id = start(cluster, kmer_config("noticed reduce", "samples/n.fa", reduce=reduce))
+        run_map(cluster, mission_id)
+        cluster.deliver_source_events()
+        stage_id = reduce_id(mission_id)
+        notice = {"action": "terminate", "time": "2026-11-23T20:00:00Z"}
+        timer = threading.Timer(2.0, lambda: cluster.spot_notice_all(notice))
+        timer.start()
+        began = time.monotonic()
+        reports = cluster.run_workers(stage_id)
+        timer.cancel()
+        assert time.monotonic() - began < 30  # stopped, not waited for
+        assert [(r.interrupted, r.handed_back) for r in reports] == [(True, 1)]
+        rows = json.loads(cluster.get(f"/missions/{stage_id}/transactions").body)
+        assert [(t["status"], t["attempts"]) for t in rows["transactions"]] == [("PENDING", 0)]
+        assert mission(cluster, mission_id)["status"] == "REDUCING"
+
+        cluster.ec2.terminate_instances(InstanceIds=list(cluster.instance_states(stage_id)))
+        assert sweeper.sweep(get_context()).relaunched == {stage_id: 1}
+        cluster.run_workers(stage_id)
+        cluster.deliver_result_events()
+        done = mission(cluster, mission_id)
+        assert done["status"] == "SUCCEEDED", done
+        assert cluster.result(done["result"]) == b"reduced\n"
+        assert len(cluster.emails()) == 1
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
