@@ -17,7 +17,7 @@ from typing import Any
 from chalice import Chalice, ConvertToMiddleware, IAMAuthorizer, Response
 from chalice.app import CloudWatchEvent, Rate, Request, SQSEvent
 
-from chalicelib import auth, dashboard, missions, openapi
+from chalicelib import auth, dashboard, missions, openapi, pipelines
 from chalicelib.batch import process_sqs_batch
 from chalicelib.config import parse_query_int
 from chalicelib.context import get_context, in_invocation
@@ -143,6 +143,31 @@ def get_transactions(mission_id: str) -> dict[str, Any]:
     limit = min(_int_param("limit", missions.PAGE_LIMIT, minimum=1), missions.PAGE_LIMIT)
     caller = app.current_request.context[CALLER]
     return missions.transactions(get_context(), mission_id, caller, after=after, limit=limit)
+
+
+@app.route("/pipelines", methods=["POST"], content_types=["application/json"], authorizer=iam)
+@answers(201)
+def create_pipeline() -> dict[str, Any]:
+    request = app.current_request
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    caller = request.context[CALLER]
+    return pipelines.submit_pipeline(
+        get_context(), request.raw_body, caller, key, app.lambda_context
+    )
+
+
+@app.route("/pipelines/{pipeline_id}", methods=["GET"], authorizer=iam)
+@answers(200)
+def get_pipeline(pipeline_id: str) -> dict[str, Any]:
+    caller = app.current_request.context[CALLER]
+    return pipelines.describe_pipeline(get_context(), pipeline_id, caller)
+
+
+@app.route("/pipelines/{pipeline_id}", methods=["DELETE"], authorizer=iam)
+@answers(200)
+def cancel_pipeline(pipeline_id: str) -> dict[str, Any]:
+    caller = app.current_request.context[CALLER]
+    return pipelines.cancel_pipeline(get_context(), pipeline_id, caller)
 
 
 @app.route(openapi.ROUTE, methods=["GET"], authorizer=iam)

@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -472,6 +472,34 @@ class MissionConfig(_Strict):
         return app
 
 
+MAX_STAGES = 10
+
+
+class PipelineStage(_Strict):
+    stage: Annotated[str, StringConstraints(pattern=STAGE_NAME_PATTERN)]
+    config: MissionConfig
+
+
+class PipelineConfig(_Strict):
+    """Stages submitted together (POST /pipelines): each a mission config, fed by an upload, by
+    another stage (`"input": {"stage": NAME}`) or by an earlier mission; mailed as one."""
+
+    name: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=128),
+        Field(json_schema_extra=_SCHEMA_NOT_BLANK),
+    ]
+    stages: list[PipelineStage] = Field(min_length=1, max_length=MAX_STAGES)
+    notify: str | None = Field(default=None, max_length=254)
+    budget_usd: BudgetUsd | None = None
+
+    _name = field_validator("name")(MissionConfig._name.__func__)  # type: ignore[attr-defined]
+    _email = field_validator("notify")(MissionConfig._email.__func__)  # type: ignore[attr-defined]
+
+
+M = TypeVar("M", MissionConfig, PipelineConfig)
+
+
 def slots_per_instance(instances: Instances) -> int:
     """The configured slots, or the vCPUs of the first instance type (1 if unknown)."""
     return instances.slots or vcpus(instances.types[0]) or 1
@@ -518,6 +546,47 @@ def _field_name(loc: tuple[int | str, ...]) -> str:
 
 
 def parse_mission_config(body: bytes | str | None, settings: Settings) -> MissionConfig:
+    return _parse(body, settings, MissionConfig)
+
+
+def parse_pipeline_config(body: bytes | str | None, settings: Settings) -> PipelineConfig:
+    """A pipeline's body, each stage's config checked as a mission's, then the stages together:
+    unique names, no stage's own email, and every `{"stage": NAME}` naming another stage, with
+    no cycle. Raises ConfigInvalid naming the field."""
+    config = _parse(body, settings, PipelineConfig)
+    errors = list(_pipeline_errors(config))
+    if errors:
+        raise ConfigInvalid(errors)
+    return config
+
+
+def _pipeline_errors(config: PipelineConfig) -> Iterator[FieldError]:
+    names = [s.stage for s in config.stages]
+    feeds: dict[str, str] = {}
+    for i, stage in enumerate(config.stages):
+        if names.index(stage.stage) != i:
+            yield FieldError(f"stages.{i}.stage", f"stage {stage.stage!r} is named twice")
+        if stage.config.notify is not None:
+            reason = "a pipeline is mailed as one: give notify on the pipeline, not its stages"
+            yield FieldError(f"stages.{i}.config.notify", reason)
+        if isinstance(stage.config.input, StageInput):
+            upstream = stage.config.input.stage
+            if upstream not in names:
+                reason = f"no stage {upstream!r} in this pipeline (stages: {', '.join(names)})"
+                yield FieldError(f"stages.{i}.config.input.stage", reason)
+            else:
+                feeds[stage.stage] = upstream
+    for i, stage in enumerate(config.stages):
+        seen, at = [stage.stage], feeds.get(stage.stage)
+        while at is not None and at not in seen:
+            seen.append(at)
+            at = feeds.get(at)
+        if at is not None:
+            cycle = " -> ".join([*seen[seen.index(at) :], at])
+            yield FieldError(f"stages.{i}.config.input.stage", f"the stages feed a cycle: {cycle}")
+
+
+def _parse(body: bytes | str | None, settings: Settings, model: type[M]) -> M:
     if body is None or (isinstance(body, (bytes, str)) and not body.strip()):
         raise ConfigInvalid([FieldError("(body)", "request body is empty; send a JSON object")])
     raw = body.encode() if isinstance(body, str) else body
@@ -539,7 +608,7 @@ def parse_mission_config(body: bytes | str | None, settings: Settings) -> Missio
     if too_long:
         raise ConfigInvalid(too_long)
     try:
-        return MissionConfig.model_validate_json(raw, context={"settings": settings})
+        return model.model_validate_json(raw, context={"settings": settings})
     except ValidationError as e:
         errors = [FieldError(_field_name(tuple(err["loc"])), _reason(err)) for err in e.errors()]
         raise ConfigInvalid(errors) from e

@@ -19,7 +19,13 @@ from typing import Any
 
 from chalicelib import dashboard
 from chalicelib.apps import BUILTIN_APPS
-from chalicelib.config import MAX_BODY_BYTES, MAX_NESTING, QUERY_INT_MAX, MissionConfig
+from chalicelib.config import (
+    MAX_BODY_BYTES,
+    MAX_NESTING,
+    QUERY_INT_MAX,
+    MissionConfig,
+    PipelineConfig,
+)
 from chalicelib.idempotency import _KEY as IDEMPOTENCY_KEY
 from chalicelib.idempotency import HEADER as IDEMPOTENCY_HEADER
 from chalicelib.idempotency import KEEP_ANSWERS_SECONDS
@@ -89,7 +95,7 @@ def _schemas() -> dict[str, Any]:
         "result": _nullable(
             {
                 **TEXT,
-                "description": "s3:// URI of the merged result (with a reduce: the reduce's output)",
+                "description": "s3:// URI of the merged result (with a reduce: its output)",
             }
         ),
         "reduce": _nullable({**TEXT, "description": "the id of its reduce stage's mission"}),
@@ -366,6 +372,66 @@ def _dashboard_schemas(counts: dict[str, Any]) -> dict[str, Any]:
         },
         ["mission_id", "status", "attempts", "marks", "instances", "next_after"],
     )
+    pipeline_config = PipelineConfig.model_json_schema(ref_template=_REF)
+    for name, schema in pipeline_config.pop("$defs").items():
+        schemas.setdefault(name, schema)
+    pipeline_config["description"] = (
+        "Stages submitted together: each a mission config (without `notify`), fed by an upload,"
+        ' by another stage (`"input": {"stage": NAME}`) or by an earlier mission'
+        ' (`"input": {"mission": ID}`). Stage names are unique; no cycles; one email for the'
+        " whole pipeline, to its `notify`, once every stage ended."
+    )
+    schemas["PipelineConfig"] = pipeline_config
+    stage_created = _object(
+        {
+            "stage": TEXT,
+            "mission_id": TEXT,
+            "status": {"type": "string", "enum": [s.value for s in MissionStatus]},
+            "upload": _nullable(
+                _object({"bucket": TEXT, "key": TEXT, "uri": TEXT}, ["bucket", "key", "uri"])
+            ),
+        },
+        ["stage", "mission_id", "status", "upload"],
+    )
+    status = {"type": "string", "enum": [s.value for s in MissionStatus]}
+    schemas["PipelineCreated"] = _object(
+        {
+            "pipeline_id": {**TEXT, "description": "p-YYYYmmddHHMMSS-<8 hex digits>"},
+            "name": TEXT,
+            "status": status,
+            "stages": {"type": "array", "items": stage_created},
+        },
+        ["pipeline_id", "name", "status", "stages"],
+    )
+    schemas["Pipeline"] = _object(
+        {
+            "pipeline_id": TEXT,
+            "name": TEXT,
+            "status": status,
+            "notify": _nullable(TEXT),
+            "budget_usd": _nullable({"type": "number"}),
+            "estimated_cost_usd": {"type": "number", "minimum": 0},
+            "notified_at": _nullable(TIME),
+            "stages": {
+                "type": "array",
+                "items": {
+                    "allOf": [
+                        _ref("MissionSummary"),
+                        _object(
+                            {
+                                "stage": TEXT,
+                                "transactions": _object(counts, list(counts)),
+                                "estimated_cost_usd": {"type": "number", "minimum": 0},
+                                "input_mission": _nullable(TEXT),
+                            },
+                            ["stage", "transactions", "estimated_cost_usd"],
+                        ),
+                    ]
+                },
+            },
+        },
+        ["pipeline_id", "name", "status", "estimated_cost_usd", "stages"],
+    )
     schemas["Outcome"] = {
         "allOf": [
             _ref("Mission"),
@@ -397,7 +463,7 @@ def _responses(ok: int, schema: str, description: str, *errors: int) -> dict[str
             "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
         },
         403: _json("FieldErrors", "The input key is outside the caller's own prefix."),
-        404: _json("Error", "No such mission (or not the caller's)."),
+        404: _json("Error", "No such mission or pipeline (or not the caller's)."),
         409: _json("Error", "Conflict: see `error`; nothing written."),
         415: _json("ChaliceError", "The body is not application/json."),
     }
@@ -410,6 +476,15 @@ MISSION_ID = {
     "required": True,
     "schema": {"type": "string", "minLength": 1},
     "description": "As POST /missions answered it: m-YYYYmmddHHMMSS-<8 hex digits>.",
+}
+
+
+PIPELINE_ID = {
+    "name": "pipeline_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1},
+    "description": "As POST /pipelines answered it: p-YYYYmmddHHMMSS-<8 hex digits>.",
 }
 
 
@@ -487,6 +562,34 @@ def _paths() -> dict[str, Any]:
                     for name, spec in page.items()
                 ],
                 "responses": _responses(200, "TransactionPage", "The page.", 400, 401, 404),
+            },
+        },
+        "/pipelines": {
+            "post": {
+                "operationId": "createPipeline",
+                "summary": "Submit a pipeline: stages that feed each other, mailed as one",
+                "description": "Stores every stage (AWAITING_INPUT) all or none; a stage fed by"
+                " an upload starts once it is uploaded to its `upload`, one fed by another stage"
+                " once that stage SUCCEEDED (it fails if that one fails or is cancelled).",
+                "parameters": [idempotency_key],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("PipelineConfig")}},
+                },
+                "responses": _responses(201, "PipelineCreated", "Stored.", 400, 401, 403, 409, 415),
+            },
+        },
+        "/pipelines/{pipeline_id}": {
+            "parameters": [PIPELINE_ID],
+            "get": {
+                "operationId": "describePipeline",
+                "summary": "A pipeline: its status and each stage's",
+                "responses": _responses(200, "Pipeline", "The pipeline.", 401, 404),
+            },
+            "delete": {
+                "operationId": "cancelPipeline",
+                "summary": "Cancel every stage of a pipeline that has not ended",
+                "responses": _responses(200, "Pipeline", "Cancelled.", 401, 404, 409),
             },
         },
         **_dashboard_paths(),

@@ -110,11 +110,9 @@ class InProcessCluster:
 
     # ---- what a user does -------------------------------------------------------------
 
-    def submit(self, config: dict[str, Any]) -> Any:
+    def submit(self, config: dict[str, Any], path: str = "/missions") -> Any:
         return self.api.http.post(
-            "/missions",
-            headers={"Content-Type": "application/json"},
-            body=json.dumps(config),
+            path, headers={"Content-Type": "application/json"}, body=json.dumps(config)
         )
 
     def get(self, path: str) -> Any:

@@ -30,6 +30,8 @@ expected = [
     "/missions/{mission_id}/transactions",
     "/openapi.json",
     "/overview",
+    "/pipelines",
+    "/pipelines/{pipeline_id}",
 ]
 assert routes == expected, routes
 handlers = sorted(source.name for source in app.app.event_sources)
