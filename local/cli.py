@@ -2,6 +2,7 @@
 
     lighthpc up                       the whole system on this machine, until Ctrl-C
     lighthpc demo                     start it, run a checked 64-transaction mission, stop
+    lighthpc demo --pipeline          the same, as two stages: match, then rank (kmer-top)
     lighthpc submit FILE --config C   POST the config, then upload FILE as its input
     lighthpc watch ID                 a live progress bar, then the email
     lighthpc status [ID]              missions, or one mission
@@ -276,10 +277,16 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from local.demo import run_demo, run_demo_in_process
+    from local.demo import run_demo, run_demo_in_process, run_pipeline_demo
 
     if args.in_process:
+        if args.pipeline:
+            raise CliError("--pipeline runs on a local stack: drop --in-process")
         return run_demo_in_process(args.transactions, args.references, args.workers)
+    if args.pipeline:
+        return run_pipeline_demo(
+            None, args.transactions, args.references, args.workers, args.api_port
+        )
     # A fresh folder of its own, so a running `lighthpc up` is left alone.
     return run_demo(None, args.transactions, args.references, args.workers, args.api_port)
 
@@ -409,6 +416,11 @@ def _add_runs(commands: Any) -> None:
         "--in-process",
         action="store_true",
         help="run everything in this process on moto's mock instead",
+    )
+    demo.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="run two stages instead: the k-mer match, then kmer-top over its result",
     )
     demo.set_defaults(func=cmd_demo)
 

@@ -414,3 +414,44 @@ def find_email(info: RuntimeInfo, mission_id: str, wait: float = 10.0) -> Path |
         if found or time.monotonic() > deadline:
             return found[-1] if found else None
         time.sleep(0.2)
+
+
+# ---- pipelines ---------------------------------------------------------------------------
+
+
+def pipeline_line(pipeline: dict[str, Any]) -> str:
+    """One line: the pipeline's status, then each stage's status and transactions done."""
+    stages = []
+    for stage in pipeline.get("stages", []):
+        counts = stage.get("transactions") or {}
+        done = sum(counts.get(s, 0) for s in TERMINAL)
+        stages.append(f"{stage['stage']} {stage['status']} {done}/{counts.get('total') or 0}")
+    return f"pipeline {pipeline['status']:<14} " + " | ".join(stages)
+
+
+def watch_pipeline(
+    info: Target, pipeline_id: str, timeout: float, out: TextIO | None = sys.stdout
+) -> dict:
+    """Until every stage ended and the pipeline's one email was sent (a line on `out` whenever
+    a stage moves, unless None); returns the pipeline."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        status, pipeline = api(info, "GET", f"/pipelines/{pipeline_id}")
+        if status != 200:
+            raise CliError(explain(status, pipeline))
+        line = pipeline_line(pipeline)
+        if out is not None and line != last:
+            out.write(line + "\n")
+            out.flush()
+            last = line
+        if pipeline["status"] in TERMINAL and pipeline.get("notified_at"):
+            return pipeline
+        if time.monotonic() > deadline:
+            raise CliError(f"pipeline {pipeline_id} still {pipeline['status']} after {timeout:g} s")
+        time.sleep(0.5)
+
+
+def find_pipeline_email(info: RuntimeInfo, pipeline_id: str, wait: float = 10.0) -> Path | None:
+    """The pipeline's email: the outbox names it by its `pipeline_id` attribute."""
+    return find_email(info, pipeline_id, wait)

@@ -5,6 +5,10 @@ uploads a FASTA sample over S3, shows progress, prints the email from the outbox
 merged result and compares it with the same computation run in this process, and checks the
 result and every part against the mission's receipt (as `lighthpc verify --parts` does). Exit 0
 only if the mission succeeded, exactly one email came, the result is equal and it verifies.
+
+`lighthpc demo --pipeline` runs two stages instead (POST /pipelines): "match", the same k-mer
+match, then "rank", kmer-top over match's result on machines of its own; one email for both, and
+the final result must equal `top()` of the single-process run.
 """
 
 from __future__ import annotations
@@ -17,9 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from worker_ami.apps.kmer_match import demo_sample, kmers, match, read_sequences
+from worker_ami.apps.kmer_top import top
 
 SEED, REF_LENGTH, K = 7, 1000, 12
 INPUT_KEY = "samples/demo sample.fa"
+RANK_TOP = 10
+# Each stage on machines of its own: compute-optimised for the match, memory for the rank.
+MATCH_TYPES, RANK_TYPES = ["c6i.large", "c5.large"], ["r5.large"]
 
 
 def demo_config(transactions: int, references: int, workers: int) -> dict[str, Any]:
@@ -54,6 +62,38 @@ def expected_result(sample: str, references: int, ref_length: int = REF_LENGTH) 
     return "".join(lines).encode()
 
 
+def pipeline_config(
+    transactions: int, references: int, workers: int, input_key: str = INPUT_KEY
+) -> dict[str, Any]:
+    """Two stages: the demo's k-mer match (no reduce), then kmer-top over its result."""
+    match_config = demo_config(transactions, references, workers)
+    del match_config["notify"]  # the pipeline's one email tells of every stage
+    match_config["input"] = input_key
+    match_config["instances"] = {"types": MATCH_TYPES, "max_instances": workers, "slots": 2}
+    rank_config = {
+        "name": f"demo: top {RANK_TOP}",
+        "input": {"stage": "match"},
+        "split": {"mode": "count", "count": 1, "interval": {"start": 0, "end": 1}},
+        "app": {"builtin": "kmer-top", "params": {"top": RANK_TOP}},
+        "instances": {"types": RANK_TYPES, "max_instances": 1, "slots": 1},
+    }
+    return {
+        "name": "demo: match, then rank",
+        "notify": "you@example.org",
+        "budget_usd": None,
+        "stages": [
+            {"stage": "match", "config": match_config},
+            {"stage": "rank", "config": rank_config},
+        ],
+    }
+
+
+def expected_top(sample: str, references: int, n: int = RANK_TOP) -> bytes:
+    """The single-process run of both stages: the final result must equal it."""
+    merged = expected_result(sample, references).decode()
+    return "".join(top(merged.splitlines(keepends=True), n)).encode()
+
+
 def _stepper(began: float):
     def step(message: str) -> None:
         print(f"[{time.monotonic() - began:6.2f}s] {message}", flush=True)
@@ -61,12 +101,12 @@ def _stepper(began: float):
     return step
 
 
-def _verdict(checks: dict[str, bool], began: float, merged: bytes) -> int:
+def _verdict(
+    checks: dict[str, bool], began: float, merged: bytes, what: str = "matching references"
+) -> int:
     for name, ok in checks.items():
         print(f"{'ok  ' if ok else 'FAIL'} {name}")
-    print(
-        f"{len(merged.splitlines())} matching references; {time.monotonic() - began:.1f} s in all"
-    )
+    print(f"{len(merged.splitlines())} {what}; {time.monotonic() - began:.1f} s in all")
     return 0 if all(checks.values()) else 1
 
 
@@ -188,4 +228,90 @@ def run_demo_in_process(transactions: int, references: int, workers: int) -> int
         },
         began,
         merged,
+    )
+
+
+def run_pipeline_demo(
+    home: Path | None, transactions: int, references: int, workers: int, api_port: int
+) -> int:
+    """`run_demo` for a two-stage pipeline: match, then rank (see the module's docstring)."""
+    from local.client import api, explain, find_pipeline_email, s3_client, watch_pipeline
+    from local.runtime import LocalRuntime
+
+    began = time.monotonic()
+    step = _stepper(began)
+    home = Path(tempfile.mkdtemp(prefix="lighthpc-demo-")) if home is None else home
+    runtime = LocalRuntime(
+        home=home, aws_port=0, api_port=api_port, max_workers=workers, echo=lambda _: None
+    )
+    info = runtime.start()
+    config = pipeline_config(transactions, references, workers)
+    wanted_types = {s["stage"]: set(s["config"]["instances"]["types"]) for s in config["stages"]}
+    try:
+        step("local stack up:\n" + info.describe())
+        sample = demo_input(references)
+        status, body = api(info, "POST", "/pipelines", config)
+        if status != 201:
+            print(f"the API refused the pipeline: {explain(status, body)}", file=sys.stderr)
+            return 1
+        pipeline_id = body["pipeline_id"]
+        step(
+            f"POST /pipelines -> 201, pipeline {pipeline_id}: "
+            + ", ".join(f"{s['stage']} = {s['mission_id']}" for s in body["stages"])
+        )
+        s3 = s3_client(info)
+        s3.put_object(Bucket=info.source_bucket, Key=INPUT_KEY, Body=sample.encode())
+        step(f"uploaded {len(sample)} bytes to s3://{info.source_bucket}/{INPUT_KEY}")
+        pipeline = watch_pipeline(info, pipeline_id, timeout=600)
+        step(f"pipeline {pipeline['status']}, estimated cost ${pipeline['estimated_cost_usd']:.4f}")
+        machines: dict[str, set[str]] = {}
+        for stage in pipeline["stages"]:
+            _, timeline = api(info, "GET", f"/missions/{stage['mission_id']}/timeline?limit=1")
+            machines[stage["stage"]] = {i["type"] for i in timeline.get("instances") or []}
+            step(
+                f"stage {stage['stage']} ({stage['mission_id']}): {stage['status']} on"
+                f" {len(timeline.get('instances') or [])} instance(s) of"
+                f" {', '.join(sorted(machines[stage['stage']])) or 'no type'}"
+            )
+        email = find_pipeline_email(info, pipeline_id)
+        time.sleep(1.0)  # a duplicate would land right after: give it the chance
+        emails = sorted(Path(info.outbox).glob(f"*-{pipeline_id}.eml"))
+        stray = [
+            p
+            for s in pipeline["stages"]
+            for p in Path(info.outbox).glob(f"*-{s['mission_id']}*.eml")
+        ]
+        text = email.read_text() if email is not None else ""
+        if email is not None:
+            print(f"\n--- {email} ---\n{text}")
+        final, result = b"", pipeline["stages"][-1].get("result")
+        if result:
+            bucket, key = result.removeprefix("s3://").split("/", 1)
+            final = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            print(f"--- {result} ---\n{final.decode(errors='replace')}", end="")
+    finally:
+        runtime.stop()
+    step("local stack stopped")
+    stages = pipeline["stages"]
+    return _verdict(
+        {
+            "pipeline SUCCEEDED": pipeline["status"] == "SUCCEEDED",
+            f"every stage SUCCEEDED ({', '.join(s['stage'] for s in stages)})": [
+                s["status"] for s in stages
+            ]
+            == ["SUCCEEDED"] * len(config["stages"]),
+            "each stage ran on its own instance types": all(
+                machines.get(name) and machines[name] <= types
+                for name, types in wanted_types.items()
+            ),
+            "exactly one email in the outbox, none per stage": len(emails) == 1 and not stray,
+            "the email tells of every stage": all(
+                f"Stage {s['stage']!r} ({s['mission_id']}): {s['status']}" in text for s in stages
+            ),
+            f"final result equals top({RANK_TOP}) of the single-process run": final
+            == expected_top(sample, references),
+        },
+        began,
+        final,
+        what="top references",
     )

@@ -20,7 +20,7 @@ from typing import Any
 class Email:
     subject: str
     body: str
-    attributes: dict[str, str]  # the SNS message attributes: mission_id, status, notify
+    attributes: dict[str, str]  # SNS message attributes: mission_id or pipeline_id, status, notify
 
     @classmethod
     def from_envelope(cls, envelope: dict[str, Any]) -> Email:
@@ -90,6 +90,7 @@ class Outbox:
     def _write(self, email: Email, message_id: str) -> Path:
         assert self.folder is not None
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        path = self.folder / f"{stamp}-{email.attributes.get('mission_id') or message_id}.eml"
+        named = email.attributes.get("mission_id") or email.attributes.get("pipeline_id")
+        path = self.folder / f"{stamp}-{named or message_id}.eml"
         path.write_bytes(email.to_eml())
         return path
