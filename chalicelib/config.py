@@ -28,7 +28,7 @@ from pydantic import (
 from chalicelib.apps import BUILTIN_APPS, PLACEHOLDERS, check_program, placeholders_in
 from chalicelib.errors import ApiError
 from chalicelib.layout import MAX_TRANSACTIONS_EVER
-from chalicelib.pricing import vcpus
+from chalicelib.pricing import unpriced, vcpus
 from chalicelib.settings import Settings
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -457,6 +457,18 @@ class MissionConfig(_Strict):
             raise ValueError("must be an email address")
         return value
 
+    @field_validator("budget_usd")
+    @classmethod
+    def _budget_can_be_kept(cls, budget: float | None, info: ValidationInfo) -> float | None:
+        instances, reduce = info.data.get("instances"), info.data.get("reduce")
+        types = [
+            *(instances.types if instances else []),
+            *(reduce.instances.types if reduce else []),
+        ]
+        if budget is not None and unpriced(types):
+            raise ValueError(budget_reason(unpriced(types)))
+        return budget
+
     @field_validator("app")
     @classmethod
     def _app_fits_split(cls, app: Any, info: ValidationInfo) -> Any:
@@ -498,6 +510,21 @@ class PipelineConfig(_Strict):
 
 
 M = TypeVar("M", MissionConfig, PipelineConfig)
+
+
+def unknown_prices(config: MissionConfig) -> list[str]:
+    """Its instance types (the reduce's too) that have no price: no budget can be kept there."""
+    types = list(config.instances.types)
+    if config.reduce is not None:
+        types += config.reduce.instances.types
+    return unpriced(types)
+
+
+def budget_reason(types: list[str]) -> str:
+    return (
+        "a budget needs instance types with a known price, to estimate the cost by;"
+        f" no price for {', '.join(types)}"
+    )
 
 
 def slots_per_instance(instances: Instances) -> int:
@@ -576,6 +603,11 @@ def _pipeline_errors(config: PipelineConfig) -> Iterator[FieldError]:
                 yield FieldError(f"stages.{i}.config.input.stage", reason)
             else:
                 feeds[stage.stage] = upstream
+    if config.budget_usd is not None:
+        for i, stage in enumerate(config.stages):
+            if unknown_prices(stage.config):
+                reason = budget_reason(unknown_prices(stage.config))
+                yield FieldError(f"stages.{i}.config.instances.types", reason)
     for i, stage in enumerate(config.stages):
         seen, at = [stage.stage], feeds.get(stage.stage)
         while at is not None and at not in seen:

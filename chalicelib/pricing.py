@@ -34,14 +34,26 @@ SIZES: dict[str, InstanceSize] = {
     "c6i.large": InstanceSize(2, 0.085),
     "c6i.xlarge": InstanceSize(4, 0.17),
     "c6i.2xlarge": InstanceSize(8, 0.34),
+    "c6i.4xlarge": InstanceSize(16, 0.68),
     "m5.large": InstanceSize(2, 0.096),
     "m5.xlarge": InstanceSize(4, 0.192),
     "m5.2xlarge": InstanceSize(8, 0.384),
     "m6i.large": InstanceSize(2, 0.096),
     "m6i.xlarge": InstanceSize(4, 0.192),
+    "m6i.2xlarge": InstanceSize(8, 0.384),
     "r5.large": InstanceSize(2, 0.126),
     "r5.xlarge": InstanceSize(4, 0.252),
+    "r5.2xlarge": InstanceSize(8, 0.504),
+    "r6i.large": InstanceSize(2, 0.126),
+    "r6i.xlarge": InstanceSize(4, 0.252),
+    "r6i.2xlarge": InstanceSize(8, 0.504),
+    "r6i.4xlarge": InstanceSize(16, 1.008),
 }
+
+
+def unpriced(types: list[str]) -> list[str]:
+    """The types the table has no price for: their cost would be estimated as nothing."""
+    return [t for t in types if t not in SIZES]
 
 
 def vcpus(instance_type: str) -> int | None:

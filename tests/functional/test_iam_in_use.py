@@ -466,6 +466,62 @@ def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> list[SweepRe
     sweeper()
     assert stuck in sweeps[-1].replanned, sweeps[-1]
 
+    # Stages: a pipeline whose first stage has a reduce (run on a worker of its own, over the
+    # merged parts) and feeds a second stage; the pipeline read, its email sent once; and a
+    # pipeline cancelled while its first stage waits for its upload.
+    reduce = {"app": {"builtin": "kmer-top", "params": {"top": 3}}, "instances": {"slots": 1}}
+    first = {**kmer_config("first", "staged.fa", count=2, reduce=reduce), "notify": None}
+    second = {
+        **kmer_config("second", "unused", input={"stage": "first"}),
+        "notify": None,
+        "split": {"mode": "lines", "lines_per_transaction": 2},
+        "app": {"builtin": "seq-stats"},
+    }
+    staged_body = {
+        "name": "staged",
+        "notify": "owner@example.org",
+        "budget_usd": 100,
+        "stages": [{"stage": "first", "config": first}, {"stage": "second", "config": second}],
+    }
+    staged = json.loads(
+        cluster.api.http.post("/pipelines", headers=JSON, body=json.dumps(staged_body)).body
+    )
+    first_id, second_id = (s["mission_id"] for s in staged["stages"])
+    cluster.upload("staged.fa", SAMPLE)
+    cluster.deliver_source_events()
+    cluster.run_workers(first_id)
+    cluster.deliver_result_events()  # merged: REDUCING, its reduce stage created
+    sweeper()  # budget kept; the reduce stage asked to start again (harmless)
+    cluster.deliver_source_events()
+    cluster.run_workers(f"{first_id}-reduce")
+    cluster.deliver_result_events()
+    cluster.deliver_source_events()  # the first stage's end starts the second
+    cluster.run_workers(second_id)
+    cluster.deliver_result_events()
+    staged_view = json.loads(cluster.get(f"/pipelines/{staged['pipeline_id']}").body)
+    assert staged_view["status"] == "SUCCEEDED", [
+        (s["status"], s["error"]) for s in staged_view["stages"]
+    ]
+    other = {**staged_body, "stages": [{"stage": "first", "config": {**first, "input": "o.fa"}}]}
+    other = json.loads(
+        cluster.api.http.post("/pipelines", headers=JSON, body=json.dumps(other)).body
+    )
+    assert cluster.api.http.delete(f"/pipelines/{other['pipeline_id']}").status_code == 200
+    # A mission cancelled while it reduces: its reduce stage is cancelled with it.
+    reducing = submit(cluster, kmer_config("reducing", "reducing.fa", count=2, reduce=reduce))
+    cluster.upload("reducing.fa", SAMPLE)
+    cluster.deliver_source_events()
+    cluster.run_workers(reducing)
+    cluster.deliver_result_events()
+    cluster.deliver_source_events()  # its reduce stage planned and launched
+    assert mission(cluster, reducing)["status"] == "REDUCING"
+    assert cluster.api.http.delete(f"/missions/{reducing}").status_code == 200
+    assert mission(cluster, f"{reducing}-reduce")["status"] == "CANCELLED"
+    # A downstream mission of a mission that failed: it fails too, saying why.
+    after_bad = submit_fed(cluster, kmer_config("after bad", "unused", input={"mission": bad}))
+    cluster.deliver_source_events()
+    assert mission(cluster, after_bad)["status"] == "FAILED"
+
     # An hour later: a deadline passed, an input that never came, planning that never ended.
     never = submit(cluster, kmer_config("never", "never.fa", timeouts=deadline))
     sweeper(dataclasses.replace(get_context(), clock=lambda: time.time() + 7200))
@@ -473,8 +529,22 @@ def run_scenarios(cluster: InProcessCluster, recorder: Recorder) -> list[SweepRe
     assert {spot, never, stuck} <= timed_out, sweeps[-1]
     cluster.deliver_result_events()
 
+    # A budget reached: the mission fails, its instances are stopped.
+    capped = submit(cluster, kmer_config("capped", "capped.fa", budget_usd=0.01))
+    cluster.upload("capped.fa", SAMPLE)
+    cluster.deliver_source_events()
+    sweeper(dataclasses.replace(get_context(), clock=lambda: time.time() + 9000))
+    assert sweeps[-1].over_budget == [capped], sweeps[-1]
+
     _merges_longer_than_an_invocation(cluster, recorder, sweeper)
     return sweeps
+
+
+def submit_fed(cluster: InProcessCluster, config: dict) -> str:
+    """A mission fed by another's result (no upload)."""
+    response = cluster.api.http.post("/missions", headers=JSON, body=json.dumps(config))
+    assert response.status_code == 201, response.body
+    return json.loads(response.body)["mission_id"]
 
 
 MIB = 1024**2
