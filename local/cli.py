@@ -3,8 +3,8 @@
     lighthpc up                       the whole system on this machine, until Ctrl-C
     lighthpc demo                     start it, run a checked 64-transaction mission, stop
     lighthpc demo --pipeline          the same, as two stages: match, then rank (kmer-top)
-    lighthpc submit FILE --config C   POST the config, then upload FILE as its input
-    lighthpc watch ID                 a live progress bar, then the email
+    lighthpc submit FILE --config C   POST the config (a mission's or a pipeline's), upload FILE
+    lighthpc watch ID                 a live progress bar (m-...) or stage lines (p-...), the email
     lighthpc status [ID]              missions, or one mission
     lighthpc cancel ID                cancel a mission
     lighthpc verify ID                check a merged result against its receipt
@@ -42,6 +42,7 @@ from local.client import (
     s3_client,
     verify_mission,
     watch,
+    watch_pipeline,
 )
 from local.dashboard import DashboardServer
 from local.fidelity import FidelityInvalid, FidelityOptions
@@ -169,26 +170,58 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise CliError(f"cannot read config {args.config}: {e}") from e
     if not isinstance(config, dict):
         raise CliError(f"config {args.config} must be a JSON object")
+    if args.file is not None and not Path(args.file).is_file():
+        raise CliError(f"input file {args.file} not found")
+    if "stages" in config:
+        return _submit_pipeline(info, config, args.file)
     if args.key:
         config["input"] = args.key
     if "input" not in config:
+        if args.file is None:
+            raise CliError("give the input FILE, or an input in the config")
         config["input"] = default_input_key(info, Path(args.file).name)
-    if not Path(args.file).is_file():
-        raise CliError(f"input file {args.file} not found")
     status, body = post_once(info, config)
     if status != 201:
         raise CliError(explain(status, body))
     upload = body["upload"]
-    s3_client(info).upload_file(str(args.file), upload["bucket"], upload["key"])
-    print(
-        f"mission {body['mission_id']} submitted; uploaded {args.file} to {body['upload']['uri']}"
-    )
+    if upload is None:  # fed by another mission's result
+        print(f"mission {body['mission_id']} submitted; it starts once its upstream SUCCEEDS")
+    elif args.file is None:
+        print(f"mission {body['mission_id']} submitted; upload its input to {upload['uri']}")
+    else:
+        s3_client(info).upload_file(str(args.file), upload["bucket"], upload["key"])
+        print(f"mission {body['mission_id']} submitted; uploaded {args.file} to {upload['uri']}")
     print(f"follow it with: lighthpc watch {body['mission_id']}")
+    return 0
+
+
+def _submit_pipeline(info: Target, config: dict[str, Any], file: str | None) -> int:
+    """POST /pipelines; FILE (if given) is the input of the first stage that awaits an upload."""
+    status, body = post_once(info, config, path="/pipelines")
+    if status != 201:
+        raise CliError(explain(status, body))
+    print(f"pipeline {body['pipeline_id']} submitted:")
+    uploaded = file is None
+    for stage in body["stages"]:
+        upload, where = stage["upload"], "waits for the stage it reads"
+        if upload is not None and not uploaded:
+            s3_client(info).upload_file(str(file), upload["bucket"], upload["key"])
+            uploaded, where = True, f"uploaded {file} to {upload['uri']}"
+        elif upload is not None:
+            where = f"upload its input to {upload['uri']}"
+        print(f"  {stage['stage']}: mission {stage['mission_id']}, {where}")
+    print(f"follow it with: lighthpc watch {body['pipeline_id']}")
     return 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     info = target(args)
+    if args.mission_id.startswith("p-"):
+        pipeline = watch_pipeline(info, args.mission_id, args.timeout)
+        email = None if isinstance(info, DeployedApi) else find_email(info, args.mission_id)
+        if email is not None:
+            print(f"\n--- {email} ---\n{email.read_text()}")
+        return 0 if pipeline["status"] == "SUCCEEDED" else 1
     mission = watch(info, args.mission_id, args.timeout)
     # A deployed stage's email goes to its subscribers; the local stack keeps it in the outbox.
     email = None if isinstance(info, DeployedApi) else find_email(info, args.mission_id)
@@ -427,14 +460,18 @@ def _add_runs(commands: Any) -> None:
 
 def _add_mission_commands(commands: Any) -> None:
     """The commands that talk to a running stack (or, with --api, a deployed one)."""
-    submit = commands.add_parser("submit", help="POST a config and upload its input file")
-    submit.add_argument("file")
-    submit.add_argument("--config", required=True, help="mission config (JSON file)")
+    submit = commands.add_parser(
+        "submit", help="POST a config (a mission's or a pipeline's) and upload its input file"
+    )
+    submit.add_argument("file", nargs="?", help="the input (none for one fed by a mission)")
+    submit.add_argument(
+        "--config", required=True, help="mission or pipeline config (JSON file; with 'stages')"
+    )
     submit.add_argument("--key", help="input key in the source bucket (default: the config's)")
     submit.set_defaults(func=cmd_submit)
 
-    watch_p = commands.add_parser("watch", help="follow a mission, then show its email")
-    watch_p.add_argument("mission_id")
+    watch_p = commands.add_parser("watch", help="follow a mission or pipeline, then its email")
+    watch_p.add_argument("mission_id", help="m-... (a mission) or p-... (a pipeline)")
     watch_p.add_argument("--timeout", type=float, default=3600)
     watch_p.set_defaults(func=cmd_watch)
 

@@ -180,7 +180,9 @@ def s3_client(info: Target) -> Any:
     )
 
 
-def post_once(info: Target, config: dict[str, Any], attempts: int = 3) -> tuple[int, Any]:
+def post_once(
+    info: Target, config: dict[str, Any], attempts: int = 3, path: str = "/missions"
+) -> tuple[int, Any]:
     """POST a config, retrying a lost connection with the same Idempotency-Key: the API answers
     a retry with the first answer, so a mission never starts twice. (HTTP errors are answers,
     returned by `api`, and are not retried.)"""
@@ -190,7 +192,7 @@ def post_once(info: Target, config: dict[str, Any], attempts: int = 3) -> tuple[
         if attempt:
             time.sleep(attempt)
         try:
-            return api(info, "POST", "/missions", config, headers)
+            return api(info, "POST", path, config, headers)
         except OSError as e:  # urllib's URLError included
             error = e
     raise CliError(f"cannot reach {info.api_url}: {error}") from error

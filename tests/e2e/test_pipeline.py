@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -98,3 +99,45 @@ def test_a_failed_first_stage_fails_the_next_and_one_email_says_so(info):
     assert f"Stage 'match' ({upstream['mission_id']}): FAILED" in email
     assert f"Stage 'rank' ({ranked['mission_id']}): FAILED" in email
     no_stage_emails(info, pipeline)
+
+
+def test_a_mission_with_a_reduce_through_the_cli_and_verify(stack, info, tmp_path):  # noqa: F811
+    """A reduce on its own worker process, the mission watched and its concatenation verified
+    against its receipt; then a pipeline file through `lighthpc submit` and `watch p-...`."""
+    from tests.e2e.test_local_stack import run_cli
+
+    config = pipeline_config(6, REFERENCES, workers=2, input_key="e2e/reduce/sample.fa")
+    match, rank = (s["config"] for s in config["stages"])
+    mission_config = {
+        **match,
+        "name": "match, reduced",
+        "reduce": {"app": rank["app"], "instances": rank["instances"]},
+    }
+    sample = tmp_path / "sample.fa"
+    sample.write_text(demo_input(REFERENCES))
+    path = tmp_path / "mission.json"
+    path.write_text(json.dumps(mission_config))
+    submitted = run_cli(stack, "submit", str(sample), "--config", str(path))
+    assert submitted.returncode == 0, submitted.stderr
+    mission_id = submitted.stdout.split()[1]
+    watched = run_cli(stack, "watch", mission_id)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert "Concatenation:" in watched.stdout
+    status, mission = api(info, "GET", f"/missions/{mission_id}")
+    assert status == 200 and mission["status"] == "SUCCEEDED", mission
+    bucket, key = mission["result"].removeprefix("s3://").split("/", 1)
+    final = s3_client(info).get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert final == expected_top(sample.read_text(), REFERENCES)
+    verified = run_cli(stack, "verify", mission_id)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    pipeline_file = tmp_path / "pipeline.json"
+    config["stages"][0]["config"]["input"] = "e2e/reduce/pipeline.fa"
+    pipeline_file.write_text(json.dumps(config))
+    submitted = run_cli(stack, "submit", str(sample), "--config", str(pipeline_file))
+    assert submitted.returncode == 0, submitted.stderr
+    pipeline_id = submitted.stdout.split()[1]
+    assert pipeline_id.startswith("p-"), submitted.stdout
+    watched = run_cli(stack, "watch", pipeline_id)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert f"lighthpc pipeline: {config['name']} SUCCEEDED" in watched.stdout
