@@ -589,10 +589,14 @@ def parse_pipeline_config(body: bytes | str | None, settings: Settings) -> Pipel
 
 def _pipeline_errors(config: PipelineConfig) -> Iterator[FieldError]:
     names = [s.stage for s in config.stages]
+    uploads = [s.config.input for s in config.stages]
     feeds: dict[str, str] = {}
     for i, stage in enumerate(config.stages):
         if names.index(stage.stage) != i:
             yield FieldError(f"stages.{i}.stage", f"stage {stage.stage!r} is named twice")
+        if isinstance(stage.config.input, str) and uploads.index(stage.config.input) != i:
+            reason = f"another stage takes {stage.config.input!r}: each upload feeds one stage"
+            yield FieldError(f"stages.{i}.config.input", reason)
         if stage.config.notify is not None:
             reason = "a pipeline is mailed as one: give notify on the pipeline, not its stages"
             yield FieldError(f"stages.{i}.config.notify", reason)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from chalicelib.config import CountSplit, Interval, MissionConfig, UpstreamInput
 from chalicelib.context import Context
-from chalicelib.domain import Mission, Usage, reduce_id
+from chalicelib.domain import Mission, Usage, reduce_id, utc
 from chalicelib.events import send_start_request
 from chalicelib.observability import logger
 from chalicelib.states import MissionStatus, TransactionStatus
@@ -52,14 +52,14 @@ def reduce_config(mission: Mission) -> MissionConfig:
     )
 
 
-def reduce_mission(mission: Mission) -> Mission:
+def reduce_mission(mission: Mission, now: float) -> Mission:
     return Mission(
         mission_id=reduce_id(mission.mission_id),
         name=reduce_config(mission).name,
         status=M.AWAITING_INPUT,
         config=reduce_config(mission),
         input_key="",
-        created_at=mission.finished_at or mission.created_at,
+        created_at=utc(now),
         submitted_by=mission.submitted_by,
         reduce_of=mission.mission_id,
     )
@@ -74,7 +74,7 @@ def advance_reduce(ctx: Context, mission: Mission, running: Callable[[], Usage])
     try:
         stage = ctx.store.missions.get(stage_id)
     except NotFound:
-        created = reduce_mission(mission)
+        created = reduce_mission(mission, ctx.clock())
         ctx.store.missions.create_reduce(created)
         send_start_request(ctx, stage_id)
         logger.info("reduce stage created", extra={"reduce": stage_id})

@@ -148,6 +148,8 @@ def test_bad_pipelines_are_400s_naming_the_field_and_write_nothing(cluster: InPr
             stages=[{**match, "config": {**match["config"], "notify": "a@b.org"}}]
         ),
     }
+    twice = stage("again", kmer_config("again", "samples/x.fa"))
+    cases["stages.1.config.input"] = two_stages(stages=[match, twice])
     missing = stage("rank", {**rank_config(), "input": {"stage": "nowhere"}})
     cases["stages.1.config.input.stage "] = two_stages(stages=[match, missing])
     upstream = {"mission": "m-20260101000000-00000000"}
