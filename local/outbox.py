@@ -36,7 +36,10 @@ class Email:
         mail["To"] = self.attributes.get("notify") or "owner@localhost"
         mail["Subject"] = self.subject
         mail["Date"] = formatdate(localtime=True)
-        mail["X-Lighthpc-Mission"] = self.attributes.get("mission_id", "")
+        if "pipeline_id" in self.attributes:
+            mail["X-Lighthpc-Pipeline"] = self.attributes["pipeline_id"]
+        else:
+            mail["X-Lighthpc-Mission"] = self.attributes.get("mission_id", "")
         mail["X-Lighthpc-Status"] = self.attributes.get("status", "")
         mail.set_content(self.body, cte="8bit")
         return bytes(mail)
