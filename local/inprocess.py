@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -133,7 +134,9 @@ class InProcessCluster:
         """Hand every queued message to the handler (`times` each), as Lambda's poller would.
 
         A handler error leaves the batch on the queue, to be delivered again, as Lambda's poller
-        does; the error is kept in `handler_errors`. A batch that keeps failing raises.
+        does (after a pause: on AWS, the queue's visibility timeout; here a short backoff, so a
+        throttled hot item has refilled); the error is kept in `handler_errors`. A batch that
+        keeps failing raises.
         """
         queue = Queue.at(self.sqs, queue_url, self.stack.region)
 
@@ -150,6 +153,7 @@ class InProcessCluster:
                 failures += 1
                 if failures >= 5:
                     raise
+                time.sleep(0.25 * 2**failures)
                 continue
             if not batch:
                 return delivered
