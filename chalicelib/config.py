@@ -580,11 +580,18 @@ def parse_pipeline_config(body: bytes | str | None, settings: Settings) -> Pipel
     """A pipeline's body, each stage's config checked as a mission's, then the stages together:
     unique names, no stage's own email, and every `{"stage": NAME}` naming another stage, with
     no cycle. Raises ConfigInvalid naming the field."""
-    config = _parse(body, settings, PipelineConfig)
+    try:
+        config = _parse(body, settings, PipelineConfig)
+    except ConfigInvalid as e:
+        raise PipelineInvalid(e.errors) from e
     errors = list(_pipeline_errors(config))
     if errors:
-        raise ConfigInvalid(errors)
+        raise PipelineInvalid(errors)
     return config
+
+
+class PipelineInvalid(ConfigInvalid):
+    summary = "invalid pipeline config"
 
 
 def _pipeline_errors(config: PipelineConfig) -> Iterator[FieldError]:

@@ -243,6 +243,12 @@ def _cancel_reduce(ctx: Context, mission: Mission, caller: Caller) -> None:
     except Conflict:
         return  # it ended meanwhile
     stop_instances(ctx, ctx.store.missions.get(stage.mission_id))
+    # Its machines stopped and accounted: what the reduce used is its mission's, as it would
+    # have been at its end.
+    used = ctx.store.missions.get(stage.mission_id)
+    ctx.store.missions.account_stopped_instances(
+        mission.mission_id, used.instance_seconds, used.estimated_cost
+    )
 
 
 def list_missions(ctx: Context, caller: Caller) -> dict[str, Any]:

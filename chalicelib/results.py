@@ -140,7 +140,7 @@ def settle(ctx: Context, mission_id: str) -> None:
         merged = merge_parts(ctx, mission, running) if mission.succeeded else None
         if final is MissionStatus.SUCCEEDED and merged and mission.config.reduce is not None:
             # The concatenation is the reduce's input; the reduce's output will be the result.
-            ctx.store.missions.begin_reduce(mission, merged, ctx.clock())
+            ctx.store.missions.begin_reduce(mission, merged)
         else:
             ctx.store.missions.finish(mission, final, merged, running(), ctx.clock())
         mission = ctx.store.missions.get(mission_id)

@@ -92,7 +92,10 @@ def advance_reduce(ctx: Context, mission: Mission, running: Callable[[], Usage])
         instance_seconds=stage.instance_seconds + extra.instance_seconds,
         estimated_cost=stage.estimated_cost + extra.estimated_cost,
     )
-    if ctx.store.missions.end_reduce(mission, status, result, error, used, ctx.clock()):
+    ended = ctx.store.missions.end_reduce(
+        mission, status, result, error, used, ctx.clock(), instances=stage.instances
+    )
+    if ended:
         logger.info("reduce stage ended", extra={"reduce": stage_id, "status": status.value})
 
 

@@ -368,7 +368,7 @@ class MissionStore:
             )
         return write.applied
 
-    def begin_reduce(self, mission: Mission, concatenation_key: str, now: float) -> bool:
+    def begin_reduce(self, mission: Mission, concatenation_key: str) -> bool:
         """RUNNING -> REDUCING, once: every transaction succeeded and the parts are merged into
         `concatenation_key`, which its reduce stage reads. False if another event did it. The
         mission's own instances are still accounted by their agents' reports (it is live)."""
@@ -389,9 +389,11 @@ class MissionStore:
         error: str | None,
         used: Usage,
         now: float,
+        instances: int = 0,
     ) -> bool:
         """REDUCING -> SUCCEEDED (the reduce's output its result) or FAILED (why), once, adding
-        `used`: its reduce stage's usage and the age of its own instances still running."""
+        `used`: its reduce stage's usage and the age of its own instances still running, and
+        the reduce stage's `instances` to its own."""
         with conditional(f"end the reduce of {mission.mission_id}") as write:
             self._move_and_release(
                 mission,
@@ -402,6 +404,7 @@ class MissionStore:
                     MissionModel.finished_at.set(utc(now)),
                     MissionModel.instance_seconds.add(used.instance_seconds),
                     MissionModel.estimated_cost.add(used.estimated_cost),
+                    MissionModel.n_instances.add(instances),
                 ],
                 only_from=[M.REDUCING],
             )

@@ -3,6 +3,7 @@ stage run on a worker, and a downstream mission that waits for its upstream's re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -224,3 +225,19 @@ def test_reduce_interrupted_by_a_spot_notice_is_handed_back_and_runs_again(
         assert len(cluster.emails()) == 1
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_mission_cancelled_while_it_reduces_cancels_its_reduce(cluster: InProcessCluster):
+    mission_id = start(cluster, kmer_config("stopped", "samples/c.fa", reduce=kmer_top_reduce()))
+    run_map(cluster, mission_id)
+    cluster.deliver_source_events()  # the reduce stage planned, its machine launched
+    stage_id = reduce_id(mission_id)
+    before = mission(cluster, mission_id)["instance_seconds"]
+    time.sleep(0.2)  # its machine has run a moment: the cancel accounts for it
+    assert cluster.api.http.delete(f"/missions/{mission_id}").status_code == 200
+    assert mission(cluster, mission_id)["status"] == "CANCELLED"
+    assert mission(cluster, stage_id)["status"] == "CANCELLED"
+    assert set(cluster.instance_states(stage_id).values()) == {"terminated"}
+    assert mission(cluster, mission_id)["instance_seconds"] > before
+    sweeper.sweep(dataclasses.replace(get_context(), clock=lambda: time.time() + 120))
+    assert [e.subject for e in cluster.emails()] == ["lighthpc: stopped CANCELLED"]
