@@ -3,8 +3,10 @@ dicts (the JSON bodies), raising `chalicelib.errors.ApiError`s for the answers t
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -92,13 +94,26 @@ def submit(
         reason = "names a stage: only a pipeline's stages can (POST /pipelines)"
         raise ConfigInvalid([FieldError("input.stage", reason)])
     check_input(ctx, config, caller, "input")
+    register = functools.partial(_register, ctx, config, caller)
+    return submitted_once(ctx, body, caller, idempotency_key, lambda_context, register)
+
+
+def submitted_once(
+    ctx: Context,
+    body: bytes | str | None,
+    caller: Caller,
+    idempotency_key: str | None,
+    lambda_context: Any,
+    register: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    """`register()`'s answer, or with an Idempotency-Key the first answer to this body."""
     return answer_once(
         ctx.settings.idempotency_table,
         ctx.aws.dynamodb,
         idempotency_key,
         caller.principal,
         body,
-        lambda: _register(ctx, config, caller),
+        register,
         lambda_context,
     )
 

@@ -89,7 +89,9 @@ class PipelineReport:
         return sum(report.estimated_cost for _, report in self.stages)
 
 
-MAX_FAILURES_PER_STAGE = 5
+# 10 stages, each with its error (4 KB), 3 failures (2 KB each) and its fields: under 160 KB,
+# within SNS's 256 KiB with the safety margin.
+MAX_FAILURES_PER_STAGE = 3
 
 
 def printable(text: str) -> str:
@@ -129,12 +131,17 @@ def _escape(c: str) -> str:
 
 
 def email_subject(report: MissionReport) -> str:
-    name = report.name.encode("ascii", "replace").decode().replace("\n", " ")
-    suffix = f" {report.status}"
-    room = _SUBJECT_LIMIT - len("lighthpc: ") - len(suffix) - 1
+    return _subject("lighthpc: ", report.name, report.status)
+
+
+def _subject(prefix: str, name: str, status: str) -> str:
+    """ASCII, one line, under SNS's 100 characters: a long name is cut, never the status."""
+    name = name.encode("ascii", "replace").decode().replace("\n", " ")
+    suffix = f" {status}"
+    room = _SUBJECT_LIMIT - len(prefix) - len(suffix) - 1
     if len(name) > room:
         name = name[: room - 3] + "..."
-    return f"lighthpc: {name}{suffix}"
+    return f"{prefix}{name}{suffix}"
 
 
 def message_attributes(report: MissionReport) -> dict[str, dict[str, str]]:
@@ -237,17 +244,12 @@ def _size(lines: list[str]) -> int:
 
 
 def pipeline_subject(report: PipelineReport) -> str:
-    name = report.name.encode("ascii", "replace").decode().replace("\n", " ")
-    suffix = f" {report.status}"
-    room = _SUBJECT_LIMIT - len("lighthpc pipeline: ") - len(suffix) - 1
-    if len(name) > room:
-        name = name[: room - 3] + "..."
-    return f"lighthpc pipeline: {name}{suffix}"
+    return _subject("lighthpc pipeline: ", report.name, report.status)
 
 
 def pipeline_body(report: PipelineReport) -> str:
     """One block per stage: its status, counts, cost, result, receipt and why it failed, with
-    its first few failed transactions (at most 10 stages: well within SNS's limit)."""
+    its first few failed transactions (MAX_FAILURES_PER_STAGE)."""
     budget = "" if report.budget_usd is None else f" (budget ${report.budget_usd:.2f})"
     lines = [
         f"Pipeline {clip(report.name, MAX_FIELD_BYTES)!r} ({report.pipeline_id}) finished:"

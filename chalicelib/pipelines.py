@@ -9,6 +9,7 @@ one email, when every stage has ended (`chalicelib.results.send_pipeline_report`
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from typing import Any
 
@@ -17,13 +18,13 @@ from chalicelib.config import PipelineConfig, StageInput, UpstreamInput, parse_p
 from chalicelib.context import Context
 from chalicelib.domain import Mission, Pipeline
 from chalicelib.events import send_start_request
-from chalicelib.idempotency import answer_once
 from chalicelib.missions import (
     cancel,
     check_input,
     mission_summary,
     new_mission,
     new_mission_id,
+    submitted_once,
     upload_view,
     visible,
 )
@@ -55,15 +56,8 @@ def submit_pipeline(
     config = parse_pipeline_config(body, ctx.settings)
     for i, stage in enumerate(config.stages):
         check_input(ctx, stage.config, caller, f"stages.{i}.config.input")
-    return answer_once(
-        ctx.settings.idempotency_table,
-        ctx.aws.dynamodb,
-        idempotency_key,
-        caller.principal,
-        body,
-        lambda: _register(ctx, config, caller),
-        lambda_context,
-    )
+    register = functools.partial(_register, ctx, config, caller)
+    return submitted_once(ctx, body, caller, idempotency_key, lambda_context, register)
 
 
 def _register(ctx: Context, config: PipelineConfig, caller: Caller) -> dict[str, Any]:
