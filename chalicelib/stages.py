@@ -92,8 +92,8 @@ def advance_reduce(ctx: Context, mission: Mission, running: Callable[[], Usage])
         instance_seconds=stage.instance_seconds + extra.instance_seconds,
         estimated_cost=stage.estimated_cost + extra.estimated_cost,
     )
-    ended = ctx.store.missions.end_reduce(
-        mission, status, result, error, used, ctx.clock(), instances=stage.instances
+    ended = ctx.store.missions.finish(
+        mission, status, result, used, ctx.clock(), error=error, instances=stage.instances
     )
     if ended:
         logger.info("reduce stage ended", extra={"reduce": stage_id, "status": status.value})

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -215,24 +216,37 @@ def progress_line(mission: dict[str, Any], width: int = 40) -> str:
 def watch(info: Target, mission_id: str, timeout: float, out: TextIO | None = sys.stdout) -> dict:
     """Until the mission is finished and its email sent (showing progress on `out`, unless
     None); returns the mission."""
+    return _follow(info, f"/missions/{mission_id}", progress_line, timeout, out, overwrite=True)
+
+
+def _follow(
+    info: Target,
+    path: str,
+    line_of: Callable[[dict[str, Any]], str],
+    timeout: float,
+    out: TextIO | None,
+    overwrite: bool = False,
+) -> dict:
+    """GET `path` until what it answers ended and its email was sent, writing `line_of` it to
+    `out` whenever that changes (over the last one on a terminal, with `overwrite`)."""
     deadline = time.monotonic() + timeout
-    tty = out is not None and out.isatty()
+    tty = overwrite and out is not None and out.isatty()
     last = ""
     while True:
-        status, mission = api(info, "GET", f"/missions/{mission_id}")
+        status, body = api(info, "GET", path)
         if status != 200:
-            raise CliError(explain(status, mission))
-        line = progress_line(mission)
+            raise CliError(explain(status, body))
+        line = line_of(body)
         if out is not None and line != last:
             out.write(("\r" + line) if tty else (line + "\n"))
             out.flush()
             last = line
-        if mission["status"] in TERMINAL and mission.get("notified_at"):
+        if body["status"] in TERMINAL and body.get("notified_at"):
             if tty and out is not None:
                 out.write("\n")
-            return mission
+            return body
         if time.monotonic() > deadline:
-            raise CliError(f"mission {mission_id} still {mission['status']} after {timeout:g} s")
+            raise CliError(f"{path} still {body['status']} after {timeout:g} s")
         time.sleep(0.5)
 
 
@@ -436,22 +450,7 @@ def watch_pipeline(
 ) -> dict:
     """Until every stage ended and the pipeline's one email was sent (a line on `out` whenever
     a stage moves, unless None); returns the pipeline."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while True:
-        status, pipeline = api(info, "GET", f"/pipelines/{pipeline_id}")
-        if status != 200:
-            raise CliError(explain(status, pipeline))
-        line = pipeline_line(pipeline)
-        if out is not None and line != last:
-            out.write(line + "\n")
-            out.flush()
-            last = line
-        if pipeline["status"] in TERMINAL and pipeline.get("notified_at"):
-            return pipeline
-        if time.monotonic() > deadline:
-            raise CliError(f"pipeline {pipeline_id} still {pipeline['status']} after {timeout:g} s")
-        time.sleep(0.5)
+    return _follow(info, f"/pipelines/{pipeline_id}", pipeline_line, timeout, out)
 
 
 def find_pipeline_email(info: RuntimeInfo, pipeline_id: str, wait: float = 10.0) -> Path | None:

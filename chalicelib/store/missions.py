@@ -347,24 +347,32 @@ class MissionStore:
         result_key: str | None,
         running: Usage,
         now: float,
+        *,
+        error: str | None = None,
+        instances: int = 0,
     ) -> bool:
-        """RUNNING -> SUCCEEDED/FAILED, once. False if another event already finished it.
+        """RUNNING (or, for a mission read REDUCING, REDUCING: its reduce ended) ->
+        SUCCEEDED/FAILED, once. False if another event already finished it.
 
         `running`: the instances still running, by their age (their agents' own reports are
-        refused from here on), added to what the agents reported: an ADD, not a SET of a total
-        read earlier, so a report that lands while the mission settles (a merge can take
-        minutes) is kept."""
+        refused from here on), and for a reduce its stage's usage, added to what the agents
+        reported: an ADD, not a SET of a total read earlier, so a report that lands while the
+        mission settles (a merge can take minutes) is kept. `instances`: a reduce stage's, added
+        to the mission's; `error`: why it failed as a whole."""
+        source = M.REDUCING if mission.status is M.REDUCING else M.RUNNING
         with conditional(f"finish mission {mission.mission_id}") as write:
             self._move_and_release(
                 mission,
                 status,
                 [
                     _set_or_remove(MissionModel.result_key, result_key),
+                    *([MissionModel.error.set(error)] if error else []),
                     MissionModel.finished_at.set(utc(now)),
                     MissionModel.instance_seconds.add(running.instance_seconds),
                     MissionModel.estimated_cost.add(running.estimated_cost),
+                    *([MissionModel.n_instances.add(instances)] if instances else []),
                 ],
-                only_from=[M.RUNNING],
+                only_from=[source],
             )
         return write.applied
 
@@ -378,35 +386,6 @@ class MissionStore:
                 M.REDUCING,
                 [MissionModel.concatenation_key.set(concatenation_key)],
                 only_from=[M.RUNNING],
-            )
-        return write.applied
-
-    def end_reduce(
-        self,
-        mission: Mission,
-        status: MissionStatus,
-        result_key: str | None,
-        error: str | None,
-        used: Usage,
-        now: float,
-        instances: int = 0,
-    ) -> bool:
-        """REDUCING -> SUCCEEDED (the reduce's output its result) or FAILED (why), once, adding
-        `used`: its reduce stage's usage and the age of its own instances still running, and
-        the reduce stage's `instances` to its own."""
-        with conditional(f"end the reduce of {mission.mission_id}") as write:
-            self._move_and_release(
-                mission,
-                status,
-                [
-                    _set_or_remove(MissionModel.result_key, result_key),
-                    _set_or_remove(MissionModel.error, error),
-                    MissionModel.finished_at.set(utc(now)),
-                    MissionModel.instance_seconds.add(used.instance_seconds),
-                    MissionModel.estimated_cost.add(used.estimated_cost),
-                    MissionModel.n_instances.add(instances),
-                ],
-                only_from=[M.REDUCING],
             )
         return write.applied
 

@@ -18,10 +18,14 @@ from chalicelib.config import parse_mission_config
 from chalicelib.domain import Mission, Transaction
 from chalicelib.notify import (
     MAX_FAILURES_LISTED,
+    SAFETY_MARGIN_BYTES,
     FailedTransaction,
     MissionReport,
+    PipelineReport,
     email_body,
     email_subject,
+    pipeline_body,
+    pipeline_subject,
 )
 from chalicelib.results import build_report
 from chalicelib.settings import Settings
@@ -202,3 +206,38 @@ def test_build_report_keeps_the_first_failures_and_counts_the_rest() -> None:
     body = email_body(r)
     assert f"  ... and {FAILURES - MAX_FAILURES_LISTED} more;" in body
     assert message_bytes(r) < SNS_LIMIT
+
+
+@pytest.mark.parametrize("kind", ["emoji", "control characters"])
+def test_a_pipeline_of_ten_failing_stages_fits_one_sns_message(kind: str) -> None:
+    """The pipeline's one email: 10 stages (the most a pipeline may have), each with 10,000
+    failures, a 4 KB-plus error and long locations, stays within SNS's limit, as plain text."""
+    huge = tails(kind, random.Random(kind)) * 3
+    uri = "s3://bucket/" + "é" * 2000
+    stages = [
+        (
+            f"stage-{i}",
+            report(
+                failures_of(kind),
+                error=huge,
+                result_uri=uri,
+                manifest_uri=uri,
+                concatenation_uri=uri,
+            ),
+        )
+        for i in range(10)
+    ]
+    pipeline = PipelineReport(
+        pipeline_id="p-20240101000000-abcdef12",
+        name="名前" * 64,
+        status="FAILED",
+        stages=stages,
+        notify="owner@" + "x" * 240 + ".org",
+        submitted_by="arn:aws:sts::123456789012:assumed-role/Researcher/ana",
+        budget_usd=5.0,
+    )
+    body = pipeline_body(pipeline)
+    envelope = len(pipeline_subject(pipeline).encode()) + 3 * 300  # three attributes at most
+    assert len(body.encode()) + envelope < SNS_LIMIT - SAFETY_MARGIN_BYTES
+    assert_plain_text(body)
+    assert body.count("Stage 'stage-") == 10
