@@ -32,9 +32,10 @@ class SlowDownloads:
 def test_a_slow_download_keeps_its_leases_while_the_sweeper_runs(
     cluster: InProcessCluster, monkeypatch
 ):
-    # A lease of 2 s renewed every 2/3 s, through a download of 5 s: two and a half leases.
-    # (With 1 s, one renewal late by a third of a second on a loaded 2-core machine lost it.)
-    monkeypatch.setenv("LEASE_SECONDS", "2")
+    # A lease of 3 s renewed every second, through a download of 7.5 s: two and a half leases.
+    # (With 1 s, one renewal late by a third of a second on a loaded 2-core machine lost it;
+    # with 2 s, a fresh-clone run of the whole suite once lost one too.)
+    monkeypatch.setenv("LEASE_SECONDS", "3")
     reset_process_state()
     instances = {"max_instances": 1, "slots": 2}
     mission_id = start(cluster, kmer_config("slow input", "big.fa", count=4, instances=instances))
@@ -45,7 +46,7 @@ def test_a_slow_download_keeps_its_leases_while_the_sweeper_runs(
     agent = WorkerAgent(
         settings=ctx.settings,
         store=ctx.store,
-        s3=SlowDownloads(ctx.aws.s3, 5.0),  # both slots wait for it, holding their claims
+        s3=SlowDownloads(ctx.aws.s3, 7.5),  # both slots wait for it, holding their claims
         ec2=ctx.aws.ec2,
         metadata=instance_metadata(instance),
         workdir=workdir,
