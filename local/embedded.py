@@ -22,7 +22,7 @@ import boto3
 from chalicelib.context import reset_process_state
 from local import fidelity as fidelity_profile
 from local.fidelity import FIDELITY_ENV, Fidelity, FidelityOptions
-from local.moto_patches import make_dynamodb_writes_atomic
+from local.moto_patches import patch_dynamodb
 from local.stack import Stack, provision
 
 REGION = "us-east-1"
@@ -56,7 +56,7 @@ def embedded_aws(
     if fidelity is None:
         spec = (env or {}).get(FIDELITY_ENV, os.environ.get(FIDELITY_ENV))
         fidelity = FidelityOptions.parse(spec)
-    make_dynamodb_writes_atomic()  # moto runs in this process, server or mock: the patch covers it
+    patch_dynamodb()  # moto runs in this process, server or mock: the patch covers it
     saved = dict(os.environ)
     for name in _FOREIGN:
         os.environ.pop(name, None)
