@@ -15,6 +15,7 @@ from functools import cache
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
 
 from chalicelib.settings import get_settings
@@ -24,17 +25,38 @@ _lock = threading.Lock()
 
 
 @cache
+def _botocore_session() -> botocore.session.Session:
+    """One session per process: a session loads botocore's endpoint and service data once (a
+    new session per client reloads it: 160 ms for a DynamoDB client, 9 ms from a shared one)."""
+    return botocore.session.get_session()
+
+
+@cache
+def _session() -> boto3.session.Session:
+    return boto3.session.Session(botocore_session=_botocore_session())
+
+
+@cache
 def client(service: str) -> Any:
     # Creating clients is not thread-safe in boto3; the worker uses several threads.
     with _lock:
-        return boto3.session.Session().client(
-            service, region_name=get_settings().region, config=_RETRY_CONFIG
-        )
+        return _session().client(service, region_name=get_settings().region, config=_RETRY_CONFIG)
+
+
+def share_session(connection: Any) -> None:
+    """Have a pynamodb connection build its client now, from this process's session, instead
+    of from a session of its own on first use. pynamodb keeps one client per connection for
+    every thread, built from the session of the thread that first needs it (`_local`)."""
+    with _lock:
+        connection._local.session = _botocore_session()
+        connection.client  # noqa: B018 - built and cached here
 
 
 def reset_clients() -> None:
     """Drop cached clients, e.g. after a test switched the endpoint or started a new moto."""
     client.cache_clear()
+    _session.cache_clear()
+    _botocore_session.cache_clear()  # it caches the credentials it found
 
 
 @dataclass(frozen=True)

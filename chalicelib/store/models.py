@@ -18,6 +18,7 @@ from pynamodb.attributes import (
 from pynamodb.indexes import GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
 
+from chalicelib.aws import share_session
 from chalicelib.settings import Settings
 from chalicelib.store.errors import retry_transient
 
@@ -221,3 +222,4 @@ def bind_tables(settings: Settings) -> None:
         model.Meta.table_name = table
         model.Meta.region = settings.region
         model._connection = None  # pynamodb caches the connection (and the table name) per class
+        share_session(model._get_connection().connection)
