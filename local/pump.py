@@ -117,7 +117,8 @@ class Queue:
 
 
 class QueuePoller:
-    """One queue, one handler, for `lighthpc up`: long-poll, deliver (through chaos, if on)."""
+    """One queue, one handler, for `lighthpc up`: long-poll, deliver (through chaos, if on).
+    Several threads may poll with one poller, as Lambda invokes a handler concurrently."""
 
     def __init__(
         self,
@@ -134,6 +135,7 @@ class QueuePoller:
         self._chaos = chaos
         self.delivered = 0
         self.failed_batches = 0
+        self._counts = threading.Lock()
 
     def poll_once(self, wait_seconds: int = 1) -> int:
         try:
@@ -144,13 +146,15 @@ class QueuePoller:
                 visibility_timeout=RETRY_VISIBILITY_SECONDS,
             )
         except Exception as e:
-            self.failed_batches += 1
+            with self._counts:
+                self.failed_batches += 1
             logger.warning(
                 "handler failed; the batch returns to the queue",
                 extra={"function": self.name, "error": repr(e)},
             )
             return 0
-        self.delivered += delivered
+        with self._counts:
+            self.delivered += delivered
         return delivered
 
     def _invoke(self, event: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ from local.pump import EventBus, PumpThread, schedules, sqs_pollers
 from local.stack import Stack
 
 APP_DIR = Path(__file__).resolve().parent.parent
+LAMBDA_SQS_CONCURRENCY = 5
 
 
 def quiet_request_logs() -> None:
@@ -141,7 +142,10 @@ class LocalRuntime:
             folder=self.home / "outbox",
             echo=self._echo,
         )
-        for source in [*self.pollers, *self.schedules, outbox]:
+        # Lambda works through an SQS queue five batches at a time, in five concurrent
+        # invocations (its least while messages wait): each queue gets as many pollers here.
+        pollers = [p for p in self.pollers for _ in range(LAMBDA_SQS_CONCURRENCY)]
+        for source in [*pollers, *self.schedules, outbox]:
             thread = PumpThread(source, self._stop)
             thread.start()
             self._threads.append(thread)
