@@ -89,18 +89,24 @@ R = TypeVar("R")
 # chunksize): the calls made per claim (the cursor, the item, the lease, the part, the count)
 # then cost little per transaction, and a lost block costs at most this much work again.
 BLOCK_SECONDS = 30.0
+# ... and at least this much, however little remains: a claim of less costs its calls (the
+# cursor, the item, the part, its count, and the part's read in the merge) for too little work,
+# while the slots finishing that much sooner together saves no more than this.
+MIN_BLOCK_SECONDS = 2.0
 
 
 def block_size(mean_seconds: float | None, remaining: int, parallel: int) -> int:
     """How many transactions to claim at once: about BLOCK_SECONDS of them at the pace seen so
     far (one while none has run), and no more than a share of what remains to hand out (guided
     self-scheduling: half of it over the slots that share it), so the last blocks shrink and
-    the slots finish about together."""
+    the slots finish about together; but never less than MIN_BLOCK_SECONDS of them."""
     if mean_seconds is None:
         return 1
-    by_time = int(BLOCK_SECONDS / max(mean_seconds, 1e-3))
+    per_second = 1 / max(mean_seconds, 1e-3)
+    by_time = int(BLOCK_SECONDS * per_second)
+    least = int(MIN_BLOCK_SECONDS * per_second)
     by_share = remaining // (2 * max(1, parallel))
-    return max(1, min(MAX_SPAN, by_time, by_share))
+    return max(1, min(MAX_SPAN, by_time, max(by_share, least)))
 
 
 class _Pace:

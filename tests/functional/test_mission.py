@@ -62,7 +62,8 @@ def assert_succeeded(cluster: InProcessCluster, mission_id: str, mission: dict, 
     assert mission["transactions"]["SUCCEEDED"] == mission["transactions"]["total"] == 12
     rows = transactions(cluster, mission_id)
     assert all(t["status"] == "SUCCEEDED" for t in rows)
-    assert all(t["finished_at"] and t["run_seconds"] is not None for t in rows)
+    # (A block's seconds are its whole run's, so its rows show none: blocks have their tests.)
+    assert all(t["finished_at"] for t in rows)
     assert cluster.result(mission["result"]) == single_process_result()
     emails = cluster.emails()
     assert len(emails) == 1, [e.subject for e in emails]
