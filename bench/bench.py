@@ -356,7 +356,44 @@ def render_end_to_end(runs: list[dict]) -> str:
 # ---- phase: the local fleet (worker processes) -------------------------------------------------
 
 
+@contextlib.contextmanager
+def served_requests() -> Any:
+    """Every request the embedded AWS's server answers (from this process or any worker),
+    counted by operation while the block runs."""
+    from collections import Counter
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    served: Counter[str] = Counter()
+    lock = threading.Lock()
+    original = DomainDispatcherApplication.__call__
+
+    def counted(self: Any, environ: dict, start_response: Any) -> Any:
+        target = environ.get("HTTP_X_AMZ_TARGET", "").rpartition(".")[2]
+        query = environ.get("QUERY_STRING", "")
+        action = query.partition("Action=")[2].partition("&")[0] if "Action=" in query else ""
+        name = target or action or f"{environ.get('REQUEST_METHOD')} s3"
+        with lock:
+            served[name] += 1
+        return original(self, environ, start_response)
+
+    DomainDispatcherApplication.__call__ = counted  # type: ignore[method-assign]
+    try:
+        yield served
+    finally:
+        DomainDispatcherApplication.__call__ = original  # type: ignore[method-assign]
+
+
+# The event pump's idle long polls: Lambda's pollers' cost, as many as there are pollers,
+# whatever the mission; not calls a mission makes.
+POLLING = {"ReceiveMessage"}
+
+
 def phase_fleet(n: int, missions: int) -> dict:
+    """Missions of `n` no-op transactions (`cp`) on the local fleet (4 worker processes of 4
+    slots), one after another on one stack. Throughput from the first transaction's start to
+    the last part (the fleet at work), and from RUNNING (the workers' boot included); moto's
+    own rate of single calls and every request its server answered, for the moto-bound rate."""
     from chalicelib.context import get_context
     from local.client import api, s3_client, watch
     from local.runtime import LocalRuntime
@@ -385,7 +422,8 @@ def phase_fleet(n: int, missions: int) -> dict:
             ddb.delete_item(
                 TableName=os.environ["INPUT_TABLE"], Key={"input_key": {"S": f"probe-{i}"}}
             )
-        throughput, latencies = [], []
+        steady, with_boot, latencies, served_per_txn, parts = [], [], [], [], []
+        last_served: dict[str, int] = {}
         for m in range(missions):
             key = f"bench/fleet-{m}.txt"
             status, body = api(
@@ -395,21 +433,36 @@ def phase_fleet(n: int, missions: int) -> dict:
                 config(n, key, ["cp", "{input}", "{output}"], max_instances=4),
             )
             assert status == 201, body
-            s3.put_object(Bucket=info.source_bucket, Key=key, Body=b"x\n")
-            mission = watch(info, body["mission_id"], timeout=300, out=None)
-            running = _ts(mission["running_at"])
+            with served_requests() as served:
+                s3.put_object(Bucket=info.source_bucket, Key=key, Body=b"x\n")
+                mission = watch(info, body["mission_id"], timeout=300, out=None)
             _, page = api(info, "GET", f"/missions/{body['mission_id']}/transactions")
-            last_part = max(_ts(t["finished_at"]) for t in page["transactions"])
-            throughput.append(n / (last_part - running))
+            blocks = page["transactions"]  # one row per transaction
+            first_start = min(_ts(t["started_at"]) for t in blocks)
+            last_part = max(_ts(t["finished_at"]) for t in blocks)
+            steady.append(n / (last_part - first_start))
+            with_boot.append(n / (last_part - _ts(mission["running_at"])))
             latencies.append(_ts(mission["notified_at"]) - last_part)
+            made = sum(v for k, v in served.items() if k not in POLLING)
+            served_per_txn.append(made / n)
+            # A block's members share its claim: its owner, start and finish.
+            parts.append(
+                len({(t["lease_owner"], t["started_at"], t["finished_at"]) for t in blocks})
+            )
+            last_served = dict(served)
     finally:
         runtime.stop()
     return {
         "n": n,
         "missions": missions,
-        "transactions_per_second": statistics.median(throughput),
+        "transactions_per_second": statistics.median(steady),
+        "transactions_per_second_with_boot": statistics.median(with_boot),
         "moto_single_calls_per_second": single_rate,
+        "calls_per_transaction": statistics.median(served_per_txn),
+        "blocks_per_mission_median": statistics.median(parts),
+        "served_last_mission": last_served,
         "completion_latency_median_s": statistics.median(latencies),
+        "completion_latencies_s": latencies,
     }
 
 
@@ -929,7 +982,9 @@ def main() -> int:
     e2e_fidelity = run_phase("end_to_end", "end_to_end_fidelity", n=small, fidelity=True)
     print(f"running: end to end, {big:,} ...", file=sys.stderr, flush=True)
     e2e_big = run_phase("end_to_end", "end_to_end", n=big)
-    moto_bound = fleet["moto_single_calls_per_second"] / e2e_small["calls_per_transaction"]
+    # The rate moto allows this very fleet: its calls/s over the calls each transaction of these
+    # missions made (counted at moto's server, workers' and handlers' alike).
+    moto_bound = fleet["moto_single_calls_per_second"] / fleet["calls_per_transaction"]
     results = {
         # The figures a reader looks for first, by plain names.
         "end_to_end": e2e_big,
@@ -1006,14 +1061,16 @@ def render(r: dict, sizes: list[int]) -> str:
     lines += [
         f"| AWS calls per transaction, whole life ({life['n']} no-op transactions: {calls}) |"
         f" {life['per_transaction']:.2f} | {per_txn_calls:.0f} for submission alone | |",
-        f"| local fleet throughput, no-op transactions (4 worker processes, 4 slots) |"
+        f"| local fleet throughput, {fl['n']} no-op transactions x {fl['missions']} missions"
+        f" (4 worker processes x 4 slots; first start -> last part; from RUNNING, boot included:"
+        f" {fl['transactions_per_second_with_boot']:.1f} tx/s) |"
         f" {fl['transactions_per_second']:.1f} tx/s | moto-bound rate: moto's single PutItem"
-        f" calls in the same run ({fl['moto_single_calls_per_second']:.0f} calls/s) over"
-        f" {r['calls_per_transaction']:.3f} calls/transaction ="
-        f" {r['fleet_moto_bound_transactions_per_second']:,.0f} tx/s |"
+        f" calls in the same run ({fl['moto_single_calls_per_second']:.0f} calls/s) over these"
+        f" missions' own {fl['calls_per_transaction']:.3f} calls/transaction (counted at moto's"
+        f" server) = {r['fleet_moto_bound_transactions_per_second']:,.0f} tx/s |"
         f" {100 * r['fleet_share_of_moto_bound']:.0f}% (target 70%) |",
         f"| completion latency: last part stored -> email sent (median of {fl['missions']}) |"
-        f" {fl['completion_latency_median_s']:.2f} s | | |",
+        f" {fl['completion_latency_median_s']:.2f} s | target at most 1 s | |",
         f"| billed instance-seconds, 1,000 x 60 s, 90 s boot, 4 slots ({billed['instances']} instances) |"
         f" {billed['packed']:,.0f} | {billed['one_per_transaction']:,.0f} |"
         f" {billed['one_per_transaction'] / billed['packed']:.1f}x |",
