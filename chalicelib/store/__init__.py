@@ -12,6 +12,7 @@ from typing import Any
 from pynamodb.connection import Connection
 from pynamodb.transactions import TransactWrite
 
+from chalicelib.aws import share_session
 from chalicelib.settings import Settings
 from chalicelib.store.errors import Conflict, InputBusy, NotFound, StoreError, retry_transient
 from chalicelib.store.missions import MissionStore
@@ -33,6 +34,7 @@ class Store:
         bind_tables(settings)
         # One connection for every TransactWriteItems: each new one would build a botocore client.
         connection = Connection(region=settings.region)
+        share_session(connection)
 
         def atomically() -> TransactWrite:
             return _TransactWrite(connection=connection)

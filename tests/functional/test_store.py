@@ -19,6 +19,7 @@ from chalicelib.domain import Mission, Transaction, Usage
 from chalicelib.layout import FailureMarker, Outcome, part_key
 from chalicelib.states import IllegalTransition, MissionStatus, TransactionStatus
 from chalicelib.store import Conflict, NotFound, Store
+from chalicelib.store.models import MissionModel
 from local.inprocess import InProcessCluster
 from tests.functional.test_mission import kmer_config, submit
 from tests.functional.test_reliability import claim, rows, start
@@ -472,3 +473,26 @@ def test_finish_adds_the_running_instances_to_what_workers_reported_meanwhile(cl
     assert after.instance_seconds == pytest.approx(read.instance_seconds + 45.0)
     assert after.estimated_cost == pytest.approx(read.estimated_cost + 0.012)
     assert not store().missions.add_instance_usage(m.mission_id, 7.0, 0.01)  # final now
+
+
+def test_a_client_hook_installed_after_the_store_is_built_sees_its_calls(cluster):
+    """The store's pynamodb clients are built on first use (from the process's one session), so
+    the hooks that count and check AWS calls (the IAM-in-use check, the call counters, the
+    injected faults) see every store call made after they were installed."""
+    from chalicelib.context import reset_process_state
+    from local.inprocess import ApiCallCounter
+
+    reset_process_state()
+    built = get_context()
+    unknown = "m-20200101000000-00000000"
+    with ApiCallCounter().installed() as counter:
+        with pytest.raises(NotFound):
+            built.store.missions.get(unknown)
+        assert list(built.store.transactions.of(unknown)) == []
+        with built.store.missions._atomic() as tx:  # the store's own TransactWriteItems
+            tx.condition_check(
+                MissionModel, unknown, condition=MissionModel.mission_id.does_not_exist()
+            )
+    assert {"dynamodb.GetItem", "dynamodb.Query", "dynamodb.TransactWriteItems"} <= set(
+        counter.calls
+    )
