@@ -556,17 +556,22 @@ def _kill_every_process_of(user: AppUser, python: str) -> bool:
 
 
 def _has_live_process(uid: int) -> bool:
-    """Whether a process of `uid` lives (zombies, dead already, do not count), from /proc."""
+    """Whether a process of real user `uid` lives (zombies, dead already, do not count), from
+    /proc. Run after every attempt: the status file is searched as bytes, not parsed (a few
+    times cheaper), for its `Uid:` line's first field and its `State:` letter."""
+    real_uid = b"\nUid:\t%d\t" % uid
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/status") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            with open(f"/proc/{name}/status", "rb") as f:
+                status = f.read()
         except OSError:
             continue
-        if int(fields["Uid"].split()[0]) == uid and fields["State"].split()[0] not in "ZX":
-            return True
+        if real_uid in status:
+            state = status.find(b"\nState:\t")
+            if state >= 0 and status[state + 8 : state + 9] not in b"ZX":
+                return True
     return False
 
 
