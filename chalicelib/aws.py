@@ -22,7 +22,8 @@ from chalicelib.settings import get_settings
 
 _RETRY_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 8}, max_pool_connections=32)
 # Creating clients is not thread-safe in botocore; the worker uses several threads. Reentrant:
-# boto3's `client` holds it around the session's `create_client`, which takes it too.
+# `client` below holds it (its cache fills once) around the session's `create_client`, which
+# takes it too (for pynamodb's clients, built by pynamodb).
 _lock = threading.RLock()
 
 
