@@ -945,7 +945,7 @@ class _Heartbeat:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from chalicelib.aws import AwsClients
+    from chalicelib.aws import AwsClients, LazyClient
     from chalicelib.settings import get_settings
     from worker_ami.metadata import Imdsv2Metadata
 
@@ -976,7 +976,7 @@ def main(argv: list[str] | None = None) -> int:
         settings=settings,
         store=Store(settings),
         s3=clients.s3,
-        ec2=clients.ec2,
+        ec2=LazyClient(lambda: clients.ec2),
         metadata=Imdsv2Metadata(settings.imds_url),
         workdir=workdir,
         slots=args.slots,
