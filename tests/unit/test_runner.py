@@ -217,3 +217,23 @@ def test_the_stderr_cap_is_a_parameter(tmp_path: Path) -> None:
     assert head == "0123456789" * 10
     assert marker == f"[... {10000 - 100 - STDERR_TAIL_BYTES} bytes of stderr dropped ...]"
     assert tail == ("0123456789" * 1000)[-STDERR_TAIL_BYTES:] == result.stderr_tail
+
+
+def test_without_pidfds_the_exit_is_still_seen_and_stderr_drained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux before 5.3 has no pidfd_open: the runner then checks the exit between polls."""
+
+    def no_pidfds(pid: int) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfds)
+    code = (
+        "import sys, time; sys.stderr.write('x' * 200000 + 'THE END'); time.sleep(0.3); sys.exit(4)"
+    )
+    result = run(tmp_path, py(code))
+    assert (result.exit_code, result.timed_out) == (4, False)
+    assert result.stderr_tail.endswith("THE END")
+    assert (tmp_path / "stderr.log").stat().st_size == 200000 + len("THE END")
+    slow = run_app(py("import time; time.sleep(30)"), 0.5, tmp_path, tmp_path / "slow.log")
+    assert (slow.exit_code, slow.timed_out) == (-9, True)
