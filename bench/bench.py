@@ -423,6 +423,7 @@ def phase_fleet(n: int, missions: int) -> dict:
                 TableName=os.environ["INPUT_TABLE"], Key={"input_key": {"S": f"probe-{i}"}}
             )
         steady, with_boot, latencies, served_per_txn, parts = [], [], [], [], []
+        runtime_cpu, workers_cpu = [], []
         last_served: dict[str, int] = {}
         for m in range(missions):
             key = f"bench/fleet-{m}.txt"
@@ -433,11 +434,19 @@ def phase_fleet(n: int, missions: int) -> dict:
                 config(n, key, ["cp", "{input}", "{output}"], max_instances=4),
             )
             assert status == 201, body
+            cpu_before = _cpu_seconds()
             with served_requests() as served:
                 s3.put_object(Bucket=info.source_bucket, Key=key, Body=b"x\n")
                 mission = watch(info, body["mission_id"], timeout=300, out=None)
-            _, page = api(info, "GET", f"/missions/{body['mission_id']}/transactions")
-            blocks = page["transactions"]  # one row per transaction
+            # A worker's CPU (its apps' included) is known once it has exited and been reaped.
+            assert runtime.fleet is not None
+            waited = time.monotonic()
+            while runtime.fleet.running and time.monotonic() - waited < 30:
+                time.sleep(0.1)
+            cpu_after = _cpu_seconds()
+            runtime_cpu.append((cpu_after[0] - cpu_before[0]) / n)
+            workers_cpu.append((cpu_after[1] - cpu_before[1]) / n)
+            blocks = _all_transactions(info, body["mission_id"])  # one row per transaction
             first_start = min(_ts(t["started_at"]) for t in blocks)
             last_part = max(_ts(t["finished_at"]) for t in blocks)
             steady.append(n / (last_part - first_start))
@@ -463,7 +472,35 @@ def phase_fleet(n: int, missions: int) -> dict:
         "served_last_mission": last_served,
         "completion_latency_median_s": statistics.median(latencies),
         "completion_latencies_s": latencies,
+        # Where the machine's CPU went, per transaction, submission to the workers' exit: this
+        # process (moto, the handlers, the pump, the API) and the workers with their apps
+        # (each worker's boot included).
+        "cpu_ms_per_transaction": {
+            "embedded_aws_and_handlers": 1000 * statistics.median(runtime_cpu),
+            "workers_and_apps": 1000 * statistics.median(workers_cpu),
+        },
     }
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user and system) of this process, and of its reaped descendants."""
+    import resource
+
+    own, reaped = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime, reaped.ru_utime + reaped.ru_stime
+
+
+def _all_transactions(info: Any, mission_id: str) -> list[dict]:
+    """Every row of the mission's transactions, page after page."""
+    from local.client import api
+
+    rows: list[dict] = []
+    after = -1
+    while after is not None:
+        _, page = api(info, "GET", f"/missions/{mission_id}/transactions?after={after}")
+        rows += page["transactions"]
+        after = page["next_after"]
+    return rows
 
 
 def _ts(iso: str) -> float:
@@ -1050,6 +1087,7 @@ def render(r: dict, sizes: list[int]) -> str:
     life = r["lifecycle"]
     calls = ", ".join(f"{k} {v}" for k, v in life["calls"].items())
     fl = r["fleet"]
+    cpu = fl["cpu_ms_per_transaction"]
     billed, capped = r["billed"], r["billed_capped"]
     pkg = r["package"]
     pkg_text = (
@@ -1069,6 +1107,10 @@ def render(r: dict, sizes: list[int]) -> str:
         f" missions' own {fl['calls_per_transaction']:.3f} calls/transaction (counted at moto's"
         f" server) = {r['fleet_moto_bound_transactions_per_second']:,.0f} tx/s |"
         f" {100 * r['fleet_share_of_moto_bound']:.0f}% (target 70%) |",
+        f"| local fleet CPU per transaction, submission to the workers' exit (2 cores) |"
+        f" {cpu['embedded_aws_and_handlers'] + cpu['workers_and_apps']:.1f} ms |"
+        f" embedded AWS, handlers, pump and API {cpu['embedded_aws_and_handlers']:.1f} ms;"
+        f" workers and their apps {cpu['workers_and_apps']:.1f} ms (each worker's boot included) | |",
         f"| completion latency: last part stored -> email sent (median of {fl['missions']}) |"
         f" {fl['completion_latency_median_s']:.2f} s | target at most 1 s | |",
         f"| billed instance-seconds, 1,000 x 60 s, 90 s boot, 4 slots ({billed['instances']} instances) |"
