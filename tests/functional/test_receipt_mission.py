@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from chalicelib.context import get_context
-from chalicelib.layout import manifest_key, result_key
+from chalicelib.layout import manifest_key, parse_outcome_key, result_key
 from chalicelib.receipt import FORMAT
 from chalicelib.results import merge_parts
 from local.cli import main
@@ -267,16 +267,21 @@ def test_a_part_changed_before_the_merge_is_never_merged(
     mission_id = start(cluster, kmer_config("changed", "samples/c.fa", count=4))
     cluster.run_workers(mission_id)
     store = get_context().store
-    key = f"parts/{mission_id}/00000002.1.out"
+    # The last part, whichever transactions its block holds: the error names its first.
+    listed = cluster.s3.list_objects_v2(Bucket=bucket(cluster), Prefix=f"parts/{mission_id}/")
+    key = max(o["Key"] for o in listed["Contents"])
+    outcome = parse_outcome_key(key)
+    assert outcome is not None
+    first = outcome.index
     tamper(cluster, key)
     cluster.deliver_result_events()
     mission = json.loads(cluster.get(f"/missions/{mission_id}").body)
     assert mission["status"] == "FAILED" and mission["result"] is None
-    assert f"transaction 2: its part {key} is not what its worker uploaded" in mission["error"]
+    assert f"transaction {first}: its part {key} is not what its worker" in mission["error"]
     assert reason in mission["error"]
     assert store.missions.get(mission_id).result_key is None
     listed = cluster.s3.list_objects_v2(Bucket=bucket(cluster), Prefix=f"results/{mission_id}/")
     assert listed.get("KeyCount", 0) == 0  # neither a result nor a receipt
     (email,) = cluster.emails()
-    assert f"The mission failed: transaction 2: its part {key}" in email.body
+    assert f"The mission failed: transaction {first}: its part {key}" in email.body
     assert "Receipt:" not in email.body

@@ -92,9 +92,10 @@ def test_a_complete_mission_whose_settling_was_lost_is_settled(cluster: InProces
     mission_id = start(cluster, kmer_config("unsettled", "unsettled.fa", count=4))
     cluster.run_workers(mission_id)
     store = get_context().store
-    for t in store.transactions.of(mission_id):
-        outcome = Outcome(mission_id, t.index, True, 1)
-        assert store.transactions.count_outcome(outcome, part_key(mission_id, t.index, 1))
+    for t in store.transactions.of(mission_id):  # blocks, maybe
+        outcome = Outcome(mission_id, t.index, True, t.claim, t.span)
+        key = part_key(mission_id, t.index, t.claim, t.span)
+        assert store.transactions.count_outcome(outcome, key)
     cluster.sqs.purge_queue(QueueUrl=cluster.stack.result_queue_url)  # the events: gone
     assert mission(cluster, mission_id)["status"] == "RUNNING"
     report = sweeper.sweep(get_context())
