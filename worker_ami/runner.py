@@ -584,10 +584,10 @@ def _kill_group(pgid: int) -> None:
 
 class _Watch:
     """Waits for the app to exit while draining its stderr, on the slot's own thread: one
-    poll() over a pidfd of the app (readable once it exits) and the stderr pipe. No thread and
-    no timed polling per attempt (a reader thread and sleeps were a fifth of the agent's own
-    cost of a short transaction). Without pidfds (Linux before 5.3) the exit is checked with
-    waitid between short polls instead.
+    poll() over a pidfd of the app (readable once it exits) and the stderr pipe. No reader
+    thread per attempt and no sleeps between checks: the exit is seen as it happens (a short
+    attempt took about 1 ms less here, 5.3 ms against 6.3; its CPU stayed about the same).
+    Without pidfds (Linux before 5.3) the exit is checked with waitid between short polls.
 
     The stderr's head goes to disk up to a cap, its tail is kept in memory and appended at the
     end, the middle is counted and dropped; the pipe is drained for as long as the app runs, so
