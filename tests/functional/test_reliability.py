@@ -207,7 +207,8 @@ def test_late_and_duplicate_result_events_change_nothing(cluster: InProcessClust
     assert done["status"] == "SUCCEEDED"
     # S3 delivers the same part event again, much later (a part of a block, maybe).
     s3, bucket = get_context().aws.s3, get_context().settings.result_bucket
-    part = max(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="parts/")["Contents"])
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"parts/{mission_id}/")["Contents"]
+    part = max(o["Key"] for o in listed)
     body = s3.get_object(Bucket=bucket, Key=part)["Body"]
     s3.put_object(Bucket=bucket, Key=part, Body=body.read())
     cluster.deliver_result_events(times=3)
