@@ -450,7 +450,7 @@ class WorkerAgent:
         # One slot claims the worker's first transaction alone; the others wait for its pace
         # (at most MIN_BLOCK_SECONDS) rather than each claiming a block of one too: a few-ms
         # transaction would otherwise start every slot on a claim, a part and a count of its
-        # own (a third of a 480-transaction mission's blocks on 4 workers of 4 slots). A long
+        # own (16 of a 480-transaction mission's 34-39 blocks on 4 workers of 4 slots). A long
         # first transaction costs the other slots that much idle time, once per worker.
         probe = self._pace.take_probe()
         if not probe:
