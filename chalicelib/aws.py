@@ -75,23 +75,6 @@ def reset_clients() -> None:
     _botocore_session.cache_clear()  # it caches the credentials it found
 
 
-class LazyClient:
-    """A client built on its first call, for one a process may never make: the worker's EC2
-    client, used once, to terminate itself at the end (building it at boot was 0.1 s of CPU
-    that every instance paid before its first transaction)."""
-
-    def __init__(self, build: Callable[[], Any]) -> None:
-        self._build = build
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = self._build()
-        return getattr(self._client, name)
-
-
 @dataclass(frozen=True)
 class AwsClients:
     """The clients domain code uses, each built on first use by `factory`."""

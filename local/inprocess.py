@@ -280,8 +280,7 @@ def agent_for(
     return WorkerAgent(
         settings=ctx.settings,
         store=ctx.store,
-        s3=ctx.aws.s3,
-        ec2=ctx.aws.ec2,
+        aws=ctx.aws,
         metadata=metadata or instance_metadata(instance),
         workdir=workdir,
         **({"python": python} if python else {}),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from chalicelib.capacity import mission_instances
@@ -46,8 +47,8 @@ def test_a_slow_download_keeps_its_leases_while_the_sweeper_runs(
     agent = WorkerAgent(
         settings=ctx.settings,
         store=ctx.store,
-        s3=SlowDownloads(ctx.aws.s3, 7.5),  # both slots wait for it, holding their claims
-        ec2=ctx.aws.ec2,
+        # Both slots wait for the slow download, holding their claims.
+        aws=SimpleNamespace(s3=SlowDownloads(ctx.aws.s3, 7.5), ec2=ctx.aws.ec2),
         metadata=instance_metadata(instance),
         workdir=workdir,
     )

@@ -274,8 +274,7 @@ class World:
         return WorkerAgent(
             settings=self.settings,
             store=self.store,  # type: ignore[arg-type]
-            s3=self.s3,
-            ec2=self.ec2,
+            aws=self,  # its s3 and ec2
             metadata=StaticMetadata(identity),
             workdir=self.workdir,
             clock=time.time if real_time else self.clock,

@@ -245,8 +245,7 @@ def test_through_the_agent_the_app_cannot_write_its_input_nor_stay(tmp_path: Pat
         agent = WorkerAgent(
             settings=w.settings,
             store=w.store,  # type: ignore[arg-type]
-            s3=w.s3,
-            ec2=w.ec2,
+            aws=w,  # its s3 and ec2
             metadata=Imdsv2Metadata(server.url),
             workdir=w.workdir,
             clock=w.clock,

@@ -9,6 +9,7 @@ import re
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from botocore.exceptions import ResponseStreamingError
@@ -65,7 +66,11 @@ class FakeS3:
 
 def agent(s3: FakeS3, workdir: Path) -> WorkerAgent:
     return WorkerAgent(
-        settings=SETTINGS, store=None, s3=s3, ec2=None, metadata=None, workdir=workdir
+        settings=SETTINGS,
+        store=None,
+        aws=SimpleNamespace(s3=s3, ec2=None),
+        metadata=None,
+        workdir=workdir,
     )  # type: ignore[arg-type]
 
 
