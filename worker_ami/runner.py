@@ -121,8 +121,6 @@ class AppUsers:
                     },
                 )
             else:
-                if held.clean:  # for the next holder: it may check the pids of its attempt alone
-                    os.pwrite(held.fd, _CLEAN, 0)
                 os.close(held.fd)
 
     def _acquire(self, keep_going: Callable[[], bool] | None) -> _Lease | None:
@@ -137,11 +135,7 @@ class AppUsers:
                 except BlockingIOError:
                     os.close(fd)
                     continue
-                # The mark is read and cleared at once: if this holder dies before it confirms
-                # again, the next one finds it cleared and checks every pid.
-                clean = os.pread(fd, len(_CLEAN), 0) == _CLEAN
-                os.ftruncate(fd, 0)
-                return _Lease(AppUser(uid, uid), fd, clean=clean)
+                return _Lease(AppUser(uid, uid), fd)
             if keep_going is not None and not keep_going():
                 return None
             time.sleep(self._poll_seconds)
@@ -156,19 +150,11 @@ class AppUsers:
         return self._lock_dir
 
 
-# In an app user's lock file, left by a holder that confirmed none of the uid's processes outlived
-# its attempt (and so none of any attempt before it).
-_CLEAN = b"clean"
-
-
 @dataclass
 class _Lease:
     user: AppUser
     fd: int
     quarantined: bool = False
-    # No process of the uid lives but what this lease's attempt started: known from the mark of
-    # the last holder, kept while each attempt's processes are confirmed gone.
-    clean: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,9 +204,6 @@ def _decide_sandbox(python: str) -> AppSandbox:
     users = AppUsers()
     with users.lease() as held:
         assert held is not None
-        # The probes run as this user with no kill after them (one timed out is killed, not
-        # its children): the next attempt checks every pid.
-        held.clean = False
         try:
             chosen = _interpreter_for(held.user, python)
             if chosen is None:
@@ -307,49 +290,18 @@ def _run_quietly_as(
 ) -> subprocess.CompletedProcess[bytes]:
     """`argv` as `user`, from /, with no input or output and the given environment (none by
     default): how the sandbox probes interpreters and paths, and clears away an app user."""
-    process = _start_quietly_as(user, argv, env)
-    return subprocess.CompletedProcess(process.args, _wait_for_exit(process, timeout))
-
-
-def _start_quietly_as(
-    user: AppUser, argv: list[str], env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
     argv, as_user = _as_user(user, argv)
-    return subprocess.Popen(  # noqa: S603 - argv list, no shell
+    return subprocess.run(  # noqa: S603 - argv list, no shell
         argv,
         cwd="/",
         env=env or {},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        timeout=timeout,
+        check=False,
         **as_user,
     )
-
-
-def _wait_for_exit(process: subprocess.Popen[bytes], timeout: float) -> int:
-    """`process`'s exit code, woken by its exit (through a pidfd where there are pidfds), not by
-    `Popen.wait(timeout)`, which sleeps between checks (0.5 ms, doubling): about a millisecond
-    more than the 1.3 ms that the kill after every attempt takes. Killed on timeout, as
-    `subprocess.run` does."""
-    try:
-        pidfd: int | None = os.pidfd_open(process.pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    try:
-        if pidfd is None:
-            return process.wait(timeout)
-        exited = select.poll()
-        exited.register(pidfd, select.POLLIN)
-        if not exited.poll(max(1, int(timeout * 1000))):
-            raise subprocess.TimeoutExpired(process.args, timeout)
-        return process.wait()
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
 
 
 def _interpreter_for(user: AppUser, python: str) -> str | None:
@@ -503,9 +455,7 @@ def _run(
         if held is not None:
             # Whatever left the group (setsid, a double fork) is still this uid's, and only this
             # attempt's: the uid is held for it alone.
-            since = process.pid if held.clean and _short(time.monotonic() - began) else None
-            held.clean = _kill_every_process_of(held.user, sandbox.python, since)
-            held.quarantined = not held.clean
+            held.quarantined = not _kill_every_process_of(held.user, sandbox.python)
             _reclaim(cwd)
         watch.close()
     tail = watch.tail()
@@ -584,18 +534,12 @@ _KILL_BINARY = next((k for k in ("/bin/kill", "/usr/bin/kill") if os.access(k, o
 _KILL_ROUNDS = 100
 
 
-def _kill_every_process_of(user: AppUser, python: str, since: int | None = None) -> bool:
+def _kill_every_process_of(user: AppUser, python: str) -> bool:
     """True once no process of `user` is alive. Done by that user itself (kill(-1) signals
     every process the caller may, itself excepted), which needs no privilege and sees its own
     processes wherever /proc hides other users' (ProtectProc). Where the agent is root and
     procps' kill is there, the agent confirms from /proc (it sees every process) and only
-    kill(1) runs as the user; otherwise a Python snippet does both, as the user.
-
-    `since`: the pid of the attempt's app, when every other process of `user` is known gone
-    (`_Lease.clean`) and the attempt was too short for the pids to cycle (`_short`): the pids
-    the kernel handed out since (it counts up) are the only ones the confirmation reads, unless
-    the count wrapped meanwhile, which the kill's own pid shows. Each /proc status read costs
-    about 25 us; every process of the machine was 1.6 ms an attempt here (65 processes)."""
+    kill(1) runs as the user; otherwise a Python snippet does both, as the user."""
     try:
         if _KILL_BINARY is None or os.geteuid() != 0:
             killer = _run_quietly_as(user, [python, "-I", "-S", "-c", _KILL_EVERY_PROCESS], 30)
@@ -603,11 +547,8 @@ def _kill_every_process_of(user: AppUser, python: str, since: int | None = None)
         for _ in range(_KILL_ROUNDS):
             # Always kill first: a scan alone can miss a process that forks and exits as it
             # reads /proc; kill(-1) cannot (the kernel refuses a fork under a fatal signal).
-            process = _start_quietly_as(user, [_KILL_BINARY, "-9", "-1"])
-            _wait_for_exit(process, 30)
-            if since is not None and process.pid < since:  # wrapped: every pid
-                since = None
-            if not _has_live_process(user.uid, since):
+            _run_quietly_as(user, [_KILL_BINARY, "-9", "-1"], 30)
+            if not _has_live_process(user.uid):
                 return True
             time.sleep(0.02)
         return False
@@ -616,14 +557,13 @@ def _kill_every_process_of(user: AppUser, python: str, since: int | None = None)
         return False
 
 
-def _has_live_process(uid: int, since: int | None = None) -> bool:
+def _has_live_process(uid: int) -> bool:
     """Whether a process of real user `uid` lives (zombies, dead already, do not count), from
-    /proc: among the pids from `since` on, or all. Run after every attempt: the status file is
-    searched as bytes, not parsed (a few times cheaper), for its `Uid:` line's first field and
-    its `State:` letter."""
+    /proc. Run after every attempt: the status file is searched as bytes, not parsed (a few
+    times cheaper), for its `Uid:` line's first field and its `State:` letter."""
     real_uid = b"\nUid:\t%d\t" % uid
     for name in os.listdir("/proc"):
-        if not name.isdigit() or (since is not None and int(name) < since):
+        if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/status", "rb") as f:
@@ -635,23 +575,6 @@ def _has_live_process(uid: int, since: int | None = None) -> bool:
             if state >= 0 and status[state + 8 : state + 9] not in b"ZX":
                 return True
     return False
-
-
-@lru_cache(maxsize=1)
-def _pid_max() -> int:
-    try:
-        return int(Path("/proc/sys/kernel/pid_max").read_text())
-    except (OSError, ValueError):
-        return 32768  # the kernel's smallest default
-
-
-def _short(seconds: float) -> bool:
-    """Whether an attempt this long cannot have gone through every pid: that takes pid_max
-    process starts (32,768 here, 4,194,304 on the worker AMI), at a microsecond each at the
-    very least. Then every process the attempt started has a pid above its app's, or the count
-    wrapped once. Belt and braces: a process the check misses was still sent SIGKILL, since
-    kill(-1) misses none; the check only waits for the killed to be gone."""
-    return seconds * 1_000_000 < _pid_max()
 
 
 def _kill_group(pgid: int) -> None:

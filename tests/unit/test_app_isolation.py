@@ -28,7 +28,6 @@ from chalicelib.settings import Settings
 from chalicelib.states import TransactionStatus
 from local.imds import MetadataServer, socket_owner
 from tests.unit.test_agent_reliability import INPUT, MISSION_ID, mission, world
-from worker_ami import runner
 from worker_ami.agent import WorkerAgent
 from worker_ami.metadata import Imdsv2Metadata
 from worker_ami.runner import APP_UIDS, AppResult, AppUsers, app_sandbox, run_app
@@ -387,44 +386,3 @@ def test_built_in_apps_run_from_a_checkout_only_root_may_enter(tmp_path: Path, m
     result = run_app(argv, 60, scratch, scratch / "e.log", sandbox=sandbox)
     assert result.exit_code == 0, result.stderr_tail
     assert len((scratch / "out.txt").read_text().splitlines()) == 2
-
-
-@as_root_only
-@linux_only
-def test_the_check_after_an_attempt_reads_every_pid_unless_the_uid_is_known_clean(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A holder that confirms its attempt left nothing marks the uid's lock file clean; the
-    next one then looks only at the pids handed out since its app started. A holder that died
-    or quarantined the uid left no mark: the next looks at every pid."""
-    checked: list[int | None] = []
-    has_live_process = runner._has_live_process
-
-    def recorded(uid: int, since: int | None = None) -> bool:
-        checked.append(since)
-        return has_live_process(uid, since)
-
-    monkeypatch.setattr(runner, "_has_live_process", recorded)
-    users = app_sandbox().users
-    assert users is not None
-    with users.lease() as held:
-        assert held is not None
-        held.clean = False  # as a holder that died mid-attempt: the mark read, cleared, not left
-    with users.lease() as held:
-        assert held is not None and not held.clean
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-
-    def attempt() -> None:  # `true`: short enough for no machine to cycle the pids meanwhile
-        assert run_app(["true"], 60, scratch, scratch / "e.log").exit_code == 0
-
-    attempt()
-    with users.lease() as held:
-        assert held is not None and held.clean
-    attempt()
-    assert checked[0] is None and isinstance(checked[1], int), checked
-    # The count of pids wrapped during the attempt (the kill's pid is below the app's): all.
-    with users.lease() as held:
-        assert held is not None
-        assert runner._kill_every_process_of(held.user, sys.executable, runner._pid_max() + 1)
-    assert checked[-1] is None

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from worker_ami import runner
 from worker_ami.runner import STDERR_LOG_BYTES, STDERR_TAIL_BYTES, AppResult, app_sandbox, run_app
 
 PY = app_sandbox().python  # an interpreter the app users can run (see runner.app_sandbox)
@@ -239,23 +237,3 @@ def test_without_pidfds_the_exit_is_still_seen_and_stderr_drained(
     assert (tmp_path / "stderr.log").stat().st_size == 200000 + len("THE END")
     slow = run_app(py("import time; time.sleep(30)"), 0.5, tmp_path, tmp_path / "slow.log")
     assert (slow.exit_code, slow.timed_out) == (-9, True)
-
-
-@pytest.mark.parametrize("pidfds", [True, False])
-def test_a_quiet_process_is_waited_for_and_killed_at_its_timeout(
-    monkeypatch: pytest.MonkeyPatch, pidfds: bool
-) -> None:
-    if not pidfds:
-        monkeypatch.delattr(os, "pidfd_open", raising=False)
-    assert runner._wait_for_exit(subprocess.Popen([PY, "-c", "raise SystemExit(3)"]), 20) == 3
-    sleeper = subprocess.Popen([PY, "-c", "import time; time.sleep(60)"])
-    began = time.monotonic()
-    with pytest.raises(subprocess.TimeoutExpired):
-        runner._wait_for_exit(sleeper, 0.2)
-    assert sleeper.returncode == -signal.SIGKILL  # killed and reaped, as subprocess.run does
-    assert time.monotonic() - began < 10
-
-
-def test_an_attempt_counts_as_short_while_the_pids_cannot_have_cycled() -> None:
-    assert runner._short(0.005)
-    assert not runner._short(runner._pid_max() / 1_000_000)
