@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -28,6 +29,7 @@ from chalicelib.settings import Settings
 from chalicelib.states import TransactionStatus
 from local.imds import MetadataServer, socket_owner
 from tests.unit.test_agent_reliability import INPUT, MISSION_ID, mission, world
+from worker_ami import runner
 from worker_ami.agent import WorkerAgent
 from worker_ami.metadata import Imdsv2Metadata
 from worker_ami.runner import APP_UIDS, AppResult, AppUsers, app_sandbox, run_app
@@ -386,3 +388,59 @@ def test_built_in_apps_run_from_a_checkout_only_root_may_enter(tmp_path: Path, m
     result = run_app(argv, 60, scratch, scratch / "e.log", sandbox=sandbox)
     assert result.exit_code == 0, result.stderr_tail
     assert len((scratch / "out.txt").read_text().splitlines()) == 2
+
+
+@as_root_only
+@linux_only
+def test_the_kill_after_an_attempt_runs_only_when_a_process_of_its_uid_is_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One system call tells that the app left nothing: no kill process, no /proc scan. A
+    daemon left behind (setsid, out of the group) is still found, killed and waited for."""
+    started: list[list[str]] = []
+    run_quietly_as = runner._run_quietly_as
+
+    def recorded(user: Any, argv: list[str], *args: Any, **kwargs: Any) -> Any:
+        started.append(argv)
+        return run_quietly_as(user, argv, *args, **kwargs)
+
+    sandbox = app_sandbox()  # decided before: its probes run as an app user too
+    # What earlier tests killed may linger a moment as zombies, until init reaps them.
+    until = time.monotonic() + 10
+    while not all(runner._no_process_of(u) for u in APP_UIDS[:4]) and time.monotonic() < until:
+        time.sleep(0.05)
+    monkeypatch.setattr(runner, "_run_quietly_as", recorded)
+    assert probe(tmp_path, "import subprocess; subprocess.run(['true'])").exit_code == 0
+    assert started == [], (started, sandbox)
+    code = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    open('daemon.pid', 'w').write(f'{os.getpid()} {os.getuid()}')\n"
+        "    time.sleep(120)\n"
+        "while not os.path.exists('daemon.pid'):\n"
+        "    time.sleep(0.01)\n"
+    )
+    assert probe(tmp_path, code).exit_code == 0
+    assert started, "the daemon was left: the kill must run"
+    daemon, uid = map(int, (tmp_path / "scratch" / "daemon.pid").read_text().split())
+    assert not _alive(daemon, uid)  # (its zombie may wait for init a while: not alive)
+
+
+@linux_only
+def test_where_getpriority_is_refused_the_uid_is_not_taken_for_empty(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert runner._no_process_of(APP_UIDS[-1])  # no app of this run uses the last uid
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not runner._no_process_of(os.getuid())  # this very process, at least
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+    def refused(*_: Any) -> int:
+        raise PermissionError(1, "Operation not permitted")  # as a seccomp filter answers
+
+    monkeypatch.setattr(os, "getpriority", refused)
+    assert not runner._no_process_of(APP_UIDS[-1])
