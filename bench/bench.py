@@ -1020,6 +1020,8 @@ def main() -> int:
     lifecycle = run_phase("lifecycle", n=100 if args.quick else 200)
     print("running: fleet ...", file=sys.stderr, flush=True)
     fleet = run_phase("fleet", n=48 if args.quick else 480, missions=3)
+    # One larger mission: the fleet's steady pace, where boot and per-mission costs weigh less.
+    fleet_large = run_phase("fleet", "fleet_large", n=300 if args.quick else 3000, missions=1)
     print("running: bytes ...", file=sys.stderr, flush=True)
     split = run_phase("bytes", size_mib=256 if args.quick else 1024, chunks=1000)
     print("running: merge ...", file=sys.stderr, flush=True)
@@ -1049,6 +1051,7 @@ def main() -> int:
         "submission": submission,
         "lifecycle": lifecycle,
         "fleet": fleet,
+        "fleet_large": fleet_large,
         "bytes": split,
         "merge": merged,
         "billed": billed_instance_seconds(1000, 60, 90, 4, max_instances=250),
@@ -1101,6 +1104,8 @@ def render(r: dict, sizes: list[int]) -> str:
     calls = ", ".join(f"{k} {v}" for k, v in life["calls"].items())
     fl = r["fleet"]
     cpu = fl["cpu_ms_per_transaction"]
+    large = r["fleet_large"]
+    large_cpu = large["cpu_ms_per_transaction"]
     rates = ", ".join(f"{x:.0f}" for x in fl["moto_single_calls_per_second_by_mission"])
     shares = ", ".join(f"{100 * x:.0f}%" for x in fl["share_of_moto_bound_by_mission"])
     billed, capped = r["billed"], r["billed_capped"]
@@ -1123,6 +1128,13 @@ def render(r: dict, sizes: list[int]) -> str:
         f" server) = {r['fleet_moto_bound_transactions_per_second']:,.0f} tx/s (medians) |"
         f" {100 * r['fleet_share_of_moto_bound']:.0f}% (target 70%; median of the missions'"
         f" {shares}) |",
+        f"| local fleet, one mission of {large['n']:,} no-op transactions (same fleet) |"
+        f" {large['transactions_per_second']:.1f} tx/s ({large['transactions_per_second_with_boot']:.1f}"
+        f" from RUNNING) | {large['calls_per_transaction']:.3f} calls/transaction,"
+        f" {large['blocks_per_mission_median']} blocks; CPU per transaction"
+        f" {large_cpu['embedded_aws_and_handlers'] + large_cpu['workers_and_apps']:.1f} ms"
+        f" ({large_cpu['embedded_aws_and_handlers']:.1f} + {large_cpu['workers_and_apps']:.1f}) |"
+        f" {100 * large['share_of_moto_bound']:.0f}% of its moto-bound rate |",
         f"| local fleet CPU per transaction, submission to the workers' exit (2 cores) |"
         f" {cpu['embedded_aws_and_handlers'] + cpu['workers_and_apps']:.1f} ms |"
         f" embedded AWS, handlers, pump and API {cpu['embedded_aws_and_handlers']:.1f} ms;"
