@@ -740,6 +740,9 @@ NOT_IN_SCENARIOS = {
     "app.py:decorate",
     "worker_ami/agent.py:main",  # the worker's process entry: the scenarios run agents in threads
     "worker_ami/agent.py:_watch_for_interruption",  # polls metadata only: no AWS call
+    # WorkerClients' declarations (a Protocol): AwsClients' own properties are what runs.
+    "worker_ami/agent.py:s3",
+    "worker_ami/agent.py:ec2",
 }
 
 
