@@ -580,8 +580,8 @@ def _no_process_of(uid: int) -> bool:
 
 def _has_live_process(uid: int) -> bool:
     """Whether a process of real user `uid` lives (zombies, dead already, do not count), from
-    /proc. Run after every attempt: the status file is searched as bytes, not parsed (a few
-    times cheaper), for its `Uid:` line's first field and its `State:` letter."""
+    /proc. Run after an attempt that left a process: the status file is searched as bytes, not
+    parsed (a few times cheaper), for its `Uid:` line's first field and its `State:` letter."""
     real_uid = b"\nUid:\t%d\t" % uid
     for name in os.listdir("/proc"):
         if not name.isdigit():
