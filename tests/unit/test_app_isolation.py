@@ -404,14 +404,15 @@ def test_the_kill_after_an_attempt_runs_only_when_a_process_of_its_uid_is_left(
         started.append(argv)
         return run_quietly_as(user, argv, *args, **kwargs)
 
-    sandbox = app_sandbox()  # decided before: its probes run as an app user too
-    # What earlier tests killed may linger a moment as zombies, until init reaps them.
-    until = time.monotonic() + 10
-    while not all(runner._no_process_of(u) for u in APP_UIDS[:4]) and time.monotonic() < until:
-        time.sleep(0.05)
+    # One app user of its own, with no process now: what earlier tests killed may stay a
+    # zombie for as long as init leaves it unreaped (the last uid is the next test's).
+    free = next(u for u in reversed(APP_UIDS[:-1]) if runner._no_process_of(u))
+    users = AppUsers(uids=range(free, free + 1), lock_dir=tmp_path / "locks")
+    sandbox = dataclasses.replace(app_sandbox(), users=users)  # its probes ran before
     monkeypatch.setattr(runner, "_run_quietly_as", recorded)
-    assert probe(tmp_path, "import subprocess; subprocess.run(['true'])").exit_code == 0
-    assert started == [], (started, sandbox)
+    code = "import subprocess; subprocess.run(['true'])"  # its child exits and is reaped first
+    assert probe(tmp_path, code, sandbox=sandbox).exit_code == 0
+    assert started == [], started
     code = (
         "import os, time\n"
         "if os.fork() == 0:\n"
@@ -421,7 +422,7 @@ def test_the_kill_after_an_attempt_runs_only_when_a_process_of_its_uid_is_left(
         "while not os.path.exists('daemon.pid'):\n"
         "    time.sleep(0.01)\n"
     )
-    assert probe(tmp_path, code).exit_code == 0
+    assert probe(tmp_path, code, sandbox=sandbox).exit_code == 0
     assert started, "the daemon was left: the kill must run"
     daemon, uid = map(int, (tmp_path / "scratch" / "daemon.pid").read_text().split())
     assert not _alive(daemon, uid)  # (its zombie may wait for init a while: not alive)
