@@ -91,21 +91,25 @@ R = TypeVar("R")
 BLOCK_SECONDS = 30.0
 # ... and at least this much, however little remains: a claim of less costs its calls (the
 # cursor, the item, the part, its count, and the part's read in the merge) for too little work,
-# while the slots finishing that much sooner together saves no more than this.
+# while the slots finishing that much sooner together saves no more than this. A mission too
+# small to give every slot that much is cut into one equal share per slot instead: a block
+# bigger than that runs on one slot while paid-for slots of the same mission have none.
 MIN_BLOCK_SECONDS = 2.0
 
 
-def block_size(mean_seconds: float | None, remaining: int, parallel: int) -> int:
+def block_size(mean_seconds: float | None, remaining: int, parallel: int, total: int) -> int:
     """How many transactions to claim at once: about BLOCK_SECONDS of them at the pace seen so
     far (one while none has run), and no more than a share of what remains to hand out (guided
     self-scheduling: half of it over the slots that share it), so the last blocks shrink and
-    the slots finish about together; but never less than MIN_BLOCK_SECONDS of them."""
+    the slots finish about together; but never less than MIN_BLOCK_SECONDS of them, or than
+    the mission's `total` shared over its slots where that is less."""
     if mean_seconds is None:
         return 1
+    parallel = max(1, parallel)
     per_second = 1 / max(mean_seconds, 1e-3)
     by_time = int(BLOCK_SECONDS * per_second)
-    least = int(MIN_BLOCK_SECONDS * per_second)
-    by_share = remaining // (2 * max(1, parallel))
+    least = min(int(MIN_BLOCK_SECONDS * per_second), -(-total // parallel))
+    by_share = remaining // (2 * parallel)
     return max(1, min(MAX_SPAN, by_time, max(by_share, least)))
 
 
@@ -455,7 +459,9 @@ class WorkerAgent:
         parallel = max(1, mission.instances) * slots
 
         def claim() -> Transaction | None:
-            want = block_size(self._pace.mean_seconds, self._pace.remaining, parallel)
+            want = block_size(
+                self._pace.mean_seconds, self._pace.remaining, parallel, mission.total
+            )
             return transactions.claim_next(mission, owner, self._clock(), lease, want)
 
         # One slot claims the worker's first transaction alone; the others wait for its pace
