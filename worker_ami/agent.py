@@ -102,15 +102,19 @@ def block_size(mean_seconds: float | None, remaining: int, parallel: int, total:
     far (one while none has run), and no more than a share of what remains to hand out (guided
     self-scheduling: half of it over the slots that share it), so the last blocks shrink and
     the slots finish about together; but never less than MIN_BLOCK_SECONDS of them, or than
-    the mission's `total` shared over its slots where that is less."""
+    the mission's `total` shared over its slots where that is less, and never leaving less
+    than that behind it (the last claim takes such a rest too, rather than leave a claim, a
+    part and a count for a few transactions)."""
     if mean_seconds is None:
         return 1
     parallel = max(1, parallel)
     per_second = 1 / max(mean_seconds, 1e-3)
     by_time = int(BLOCK_SECONDS * per_second)
     least = min(int(MIN_BLOCK_SECONDS * per_second), -(-total // parallel))
-    by_share = remaining // (2 * parallel)
-    return max(1, min(MAX_SPAN, by_time, max(by_share, least)))
+    size = max(remaining // (2 * parallel), least)
+    if 0 < remaining - size < least:  # what it would leave is less than a block: take it too
+        size = remaining
+    return max(1, min(MAX_SPAN, by_time, size))
 
 
 class _Pace:
@@ -992,6 +996,7 @@ def main(argv: list[str] | None = None) -> int:
     from chalicelib.aws import AwsClients
     from chalicelib.settings import get_settings
     from worker_ami.metadata import Imdsv2Metadata
+    from worker_ami.service_models import use_trimmed_models
 
     parser = argparse.ArgumentParser(prog="python -m worker_ami.agent", description=__doc__)
     parser.add_argument(
@@ -1012,6 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
         help="do not terminate this instance when the work is done",
     )
     args = parser.parse_args(argv)
+    use_trimmed_models()  # before the first client: its EC2 client costs ms, not 130 ms of CPU
     settings = get_settings()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lighthpc-worker-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -34,5 +34,14 @@ def test_a_mission_too_small_for_min_block_seconds_per_slot_is_shared_over_every
     assert block_size(0.005, remaining=9, parallel=16, total=10) == 1
 
 
+def test_a_claim_leaving_less_than_a_block_takes_the_rest_too() -> None:
+    # 60 transactions of 68 ms on 2 slots: after the first (the pace), 29 and then 30, not
+    # 29, 29 and a block of one.
+    assert block_size(0.068, remaining=59, parallel=2, total=60) == 29
+    assert block_size(0.068, remaining=30, parallel=2, total=60) == 30
+    # Nothing known to remain (only retries are left): the usual size, not the rest.
+    assert block_size(0.068, remaining=0, parallel=2, total=60) == 29
+
+
 def test_long_transactions_are_claimed_one_at_a_time() -> None:
     assert block_size(600.0, remaining=1_000, parallel=4, total=1_000) == 1
