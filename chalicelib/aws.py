@@ -8,10 +8,12 @@ others.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -66,6 +68,17 @@ def share_session(connection: Any) -> None:
     process's session rather than from a new session of its own. pynamodb keeps a session per
     thread only because creating clients is not thread-safe, which `_Session` sees to."""
     connection._local = _OneSessionForEveryThread(_botocore_session())
+
+
+def prefer_service_models(directory: Path) -> None:
+    """Have this process's clients read service models from `directory` before botocore's own
+    (its data path, as `AWS_DATA_PATH` sets it, which stays searched next). Call before the
+    first client: the session reads the path once."""
+    session = _botocore_session()
+    others = session.get_config_variable("data_path")
+    session.set_config_variable(
+        "data_path", os.pathsep.join(filter(None, [str(directory), others]))
+    )
 
 
 def reset_clients() -> None:
