@@ -27,6 +27,7 @@ from chalicelib.apps import ProgramNotAllowed, check_program
 from chalicelib.layout import MISSION_TAG, failure_key
 from chalicelib.settings import Settings
 from chalicelib.states import TransactionStatus
+from local import imds
 from local.imds import MetadataServer, socket_owner
 from tests.unit.test_agent_reliability import INPUT, MISSION_ID, mission, world
 from worker_ami import runner
@@ -186,6 +187,27 @@ def test_the_owner_match_refuses_by_the_socket_owner() -> None:
         socket.create_connection(listener.getsockname()) as client,
     ):
         assert socket_owner(client.getsockname(), listener.getsockname()) == os.getuid()
+
+
+@linux_only
+def test_the_owner_lookup_asks_the_kernel_for_one_socket_and_reads_proc_where_it_cannot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with (
+        socket.create_server(("127.0.0.1", 0)) as listener,
+        socket.create_connection(listener.getsockname()) as client,
+    ):
+        mine, server = client.getsockname(), listener.getsockname()
+        assert imds._sock_diag_owner(mine, server) == os.getuid()
+        assert imds._sock_diag_owner(mine, (server[0], 1)) is None  # no such socket
+        assert socket_owner(mine, (server[0], 1)) is None
+
+        def no_netlink(*_: object) -> int | None:
+            raise OSError("no sock_diag here")
+
+        monkeypatch.setattr(imds, "_sock_diag_owner", no_netlink)
+        assert socket_owner(mine, server) == os.getuid()  # from /proc/net/tcp
+        assert socket_owner(mine, (server[0], 1)) is None
 
 
 # Tries everything an app could do to its input, leaves a daemon (setsid: out of the process
