@@ -91,28 +91,26 @@ R = TypeVar("R")
 BLOCK_SECONDS = 30.0
 # ... and at least this much, however little remains: a claim of less costs its calls (the
 # cursor, the item, the part, its count, and the part's read in the merge) for too little work,
-# while the slots finishing that much sooner together saves no more than this. A mission too
-# small to give every slot that much is cut into one equal share per slot instead: a block
-# bigger than that runs on one slot while paid-for slots of the same mission have none.
+# while the slots finishing that much sooner together saves no more than this.
 MIN_BLOCK_SECONDS = 2.0
+# A claim that would leave at most this share of itself behind takes that rest too: the rest's
+# own claim, part and count are saved for at most a tenth more of the block's time on one slot.
+REST_TAKEN_WITHIN = 0.1
 
 
-def block_size(mean_seconds: float | None, remaining: int, parallel: int, total: int) -> int:
+def block_size(mean_seconds: float | None, remaining: int, parallel: int) -> int:
     """How many transactions to claim at once: about BLOCK_SECONDS of them at the pace seen so
     far (one while none has run), and no more than a share of what remains to hand out (guided
     self-scheduling: half of it over the slots that share it), so the last blocks shrink and
-    the slots finish about together; but never less than MIN_BLOCK_SECONDS of them, or than
-    the mission's `total` shared over its slots where that is less, and never leaving less
-    than that behind it (the last claim takes such a rest too, rather than leave a claim, a
-    part and a count for a few transactions)."""
+    the slots finish about together; but never less than MIN_BLOCK_SECONDS of them, nor
+    leaving behind a rest of REST_TAKEN_WITHIN of the block or less."""
     if mean_seconds is None:
         return 1
-    parallel = max(1, parallel)
     per_second = 1 / max(mean_seconds, 1e-3)
     by_time = int(BLOCK_SECONDS * per_second)
-    least = min(int(MIN_BLOCK_SECONDS * per_second), -(-total // parallel))
-    size = max(remaining // (2 * parallel), least)
-    if 0 < remaining - size < least:  # what it would leave is less than a block: take it too
+    least = int(MIN_BLOCK_SECONDS * per_second)
+    size = max(remaining // (2 * max(1, parallel)), least)
+    if 0 < remaining - size <= REST_TAKEN_WITHIN * size:
         size = remaining
     return max(1, min(MAX_SPAN, by_time, size))
 
@@ -463,9 +461,7 @@ class WorkerAgent:
         parallel = max(1, mission.instances) * slots
 
         def claim() -> Transaction | None:
-            want = block_size(
-                self._pace.mean_seconds, self._pace.remaining, parallel, mission.total
-            )
+            want = block_size(self._pace.mean_seconds, self._pace.remaining, parallel)
             return transactions.claim_next(mission, owner, self._clock(), lease, want)
 
         # One slot claims the worker's first transaction alone; the others wait for its pace
