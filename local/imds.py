@@ -152,8 +152,12 @@ _UID_AT = _NLMSG_HEADER.size + 64  # inet_diag_msg: 4 bytes, the socket id (48),
 
 
 def _sock_diag_owner(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
-    """One inet_diag request for the exact socket (not a dump): its uid, None if it has none.
-    OSError where the kernel does not answer so (no netlink, or a reply not understood)."""
+    """One inet_diag request for the exact socket (not a dump): its owner's uid, None if there
+    is no such socket. OSError where the kernel does not answer so (no netlink, or a reply not
+    understood)."""
+    family = getattr(socket, "AF_NETLINK", None)
+    if family is None:
+        raise OSError("no netlink on this system")
     request = (
         struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF)  # any state
         + struct.pack("!HH", local[1], remote[1])
@@ -164,7 +168,7 @@ def _sock_diag_owner(local: tuple[str, int], remote: tuple[str, int]) -> int | N
     header = _NLMSG_HEADER.pack(
         _NLMSG_HEADER.size + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0
     )
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as diag:
+    with socket.socket(family, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as diag:
         diag.settimeout(1.0)
         diag.send(header + request)
         reply = diag.recv(8192)
