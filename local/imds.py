@@ -172,6 +172,8 @@ def _sock_diag_owner(local: tuple[str, int], remote: tuple[str, int]) -> int | N
         diag.settimeout(1.0)
         diag.send(header + request)
         reply = diag.recv(8192)
+    if len(reply) < _NLMSG_HEADER.size + 4:
+        raise OSError("sock_diag: a reply too short")
     _, kind, _, _, _ = _NLMSG_HEADER.unpack_from(reply)
     if kind == _NLMSG_ERROR:
         (error,) = struct.unpack_from("=i", reply, _NLMSG_HEADER.size)
