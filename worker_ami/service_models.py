@@ -10,8 +10,10 @@ where every worker shares the machine, it is CPU that the workers still running 
 botocore looks a service model up along its data path (`AWS_DATA_PATH`), then in its own data:
 `use_trimmed_models` puts `MODELS` first. Only service-2.json is trimmed; endpoint rules,
 paginators and waiters still come from botocore. The files are generated from the installed
-botocore by `python -m worker_ami.service_models`, and a test holds them equal to what it would
-generate now, so an upgrade of botocore cannot leave them stale.
+botocore by `python -m worker_ami.service_models`, and a test holds each to be whole (every
+shape it refers to is in it) and a part of what the installed botocore has: an upgrade that adds
+members leaves it usable (the worker sends none of them, and a reply's are skipped), one that
+changes or drops what it holds fails the test.
 """
 
 from __future__ import annotations
@@ -37,12 +39,12 @@ def trimmed(service: str, operations: tuple[str, ...]) -> tuple[str, dict]:
     version = loader.determine_latest_version(service, "service-2")
     full = loader.load_service_model(service, "service-2", version)
     kept: dict[str, Any] = {}
-    pending = [shape for op in operations for shape in _shape_names(full["operations"][op])]
+    pending = [shape for op in operations for shape in shape_names(full["operations"][op])]
     while pending:
         name = pending.pop()
         if name not in kept:
             kept[name] = _undocumented(full["shapes"][name])
-            pending.extend(_shape_names(kept[name]))
+            pending.extend(shape_names(kept[name]))
     model = {
         "version": full.get("version", "2.0"),
         "metadata": full["metadata"],
@@ -63,17 +65,17 @@ def use_trimmed_models() -> None:
     prefer_service_models(MODELS)
 
 
-def _shape_names(node: Any) -> Iterator[str]:
+def shape_names(node: Any) -> Iterator[str]:
     """The shapes a model node refers to (`{"shape": name}` at any depth)."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "shape" and isinstance(value, str):
                 yield value
             else:
-                yield from _shape_names(value)
+                yield from shape_names(value)
     elif isinstance(node, list):
         for item in node:
-            yield from _shape_names(item)
+            yield from shape_names(item)
 
 
 def _undocumented(node: Any) -> Any:
