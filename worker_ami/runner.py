@@ -574,7 +574,7 @@ def _no_process_of(uid: int) -> bool:
     except ProcessLookupError:
         return True
     except OSError:
-        return False
+        pass  # refused: it cannot be told
     return False
 
 
