@@ -29,7 +29,7 @@ from local.pump import EventBus
 
 POLL_SECONDS = 0.5
 # Carried with the tags from describe to the metadata server (never real tag keys: no colon).
-_TYPE, _LIFECYCLE = " instance-type", " lifecycle"
+_TYPE, _LIFECYCLE, _LAUNCHED = " instance-type", " lifecycle", " launch-time"
 TERMINATION_GRACE_SECONDS = 5.0
 
 
@@ -122,13 +122,17 @@ class LocalFleet:
                     tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
                     tags[_TYPE] = instance.get("InstanceType", "")
                     tags[_LIFECYCLE] = instance.get("InstanceLifecycle") or "on-demand"
+                    tags[_LAUNCHED] = str(instance["LaunchTime"].timestamp())
                     alive[instance["InstanceId"]] = tags
         return alive
 
     def _launch(self, instance_id: str, tags: dict[str, str]) -> None:
         described = dict(tags)
         instance_type, lifecycle = described.pop(_TYPE), described.pop(_LIFECYCLE)
-        metadata = MetadataServer(instance_id, described, instance_type, lifecycle).start()
+        launched_at = float(described.pop(_LAUNCHED))
+        metadata = MetadataServer(
+            instance_id, described, instance_type, lifecycle, launched_at=launched_at
+        ).start()
         workdir = self._workdir / instance_id
         workdir.mkdir(parents=True, exist_ok=True)
         log_path = self._workdir / f"{instance_id}.log"

@@ -1,5 +1,5 @@
-"""A small IMDSv2 endpoint per local worker: instance id, instance tags, Spot notices, and the
-instance role's credentials.
+"""A small IMDSv2 endpoint per local worker: instance id, instance tags, the instance identity
+document, Spot notices, and the instance role's credentials.
 
 It speaks the subset of the EC2 instance metadata service that `worker_ami.metadata` and
 botocore's credential chain use, with IMDSv2's rules: a session token from
@@ -31,6 +31,7 @@ from worker_ami.runner import APP_UIDS
 
 TOKEN_PATH = "/latest/api/token"  # noqa: S105 - a URL path, not a secret
 META_PREFIX = "/latest/meta-data/"
+IDENTITY_DOCUMENT_PATH = "/latest/dynamic/instance-identity/document"
 CREDENTIALS_PATH = "iam/security-credentials/"
 ROLE_NAME = "lighthpc-local-worker"
 PROC_NET_TCP = Path("/proc/net/tcp")
@@ -44,10 +45,13 @@ class MetadataServer:
         instance_type: str = "c5.large",
         lifecycle: str = "on-demand",
         refused_uids: Container[int] = APP_UIDS,
+        launched_at: float | None = None,
     ) -> None:
         self.instance_id = instance_id
         self.instance_type = instance_type
         self.lifecycle = lifecycle
+        # EC2's LaunchTime, epoch seconds: the document's `pendingTime` (now, if not given).
+        self.launched_at = time.time() if launched_at is None else launched_at
         self.tags = dict(tags)
         self.spot_action: dict[str, str] | None = None
         self.rebalance_at: str | None = None  # set to a time to recommend a rebalance
@@ -102,6 +106,20 @@ class MetadataServer:
         if path == CREDENTIALS_PATH + ROLE_NAME:
             return json.dumps(_role_credentials(self.instance_id))
         return None
+
+    def identity_document(self) -> str:
+        """The fields of EC2's instance identity document that a worker reads (EC2's document
+        has more: region, image, account, ...). `pendingTime` is when the instance entered
+        pending, to the second, as EC2 gives it."""
+        pending = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.launched_at))
+        return json.dumps(
+            {
+                "instanceId": self.instance_id,
+                "instanceType": self.instance_type,
+                "pendingTime": pending,
+                "version": "2017-09-30",
+            }
+        )
 
     def admits(self, client: tuple[str, int]) -> bool:
         """The firewall's owner match: no app user's socket gets through."""
@@ -218,6 +236,8 @@ def _handler_for(server: MetadataServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             if not server.valid(self.headers.get("X-aws-ec2-metadata-token")):
                 return self._send(401, "IMDSv2 token required")
+            if self.path == IDENTITY_DOCUMENT_PATH:
+                return self._send(200, server.identity_document())
             if not self.path.startswith(META_PREFIX):
                 return self._send(404, "not found")
             value = server.lookup(self.path.removeprefix(META_PREFIX))

@@ -10,6 +10,7 @@ import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 DEFAULT_IMDS_URL = "http://169.254.169.254"
@@ -22,6 +23,9 @@ class InstanceIdentity:
     tags: dict[str, str] = field(default_factory=dict)
     instance_type: str | None = None
     market: str = "on-demand"  # IMDS `instance-life-cycle`: "spot" or "on-demand"
+    # When EC2 launched it (the identity document's `pendingTime`), epoch seconds: the start
+    # of what EC2 bills, boot included. None where metadata does not say.
+    launched_at: float | None = None
 
 
 class MetadataSource(Protocol):
@@ -77,11 +81,11 @@ class Imdsv2Metadata:
         with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
             return response.read().decode()
 
-    def _get(self, path: str) -> str | None:
+    def _get(self, path: str, root: str = "meta-data") -> str | None:
         if self._token is None:
             self._token = self._fetch_token()
         request = urllib.request.Request(  # noqa: S310 - scheme checked in __init__
-            f"{self._base}/latest/meta-data/{path}",
+            f"{self._base}/latest/{root}/{path}",
             headers={"X-aws-ec2-metadata-token": self._token},
         )
         try:
@@ -95,9 +99,12 @@ class Imdsv2Metadata:
             raise
 
     def identity(self) -> InstanceIdentity:
-        instance_id = self._get("instance-id")
+        """From the instance identity document (id, type, launch time: one GET for the three),
+        the instance's tags and its lifecycle, which the document does not carry."""
+        document = json.loads(self._get("instance-identity/document", root="dynamic") or "{}")
+        instance_id = document.get("instanceId")
         if not instance_id:
-            raise RuntimeError("instance metadata has no instance-id")
+            raise RuntimeError("the instance identity document has no instanceId")
         tags: dict[str, str] = {}
         for name in (self._get("tags/instance") or "").splitlines():
             if name:
@@ -105,8 +112,9 @@ class Imdsv2Metadata:
         return InstanceIdentity(
             instance_id,
             tags,
-            instance_type=self._get("instance-type"),
+            instance_type=document.get("instanceType"),
             market=self._get("instance-life-cycle") or "on-demand",
+            launched_at=_epoch(document.get("pendingTime")),
         )
 
     def spot_action(self) -> dict[str, str] | None:
@@ -115,3 +123,13 @@ class Imdsv2Metadata:
 
     def rebalance_recommended(self) -> bool:
         return self._get("events/recommendations/rebalance") is not None
+
+
+def _epoch(timestamp: str | None) -> float | None:
+    """EC2's `2026-12-02T11:30:25Z` as epoch seconds; None if absent or not a time."""
+    if not timestamp:
+        return None
+    try:
+        return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
