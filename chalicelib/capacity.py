@@ -36,7 +36,7 @@ def worker_tags(settings: Settings, mission_id: str) -> list[dict[str, str]]:
     ]
 
 
-def _template_key(template: str) -> str:
+def launch_template_key(template: str) -> str:
     # CloudFormation's Ref of a launch template is its id; a name works too.
     return "LaunchTemplateId" if template.startswith("lt-") else "LaunchTemplateName"
 
@@ -69,7 +69,7 @@ def fleet_request(
         "LaunchTemplateConfigs": [
             {
                 "LaunchTemplateSpecification": {
-                    _template_key(settings.launch_template): settings.launch_template,
+                    launch_template_key(settings.launch_template): settings.launch_template,
                     "Version": "$Latest",
                 },
                 "Overrides": overrides(instances.types, settings.worker_subnets),

@@ -223,3 +223,6 @@ class Usage:
 
     instance_seconds: float
     estimated_cost: float
+
+
+NO_USAGE = Usage(instance_seconds=0.0, estimated_cost=0.0)

@@ -22,13 +22,14 @@ from chalicelib.config import (
     parse_mission_config,
 )
 from chalicelib.context import Context
-from chalicelib.domain import Mission, Pipeline, Transaction, reduce_id, utc
+from chalicelib.domain import Mission, Pipeline, Transaction, Usage, reduce_id, utc
 from chalicelib.events import send_start_request
 from chalicelib.idempotency import answer_once
 from chalicelib.observability import bind_mission, logger
 from chalicelib.results import cancel_settled, send_report, stop_instances, transaction_counts
 from chalicelib.states import MissionStatus, shown_status
 from chalicelib.store import Conflict, NotFound
+from chalicelib.usage import account_alive_instances
 
 LIST_LIMIT = 100
 PAGE_LIMIT = 1000
@@ -231,6 +232,7 @@ def cancel(ctx: Context, mission_id: str, caller: Caller) -> dict[str, Any]:
     """
     mission = visible(ctx, mission_id, caller)
     bind_mission(mission_id)
+    account_alive_instances(ctx, mission)  # by their age, before their agents are refused
     ctx.store.missions.cancel(mission, ctx.clock(), by=caller.principal)
     if mission.status is MissionStatus.REDUCING:
         _cancel_reduce(ctx, mission, caller)
@@ -261,8 +263,9 @@ def _cancel_reduce(ctx: Context, mission: Mission, caller: Caller) -> None:
     # Its machines stopped and accounted: what the reduce used is its mission's, as it would
     # have been at its end.
     used = ctx.store.missions.get(stage.mission_id)
-    ctx.store.missions.account_stopped_instances(
-        mission.mission_id, used.instance_seconds, used.estimated_cost
+    ctx.store.missions.add_stage_usage(
+        mission.mission_id,
+        Usage(instance_seconds=used.instance_seconds, estimated_cost=used.estimated_cost),
     )
 
 

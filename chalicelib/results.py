@@ -7,17 +7,15 @@ mission changes nothing, and exactly one holder sends the email.
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from botocore.exceptions import ClientError
 
 from chalicelib import merge, stages
 from chalicelib.capacity import mission_instances
 from chalicelib.context import Context
-from chalicelib.domain import Mission, Pipeline, Usage
+from chalicelib.domain import NO_USAGE, Mission, Pipeline, Usage
 from chalicelib.events import MergeRequest, ObjectCreated, SourceEvent
 from chalicelib.layout import (
     SHA256_METADATA,
@@ -35,9 +33,15 @@ from chalicelib.notify import (
     publish_pipeline,
 )
 from chalicelib.observability import bind_mission, count, logger
-from chalicelib.pricing import estimated_cost
-from chalicelib.states import MissionStatus, TransactionStatus, mission_outcome, shown_status
+from chalicelib.states import (
+    TERMINAL_MISSION,
+    MissionStatus,
+    TransactionStatus,
+    mission_outcome,
+    shown_status,
+)
 from chalicelib.store.transactions import MAX_COUNTED_AT_ONCE
+from chalicelib.usage import account_alive_instances, ages_of, still_running
 
 NOTIFY_LEASE_SECONDS = 120
 
@@ -131,21 +135,20 @@ def settle(ctx: Context, mission_id: str) -> None:
     finished mission is finished once, and its email is sent by one holder.
     """
     mission = ctx.store.missions.get(mission_id)
-    # The instances still running, described once for the receipt and the mission's end.
-    running = functools.cache(lambda: still_running(ctx, mission_id))
     if mission.status is MissionStatus.RUNNING:
         final = mission_outcome(mission.succeeded, mission.failed, mission.total)
         if final is None:
             return
-        merged = merge_parts(ctx, mission, running) if mission.succeeded else None
+        merged = merge_parts(ctx, mission) if mission.succeeded else None
         if final is MissionStatus.SUCCEEDED and merged and mission.config.reduce is not None:
             # The concatenation is the reduce's input; the reduce's output will be the result.
             ctx.store.missions.begin_reduce(mission, merged)
         else:
-            ctx.store.missions.finish(mission, final, merged, running(), ctx.clock())
+            account_alive_instances(ctx, mission)
+            ctx.store.missions.finish(mission, final, merged, NO_USAGE, ctx.clock())
         mission = ctx.store.missions.get(mission_id)
     if mission.status is MissionStatus.REDUCING:
-        stages.advance_reduce(ctx, mission, running)
+        stages.advance_reduce(ctx, mission)
         mission = ctx.store.missions.get(mission_id)
     if mission.status is MissionStatus.CANCELLED:
         # Its email waits until its figures are final (`cancel_settled`): the cancel or the
@@ -188,9 +191,9 @@ def cancel_settled(ctx: Context, mission: Mission, busy: bool) -> bool:
 
 def stop_instances(ctx: Context, mission: Mission) -> list[str]:
     """Terminate the live instances of a mission that ended, and account their usage: their age
-    now (EC2 bills no further), since their agents' own reports are refused from here on
-    (`add_instance_usage`). Only the instances this call moved out of pending/running count, so
-    two stoppers at once account each once. Returns their ids."""
+    now (EC2 bills no further), since their agents' own reports are refused from here on.
+    Only the instances this call moved out of pending/running count, and each only if its
+    agent did not report it first (`account_by_age`). Returns their ids."""
     ec2, now = ctx.aws.ec2, ctx.clock()
     alive = {
         i["InstanceId"]: i
@@ -205,10 +208,8 @@ def stop_instances(ctx: Context, mission: Mission) -> list[str]:
             if t.get("PreviousState", {}).get("Name") in ("pending", "running")
         ]
     if stopped:
-        used = _age_of([alive[i] for i in stopped if i in alive], now)
-        ctx.store.missions.account_stopped_instances(
-            mission.mission_id, used.instance_seconds, used.estimated_cost
-        )
+        ages = ages_of([alive[i] for i in stopped if i in alive], now)
+        ctx.store.missions.account_by_age(mission.mission_id, ages, while_in=TERMINAL_MISSION)
     return stopped
 
 
@@ -358,24 +359,6 @@ def build_report(ctx: Context, mission: Mission) -> MissionReport:
         if mission.concatenation_key
         else None,
     )
-
-
-def still_running(ctx: Context, mission_id: str) -> Usage:
-    """The age of the mission's instances still running (the last workers are typically still
-    exiting at completion)."""
-    alive = mission_instances(ctx.aws.ec2, mission_id, ["pending", "running"])
-    return _age_of(alive, ctx.clock())
-
-
-def _age_of(instances: Iterable[dict[str, Any]], now: float) -> Usage:
-    """What described instances have run (and cost) from their launch until `now`."""
-    seconds = cost = 0.0
-    for instance in instances:
-        age = max(0.0, now - instance["LaunchTime"].timestamp())
-        market = instance.get("InstanceLifecycle") or "on-demand"
-        seconds += age
-        cost += estimated_cost(instance.get("InstanceType"), market, age)
-    return Usage(instance_seconds=seconds, estimated_cost=cost)
 
 
 def merge_parts(

@@ -18,8 +18,6 @@ begins once (`Store.begin_planning`), however many requests arrive.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from chalicelib.config import CountSplit, Interval, MissionConfig, UpstreamInput
 from chalicelib.context import Context
 from chalicelib.domain import Mission, Usage, reduce_id, utc
@@ -27,6 +25,7 @@ from chalicelib.events import send_start_request
 from chalicelib.observability import logger
 from chalicelib.states import MissionStatus, TransactionStatus
 from chalicelib.store import NotFound
+from chalicelib.usage import account_alive_instances
 
 M = MissionStatus
 MAX_NAME = 128
@@ -65,11 +64,10 @@ def reduce_mission(mission: Mission, now: float) -> Mission:
     )
 
 
-def advance_reduce(ctx: Context, mission: Mission, running: Callable[[], Usage]) -> None:
+def advance_reduce(ctx: Context, mission: Mission) -> None:
     """Move a REDUCING mission on: create its reduce stage if it is not there yet (and ask for
-    it to start), or, once that ended, end the mission with its output or its failure.
-
-    `running()`: the age of the mission's own instances still running, added at its end."""
+    it to start), or, once that ended, end the mission with its output or its failure, its
+    stage's usage added to its own (its own instances still alive accounted just before)."""
     stage_id = reduce_id(mission.mission_id)
     try:
         stage = ctx.store.missions.get(stage_id)
@@ -87,11 +85,8 @@ def advance_reduce(ctx: Context, mission: Mission, running: Callable[[], Usage])
         status, result, error = M.SUCCEEDED, stage.result_key, None
     else:
         status, result, error = M.FAILED, None, f"the reduce failed: {reduce_failure(ctx, stage)}"
-    extra = running()
-    used = Usage(
-        instance_seconds=stage.instance_seconds + extra.instance_seconds,
-        estimated_cost=stage.estimated_cost + extra.estimated_cost,
-    )
+    used = Usage(instance_seconds=stage.instance_seconds, estimated_cost=stage.estimated_cost)
+    account_alive_instances(ctx, mission)
     ended = ctx.store.missions.finish(
         mission, status, result, used, ctx.clock(), error=error, instances=stage.instances
     )

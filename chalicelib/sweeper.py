@@ -41,10 +41,11 @@ from chalicelib.events import send_start_request
 from chalicelib.layout import FailureMarker, Outcome, failure_key, part_key
 from chalicelib.merge import MergeSuspended
 from chalicelib.observability import bind_mission, count, logger
-from chalicelib.results import cancel_settled, send_report, settle, still_running, stop_instances
+from chalicelib.results import cancel_settled, send_report, settle, stop_instances
 from chalicelib.scheduler import PLANNING_LEASE_SECONDS
 from chalicelib.stages import upstream_moved
 from chalicelib.states import MissionStatus, TransactionStatus, after_failed_attempt
+from chalicelib.usage import account_alive_instances, still_running
 
 # A mission still PLANNING this long after planning began has seen several planners die (each
 # lease outlives one scheduler invocation): its input cannot be planned; fail it, say so.
@@ -150,9 +151,10 @@ def _fail_running(ctx: Context, mission: Mission, reason: str) -> bool:
     """Fail a running mission as a whole: claims stop (they need RUNNING), its instances are
     terminated and accounted, what counted stays counted, its parts stay; its email goes out.
     False if it ended meanwhile."""
+    account_alive_instances(ctx, mission)  # by their age, before their agents are refused
     failed = ctx.store.missions.time_out(mission, reason, ctx.clock())
     if failed:
-        stop_instances(ctx, ctx.store.missions.get(mission.mission_id))  # and accounted
+        stop_instances(ctx, ctx.store.missions.get(mission.mission_id))  # and any launched since
         logger.warning("mission failed as a whole", extra={"reason": reason})
     settle(ctx, mission.mission_id)
     return failed

@@ -45,7 +45,7 @@ from chalicelib.apps import (
     render_argv,
 )
 from chalicelib.config import ArgvApp, BytesSplit, LinesSplit, split_align
-from chalicelib.domain import Mission, Transaction
+from chalicelib.domain import Mission, Transaction, Usage
 from chalicelib.layout import (
     MISSION_TAG,
     FailureMarker,
@@ -61,7 +61,7 @@ from chalicelib.splitting import copy_range, decode_slice_bounds, fetch_slice, o
 from chalicelib.states import MissionStatus, TransactionStatus, after_failed_attempt
 from chalicelib.store import Conflict, NotFound, Store, StoreError
 from chalicelib.store.transactions import MAX_SPAN
-from worker_ami.metadata import MetadataSource
+from worker_ami.metadata import InstanceIdentity, MetadataSource
 from worker_ami.runner import AppResult, app_sandbox, run_app
 
 # How long a worker waits for a mission still being planned (workers can boot that fast locally).
@@ -300,7 +300,7 @@ class WorkerAgent:
         finally:
             self._done.set()
             seconds = self._clock() - began
-            self._account(identity.instance_type, identity.market, mission_id, seconds)
+            self._account(identity, mission_id, self._billed_seconds(identity, began))
             if self._terminate_when_done:
                 logger.info("no work left: terminating this instance")
                 self._aws.ec2.terminate_instances(InstanceIds=[identity.instance_id])
@@ -314,20 +314,32 @@ class WorkerAgent:
             seconds,
         )
 
-    def _account(
-        self, instance_type: str | None, market: str, mission_id: str | None, seconds: float
-    ) -> None:
+    def _billed_seconds(self, identity: InstanceIdentity, began: float) -> float:
+        """This instance's life as EC2 bills it: from its launch (`pendingTime`: the boot before
+        this agent started included, as the control side's age of a live instance counts it)
+        until now; from the agent's start where metadata has no launch time."""
+        launched = identity.launched_at
+        start = began if launched is None or launched > began else launched
+        return max(0.0, self._clock() - start)
+
+    def _account(self, identity: InstanceIdentity, mission_id: str | None, seconds: float) -> None:
         """Usage and metrics, best effort: neither may keep the instance alive (and billed).
 
-        The usage is an ADD, so it is not retried: a repeat after a lost reply would count it
-        twice, and a cost estimate short by one worker is the lesser harm.
+        The usage counts once per instance (a conditional write), so a repeat after a lost
+        reply is refused, and transient errors are retried.
         """
         try:
             if mission_id is not None:
-                cost = estimated_cost(instance_type, market, seconds)
-                added = self._store.missions.add_instance_usage(mission_id, seconds, cost)
-                if added is False:  # the mission ended: the control side accounted this instance
-                    logger.info("usage not added: the mission's figures are final")
+                cost = estimated_cost(identity.instance_type, identity.market, seconds)
+                usage = Usage(instance_seconds=seconds, estimated_cost=cost)
+                added = self._retrying(
+                    "add this instance's usage",
+                    lambda: self._store.missions.add_instance_usage(
+                        mission_id, identity.instance_id, usage
+                    ),
+                )
+                if not added:  # the mission ended, or an earlier try (or the end) counted it
+                    logger.info("usage not added: this instance is accounted already")
         except Exception:
             logger.exception("could not record this instance's usage")
         try:

@@ -6,9 +6,10 @@ Every status change is a conditional write whose sources come from `chalicelib.s
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
+from pynamodb.exceptions import TransactWriteError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
@@ -17,10 +18,19 @@ from chalicelib.config import MissionConfig
 from chalicelib.domain import Mission, Pipeline, Usage, utc
 from chalicelib.planning import Plan
 from chalicelib.states import TERMINAL_MISSION, MissionStatus, mission_sources
-from chalicelib.store.errors import InputBusy, NotFound, conditional, translated
-from chalicelib.store.models import LISTED, NEEDS_CARE, InputModel, MissionModel
+from chalicelib.store.errors import Conflict, InputBusy, NotFound, conditional, translated
+from chalicelib.store.models import (
+    LISTED,
+    NEEDS_CARE,
+    InputModel,
+    InstanceUsageModel,
+    MissionModel,
+    instance_usage_key,
+)
 
 M = MissionStatus
+# A TransactWriteItems holds at most 100 items: the instances' usage items and the mission's.
+USAGES_PER_TRANSACTION = 99
 
 
 def mission_of(item: MissionModel) -> Mission:
@@ -345,7 +355,7 @@ class MissionStore:
         mission: Mission,
         status: MissionStatus,
         result_key: str | None,
-        running: Usage,
+        usage: Usage,
         now: float,
         *,
         error: str | None = None,
@@ -354,11 +364,11 @@ class MissionStore:
         """RUNNING (or, for a mission read REDUCING, REDUCING: its reduce ended) ->
         SUCCEEDED/FAILED, once. False if another event already finished it.
 
-        `running`: the instances still running, by their age (their agents' own reports are
-        refused from here on), and for a reduce its stage's usage, added to what the agents
+        `usage`: what is not any of its instances' (a reduce stage's), added to what the agents
         reported: an ADD, not a SET of a total read earlier, so a report that lands while the
-        mission settles (a merge can take minutes) is kept. `instances`: a reduce stage's, added
-        to the mission's; `error`: why it failed as a whole."""
+        mission settles (a merge can take minutes) is kept. Its instances still alive are
+        accounted just before (`account_by_age`). `instances`: a reduce stage's,
+        added to the mission's; `error`: why it failed as a whole."""
         source = M.REDUCING if mission.status is M.REDUCING else M.RUNNING
         with conditional(f"finish mission {mission.mission_id}") as write:
             self._move_and_release(
@@ -368,8 +378,8 @@ class MissionStore:
                     _set_or_remove(MissionModel.result_key, result_key),
                     *([MissionModel.error.set(error)] if error else []),
                     MissionModel.finished_at.set(utc(now)),
-                    MissionModel.instance_seconds.add(running.instance_seconds),
-                    MissionModel.estimated_cost.add(running.estimated_cost),
+                    MissionModel.instance_seconds.add(usage.instance_seconds),
+                    MissionModel.estimated_cost.add(usage.estimated_cost),
                     *([MissionModel.n_instances.add(instances)] if instances else []),
                 ],
                 only_from=[source],
@@ -503,28 +513,120 @@ class MissionStore:
 
     # ---- capacity ---------------------------------------------------------------------------
 
-    def add_instance_usage(self, mission_id: str, seconds: float, cost: float) -> bool:
-        """A worker's life, reported when it ends: added only while the mission is live. Once it
-        ended, its figures are final (the end counted the instances still running by their age,
-        see `account_stopped_instances`): a late report would count an instance twice and make
-        the API disagree with the email. False if refused."""
-        live = [s.value for s in M if s not in TERMINAL_MISSION]
-        with conditional(f"add the usage of an instance to {mission_id}") as write:
-            self._update(
-                mission_id,
-                [MissionModel.instance_seconds.add(seconds), MissionModel.estimated_cost.add(cost)],
-                condition=MissionModel.status.is_in(*live),
-            )
-        return write.applied
+    def account_instances(
+        self,
+        mission_id: str,
+        usages: Mapping[str, Usage],
+        *,
+        by: str,
+        while_in: Collection[MissionStatus],
+    ) -> dict[str, Usage]:
+        """Add to the mission the usage of each instance (by id) that nobody accounted yet, and
+        only while the mission's status is in `while_in`. Each instance's usage item is created
+        (only if it does not exist) in one TransactWriteItems with the mission's ADD of their
+        sum, so an instance counts once, whoever comes first: its agent at its exit, or the
+        control side for an instance still alive at the end. Safe to repeat (a lost reply
+        finds its instances accounted). Returns the usages this call added."""
+        added: dict[str, Usage] = {}
+        ids = list(usages)
+        for start in range(0, len(ids), USAGES_PER_TRANSACTION):
+            todo = {i: usages[i] for i in ids[start : start + USAGES_PER_TRANSACTION]}
+            while todo:
+                refused = self._account_once(mission_id, todo, by, while_in)
+                if refused is None:  # the mission is not in `while_in`: nothing more is added
+                    return added
+                if not refused:
+                    added |= todo
+                    break
+                todo = {i: u for i, u in todo.items() if i not in refused}
+        return added
 
-    def account_stopped_instances(self, mission_id: str, seconds: float, cost: float) -> None:
-        """The usage of instances the control side stopped for a mission that ended (their
-        age when terminated: EC2 bills no further), whose agents' own reports it refuses."""
+    def _account_once(
+        self,
+        mission_id: str,
+        usages: Mapping[str, Usage],
+        by: str,
+        while_in: Collection[MissionStatus],
+    ) -> frozenset[str] | None:
+        """One TransactWriteItems of `account_instances`: the empty set if it was written, else
+        the instances already accounted, or None if the mission's status is not in `while_in`
+        (a cancelled transaction gives a reason per item, in the order they were written)."""
+        ids = list(usages)
+        seconds = sum(u.instance_seconds for u in usages.values())
+        cost = sum(u.estimated_cost for u in usages.values())
+        U = InstanceUsageModel
+        try:
+            with translated(f"account {len(ids)} instances of {mission_id}"), self._atomic() as tx:
+                for instance_id in ids:
+                    usage = usages[instance_id]
+                    tx.update(
+                        U(instance_usage_key(mission_id, instance_id)),
+                        actions=[
+                            U.instance_seconds.set(usage.instance_seconds),
+                            U.estimated_cost.set(usage.estimated_cost),
+                            U.accounted_by.set(by),
+                        ],
+                        condition=U.mission_id.does_not_exist(),
+                    )
+                tx.update(
+                    MissionModel(mission_id),
+                    actions=[
+                        MissionModel.instance_seconds.add(seconds),
+                        MissionModel.estimated_cost.add(cost),
+                    ],
+                    condition=MissionModel.mission_id.exists()
+                    & MissionModel.status.is_in(*[s.value for s in while_in]),
+                )
+        except Conflict as e:
+            cause = e.__cause__
+            reasons = cause.cancellation_reasons if isinstance(cause, TransactWriteError) else None
+            refused = [r is not None and r.code == "ConditionalCheckFailed" for r in reasons or []]
+            if len(refused) != len(ids) + 1 or refused[-1]:
+                return None
+            return frozenset(i for i, no in zip(ids, refused[:-1], strict=True) if no)
+        return frozenset()
+
+    def add_instance_usage(self, mission_id: str, instance_id: str, usage: Usage) -> bool:
+        """An agent's report of its instance's life, when it exits: added only while the
+        mission is live, and only if the instance is not accounted yet. Once the mission ended,
+        its figures are final (its end accounted the instances still alive by their age,
+        `account_by_age`): a late report would make the API disagree with the email.
+        False if refused."""
+        live = [s for s in M if s not in TERMINAL_MISSION]
+        added = self.account_instances(mission_id, {instance_id: usage}, by="agent", while_in=live)
+        return bool(added)
+
+    def account_by_age(
+        self, mission_id: str, ages: Mapping[str, Usage], *, while_in: Collection[MissionStatus]
+    ) -> dict[str, Usage]:
+        """The control side's count of instances by their age: those still alive as the
+        mission ends, or those its end stopped (EC2 bills no further), each unless its agent
+        reported it first. Returns the ones added."""
+        return self.account_instances(mission_id, ages, by="control", while_in=while_in)
+
+    def add_stage_usage(self, mission_id: str, usage: Usage) -> None:
+        """A cancelled reduce stage's usage (its instances accounted in it), added to its
+        mission, which ended with it."""
         self._update(
             mission_id,
-            [MissionModel.instance_seconds.add(seconds), MissionModel.estimated_cost.add(cost)],
+            [
+                MissionModel.instance_seconds.add(usage.instance_seconds),
+                MissionModel.estimated_cost.add(usage.estimated_cost),
+            ],
             condition=MissionModel.status.is_in(*[s.value for s in TERMINAL_MISSION]),
         )
+
+    def accounted(self, mission_id: str, instance_ids: Iterable[str]) -> set[str]:
+        """Which of these instances have their usage in the mission already (consistent reads,
+        100 keys a BatchGetItem)."""
+        keys = {instance_usage_key(mission_id, i): i for i in instance_ids}
+        if not keys:
+            return set()
+        with translated(f"read the accounted instances of {mission_id}"):
+            found = InstanceUsageModel.batch_get(
+                list(keys), consistent_read=True, attributes_to_get=["mission_id"]
+            )
+            return {keys[item.mission_id] for item in found}
 
     def record_relaunch(
         self, mission_id: str, instances: int, launch_errors: str | None, now: float

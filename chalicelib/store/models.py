@@ -144,6 +144,28 @@ class MissionModel(_RetriesTransient, Model):
     needing_care = CareIndex()
 
 
+class InstanceUsageModel(_RetriesTransient, Model):
+    """One instance's usage, on the mission table under the key `<mission id>/<instance id>`
+    (never a mission id: those match `MISSION_ID_PATTERN`, which has no slash). Written once,
+    by whoever accounts the instance first: its agent when it exits, or the control side at
+    the mission's end for an instance still alive. So an instance that reported just before
+    the end, and that DescribeInstances still shows running (it is eventually consistent), is
+    not counted again by its age. No index sees it (it has none of their keys)."""
+
+    class Meta:
+        table_name = "lighthpc-missions"
+        billing_mode = "PAY_PER_REQUEST"
+
+    mission_id = UnicodeAttribute(hash_key=True)  # "<mission id>/<instance id>"
+    instance_seconds = NumberAttribute()
+    estimated_cost = NumberAttribute()
+    accounted_by = UnicodeAttribute()  # "agent" or "control"
+
+
+def instance_usage_key(mission_id: str, instance_id: str) -> str:
+    return f"{mission_id}/{instance_id}"
+
+
 class RetryIndex(GlobalSecondaryIndex["TransactionModel"]):
     """Sparse index of transactions waiting for another attempt (only they carry retry_rank)."""
 
@@ -217,6 +239,7 @@ def bind_tables(settings: Settings) -> None:
         MissionModel: settings.mission_table,
         TransactionModel: settings.transaction_table,
         InputModel: settings.input_table,
+        InstanceUsageModel: settings.mission_table,  # its items live beside the missions
     }
     for model, table in names.items():
         model.Meta.table_name = table

@@ -82,10 +82,11 @@ def test_functions_terminate_and_launch_only_within_their_stage():
                 assert statement["Resource"] == {"Fn::GetAtt": ["WorkerRole", "Arn"]}
 
 
-# What the worker writes (chalicelib/store: the claim cursor and usage on a mission; claim,
-# lease and outcome on a transaction), and what it must never write.
+# What the worker writes (chalicelib/store: the claim cursor and usage on a mission, and its
+# own instance's usage item; claim, lease and outcome on a transaction), and what it must
+# never write.
 WORKER_WRITES = {
-    "MissionTable": {"next_index", "instance_seconds", "estimated_cost"},
+    "MissionTable": {"next_index", "instance_seconds", "estimated_cost", "accounted_by"},
     "TransactionTable": {"status", "lease_owner", "lease_expires_at", "attempts", "claims", "span"},
 }
 NEVER_WORKER_WRITTEN = {

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.context import get_context, reset_process_state
+from chalicelib.domain import Usage
 from chalicelib.layout import part_key
 from chalicelib.states import TransactionStatus
 from chalicelib.sweeper import sweep
@@ -127,7 +128,7 @@ def test_cancel_email_says_cancelled_and_shows_the_apis_figures(cluster: InProce
     late = part_key(mission_id, lost.index, lost.claim)
     cluster.s3.put_object(Bucket=bucket, Key=late, Body=b"late")
     cluster.deliver_result_events()
-    store.missions.add_instance_usage(mission_id, 1000.0, 5.0)
+    store.missions.add_instance_usage(mission_id, "i-late", Usage(1000.0, 5.0))
     for _ in range(3):  # the sweeper comes by, past the cancel's quiet period
         sweep(later(120))
     cluster.deliver_result_events()

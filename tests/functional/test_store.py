@@ -7,16 +7,18 @@ No worker processes: claims are driven through `claim_next`, as a worker would.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from datetime import datetime, timedelta
 
 import pytest
 
+from chalicelib.capacity import mission_instances
 from chalicelib.config import MissionConfig
 from chalicelib.context import get_context
 from chalicelib.domain import Mission, Transaction, Usage
-from chalicelib.layout import FailureMarker, Outcome, part_key
+from chalicelib.layout import FailureMarker, Outcome, PartStamp, part_key
 from chalicelib.states import IllegalTransition, MissionStatus, TransactionStatus
 from chalicelib.store import Conflict, NotFound, Store
 from chalicelib.store.models import MissionModel
@@ -410,7 +412,7 @@ def test_the_store_hands_out_typed_missions(cluster: InProcessCluster):
     store().transactions.count_outcome(
         Outcome(m.mission_id, t.index, True, 1), part_key(m.mission_id, t.index, 1)
     )
-    store().missions.add_instance_usage(m.mission_id, 12.5, 0.25)
+    store().missions.add_instance_usage(m.mission_id, "i-typed", Usage(12.5, 0.25))
 
     got = store().missions.get(m.mission_id)
     assert type(got) is Mission
@@ -461,18 +463,94 @@ def test_an_unknown_mission_is_not_found(cluster: InProcessCluster):
     assert list(store().transactions.of("m-nope")) == []
 
 
-def test_finish_adds_the_running_instances_to_what_workers_reported_meanwhile(cluster):
+def test_finish_adds_its_usage_to_what_workers_reported_meanwhile(cluster):
     """A worker's usage report that lands while the mission settles (after the mission was
     read, before it is finished: a merge can take minutes) is kept, not overwritten."""
     m = running(cluster, "usage race")
     read = store().missions.get(m.mission_id)  # what the settling invocation read
-    assert store().missions.add_instance_usage(m.mission_id, 40.0, 0.01)  # a worker exits
-    running_now = Usage(instance_seconds=5.0, estimated_cost=0.002)
-    assert store().missions.finish(read, M.SUCCEEDED, None, running_now, time.time())
+    exits = Usage(instance_seconds=40.0, estimated_cost=0.01)
+    assert store().missions.add_instance_usage(m.mission_id, "i-exits", exits)
+    reduce_stage = Usage(instance_seconds=5.0, estimated_cost=0.002)
+    assert store().missions.finish(read, M.SUCCEEDED, None, reduce_stage, time.time())
     after = store().missions.get(m.mission_id)
     assert after.instance_seconds == pytest.approx(read.instance_seconds + 45.0)
     assert after.estimated_cost == pytest.approx(read.estimated_cost + 0.012)
-    assert not store().missions.add_instance_usage(m.mission_id, 7.0, 0.01)  # final now
+    late = Usage(instance_seconds=7.0, estimated_cost=0.01)
+    assert not store().missions.add_instance_usage(m.mission_id, "i-late", late)  # final now
+
+
+def test_each_instance_is_accounted_once_whoever_comes_first(cluster):
+    """Its agent's report, or the control side's count by its age: the first one counts, the
+    other is refused, in either order, and a repeated report (after a lost reply) too."""
+    m = running(cluster, "usage once")
+    missions, before = store().missions, store().missions.get(m.mission_id).instance_seconds
+    agent, age = Usage(10.0, 0.001), Usage(11.0, 0.0011)
+    assert missions.add_instance_usage(m.mission_id, "i-agent-first", agent)
+    assert not missions.add_instance_usage(m.mission_id, "i-agent-first", agent)  # a repeat
+    counted = missions.account_by_age(
+        m.mission_id, {"i-agent-first": age, "i-alive": age}, while_in=[M.RUNNING]
+    )
+    assert counted == {"i-alive": age}  # the agent's report stands; the other by its age
+    assert not missions.add_instance_usage(m.mission_id, "i-alive", agent)  # too late for it
+    assert missions.accounted(m.mission_id, ["i-agent-first", "i-alive", "i-other"]) == {
+        "i-agent-first",
+        "i-alive",
+    }
+    assert missions.get(m.mission_id).instance_seconds == pytest.approx(before + 21.0)
+    # Not while the mission is in another status: nothing is added, nothing marked accounted.
+    assert missions.account_by_age(m.mission_id, {"i-late": age}, while_in=[M.SUCCEEDED]) == {}
+    assert missions.accounted(m.mission_id, ["i-late"]) == set()
+    assert missions.get(m.mission_id).instance_seconds == pytest.approx(before + 21.0)
+
+
+def test_many_instances_are_accounted_in_transactions_of_at_most_100_items(cluster):
+    """250 instances (three TransactWriteItems), some reported by their agents first: the
+    transaction holding one of those is written again without it."""
+    m = running(cluster, "usage many")
+    missions, before = store().missions, store().missions.get(m.mission_id).instance_seconds
+    ids = [f"i-{n:04d}" for n in range(250)]
+    for reported in (ids[5], ids[150], ids[151]):
+        assert missions.add_instance_usage(m.mission_id, reported, Usage(100.0, 0.01))
+    ages = {i: Usage(1.0, 0.0001) for i in ids}
+    counted = missions.account_by_age(m.mission_id, ages, while_in=[M.RUNNING])
+    assert set(counted) == set(ids) - {ids[5], ids[150], ids[151]}
+    assert missions.accounted(m.mission_id, ids) == set(ids)
+    after = missions.get(m.mission_id)
+    assert after.instance_seconds == pytest.approx(before + 300.0 + 247.0)
+    # The usage items are not missions: no listing, index or sweep sees them.
+    assert m.mission_id in {x.mission_id for x in missions.newest(50)}
+    assert not [x for x in missions.newest(1000) if "/" in x.mission_id]
+    assert not [x for x in missions.needing_care() if "/" in x]
+
+
+def test_an_instance_that_reported_and_still_shows_running_is_not_counted_again(cluster):
+    """The last workers report, then terminate their instances; at the mission's end one may
+    still show as running (DescribeInstances is eventually consistent). The end counts the
+    instances still alive by their age, except one whose agent reported it: once each."""
+    one_slot = {"types": ["c5.large"], "max_instances": 3, "slots": 1}
+    m = running(cluster, "reported, still running", count=3, instances=one_slot)
+    ec2, bucket = get_context().aws.ec2, cluster.stack.outputs["ResultBucketName"]
+    alive = mission_instances(ec2, m.mission_id, ["pending", "running"])
+    assert len(alive) >= 2
+    reported, others = alive[0], alive[1:]
+    report = Usage(instance_seconds=1000.0, estimated_cost=1.0)  # its agent's, at its exit
+    assert store().missions.add_instance_usage(m.mission_id, reported["InstanceId"], report)
+    time.sleep(1.0)  # every instance is a second old at least: a second count would show
+    before = store().missions.get(m.mission_id).instance_seconds
+    for t in [claim(m.mission_id, f"i-w/{slot}", time.time(), LEASE) for slot in (0, 1, 2)]:
+        stamp = PartStamp(hashlib.sha256(b"x").hexdigest(), 0, 0.1).upload_args()
+        key = part_key(m.mission_id, t.index, 1)
+        cluster.s3.put_object(Bucket=bucket, Key=key, Body=b"x", Metadata=stamp["Metadata"])
+    cluster.deliver_result_events()
+    ended = store().missions.get(m.mission_id)
+    assert ended.status is M.SUCCEEDED
+    ages = [time.time() - i["LaunchTime"].timestamp() for i in others]
+    added = ended.instance_seconds - before
+    assert 0 < added <= sum(ages)  # the others by their age; the reported one not again
+    assert sum(ages) - added < min(ages)  # and every other one: none was left out
+    assert store().missions.accounted(m.mission_id, [i["InstanceId"] for i in alive]) == {
+        i["InstanceId"] for i in alive
+    }
 
 
 def test_a_client_hook_installed_after_the_store_is_built_sees_its_calls(cluster):

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from chalicelib.config import parse_mission_config
-from chalicelib.domain import Mission, Transaction
+from chalicelib.domain import Mission, Transaction, Usage
 from chalicelib.layout import MISSION_TAG, failure_key, part_key
 from chalicelib.settings import Settings
 from chalicelib.states import MissionStatus, TransactionStatus
@@ -193,9 +193,10 @@ class FakeMissions:
         self.faults.enter("get")
         return self.mission
 
-    def add_instance_usage(self, mission_id: str, seconds: float, cost: float) -> None:
+    def add_instance_usage(self, mission_id: str, instance_id: str, usage: Usage) -> bool:
         self.faults.enter("add_instance_usage")
-        self.usage.append((seconds, cost))
+        self.usage.append((usage.instance_seconds, usage.estimated_cost))
+        return True
 
 
 class FakeStore:
@@ -269,8 +270,12 @@ class World:
     def transactions(self) -> FakeTransactions:
         return self.store.transactions
 
-    def agent(self, *, real_time: bool = False, slots: int = 1) -> WorkerAgent:
-        identity = InstanceIdentity(INSTANCE_ID, {MISSION_TAG: MISSION_ID}, "c5.large")
+    def agent(
+        self, *, real_time: bool = False, slots: int = 1, launched_at: float | None = None
+    ) -> WorkerAgent:
+        identity = InstanceIdentity(
+            INSTANCE_ID, {MISSION_TAG: MISSION_ID}, "c5.large", launched_at=launched_at
+        )
         return WorkerAgent(
             settings=self.settings,
             store=self.store,  # type: ignore[arg-type]
@@ -412,6 +417,22 @@ def test_the_instance_ends_itself_even_if_accounting_fails(
     report = w.agent().run()
     assert report.succeeded == 2
     assert w.ec2.terminated == [INSTANCE_ID]
+
+
+def test_the_usage_reported_runs_from_the_instances_launch_as_ec2_bills_it(tmp_path: Path) -> None:
+    """The boot before the agent started is in the report (the identity document's
+    `pendingTime`), as in the control side's age of a live instance; without a launch time,
+    or with one after the agent's start (a clock that disagrees), from the agent's start."""
+    w = world(tmp_path)
+    w.agent(launched_at=w.clock.now - 95.0).run()
+    ((seconds, cost),) = w.store.missions.usage
+    assert 95.0 <= seconds < 96.0 and cost > 0
+    for launched_at in (None, w.clock.now + 30.0):
+        w.store.missions.usage.clear()
+        began = w.clock.now
+        w.agent(launched_at=launched_at).run()
+        ((seconds, _),) = w.store.missions.usage
+        assert seconds == pytest.approx(w.clock.now - began)
 
 
 def test_the_instance_ends_itself_even_if_the_mission_cannot_be_read(tmp_path: Path) -> None:
