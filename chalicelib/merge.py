@@ -85,7 +85,6 @@ from chalicelib.receipt import (
     part_problem,
 )
 from chalicelib.states import MissionStatus, TransactionStatus
-from chalicelib.usage import account_alive_instances
 
 MIB = 1024**2
 MIN_PART = 5 * MIB  # S3's smallest part, but for the last
@@ -908,7 +907,6 @@ def _refuse(ctx: Context, mission: Mission, run: _Run, e: _Unmergeable) -> None:
     index = e.txn.index if isinstance(e, _PartMismatch) else None
     logger.error("the merge refused", extra={"index": index, "reason": e.reason})
     count("PartsRefused" if isinstance(e, _PartMismatch) else "MergesRefused")
-    account_alive_instances(ctx, mission)  # as any end of a mission: just before it
     ctx.store.missions.time_out(mission, e.explained(), ctx.clock())
     _discard(ctx, mission.mission_id, run.upload_id, [*_scratch_of(run.saved), *run.unsaved])
     _abort_strays(ctx, run.key, keep=None)

@@ -139,12 +139,15 @@ def settle(ctx: Context, mission_id: str) -> None:
         final = mission_outcome(mission.succeeded, mission.failed, mission.total)
         if final is None:
             return
-        merged = merge_parts(ctx, mission) if mission.succeeded else None
+        # Every outcome is in: the instances still alive (their agents exiting) are accounted
+        # by their age now, before the merge, whose receipt then has the mission's figures
+        # whole (no instance left to add), and before the end refuses their agents' reports.
+        added = account_alive_instances(ctx, mission)
+        merged = merge_parts(ctx, mission, lambda: added) if mission.succeeded else None
         if final is MissionStatus.SUCCEEDED and merged and mission.config.reduce is not None:
             # The concatenation is the reduce's input; the reduce's output will be the result.
             ctx.store.missions.begin_reduce(mission, merged)
         else:
-            account_alive_instances(ctx, mission)
             ctx.store.missions.finish(mission, final, merged, NO_USAGE, ctx.clock())
         mission = ctx.store.missions.get(mission_id)
     if mission.status is MissionStatus.REDUCING:

@@ -46,15 +46,18 @@ def total(usages: Iterable[Usage]) -> Usage:
     return Usage(instance_seconds=seconds, estimated_cost=cost)
 
 
-def account_alive_instances(ctx: Context, mission: Mission) -> None:
-    """Just before a live mission ends, its instances still alive (the last workers are
-    typically still exiting), by their age: each once, unless its agent reported it first,
-    and only while the mission is as read (so a mission that ended meanwhile gets nothing).
-    Their agents' reports are refused once it ended; one that lands before finds its instance
-    accounted. Done before the end, not after it: an agent refused by the end terminates its
-    instance, which a later DescribeInstances would no longer show. Safe to repeat."""
+def account_alive_instances(ctx: Context, mission: Mission) -> Usage:
+    """Before a live mission ends, its instances still alive (the last workers are typically
+    still exiting), by their age: each once, unless its agent reported it first, and only
+    while the mission is as read (so a mission that ended meanwhile gets nothing). An agent
+    whose report comes later finds its instance accounted, and once the mission ended its
+    report is refused anyway. Done before the end, not after it: an agent refused by the end
+    terminates its instance, which a later DescribeInstances would no longer show. Safe to
+    repeat. Returns what it added."""
     alive = mission_instances(ctx.aws.ec2, mission.mission_id, ["pending", "running"])
-    if alive:
-        ctx.store.missions.account_by_age(
-            mission.mission_id, ages_of(alive, ctx.clock()), while_in=[mission.status]
-        )
+    if not alive:
+        return Usage(instance_seconds=0.0, estimated_cost=0.0)
+    added = ctx.store.missions.account_by_age(
+        mission.mission_id, ages_of(alive, ctx.clock()), while_in=[mission.status]
+    )
+    return total(added.values())
