@@ -10,7 +10,7 @@ from typing import Any
 
 from chalicelib.capacity import mission_instances
 from chalicelib.context import Context
-from chalicelib.domain import Mission, Usage
+from chalicelib.domain import NO_USAGE, Mission, Usage
 from chalicelib.pricing import estimated_cost
 
 
@@ -56,7 +56,7 @@ def account_alive_instances(ctx: Context, mission: Mission) -> Usage:
     repeat. Returns what it added."""
     alive = mission_instances(ctx.aws.ec2, mission.mission_id, ["pending", "running"])
     if not alive:
-        return Usage(instance_seconds=0.0, estimated_cost=0.0)
+        return NO_USAGE
     added = ctx.store.missions.account_by_age(
         mission.mission_id, ages_of(alive, ctx.clock()), while_in=[mission.status]
     )
